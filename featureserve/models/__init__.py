@@ -1,0 +1,40 @@
+"""Feature models, matching and geometric verification; imports nothing from the service or training."""
+
+from .base import FeatureModel, check_image, image_size, to_grey
+from .cards import ModelCard
+from .classical import AKAZE, ORB, SIFT
+from .dense import DenseFeatureModel, sample_descriptors
+from .features import DescriptorSpec, Features, KeypointOptions
+from .geometry import Verification, homography_corner_error, intrinsics_matrix, verify
+from .keypoints import select_keypoints
+from .matching import Matches, match_batch, match_descriptors
+from .registry import available_models, default_conf, load_model
+from .tiny_cnn import TinyCNN
+
+__all__ = [
+    "AKAZE",
+    "ORB",
+    "SIFT",
+    "DenseFeatureModel",
+    "DescriptorSpec",
+    "FeatureModel",
+    "Features",
+    "KeypointOptions",
+    "Matches",
+    "ModelCard",
+    "TinyCNN",
+    "Verification",
+    "available_models",
+    "check_image",
+    "default_conf",
+    "homography_corner_error",
+    "image_size",
+    "intrinsics_matrix",
+    "load_model",
+    "match_batch",
+    "match_descriptors",
+    "sample_descriptors",
+    "select_keypoints",
+    "to_grey",
+    "verify",
+]

@@ -1,0 +1,95 @@
+"""The `FeatureModel` base class: one protocol for every model, working on batches of images."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+
+from .cards import ModelCard
+from .features import DescriptorSpec, Features, KeypointOptions
+
+
+def check_image(image: np.ndarray) -> None:
+    """Raise ``ValueError`` unless ``image`` is a uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB array."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 3:
+        return
+    if image.ndim != 2:
+        raise ValueError(f"image must have shape (H, W) or (H, W, 3), got {image.shape}")
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` uint8 grey view of a grey or RGB image."""
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def image_size(image: np.ndarray) -> tuple[int, int]:
+    """``(width, height)`` of an image array."""
+    return int(image.shape[1]), int(image.shape[0])
+
+
+class FeatureModel(ABC):
+    """A named feature model: ``extract`` = ``detect`` + ``describe``, on a batch of images.
+
+    Subclasses set ``name``, ``descriptor`` and ``default_conf`` and write the three methods. Images are
+    uint8 numpy arrays, ``(H, W)`` grey or ``(H, W, 3)`` RGB; every output is in pixels of the image as
+    sent (see `Features`).
+
+    Example:
+        >>> from featureserve.models import load_model, KeypointOptions
+        >>> import numpy as np
+        >>> model = load_model("orb")
+        >>> image = (np.random.default_rng(0).random((240, 320)) * 255).astype(np.uint8)
+        >>> [features] = model.extract([image], [KeypointOptions(max_keypoints=100)])
+        >>> features.descriptors.dtype, len(features) <= 100
+        (dtype('uint8'), True)
+    """
+
+    name: ClassVar[str]
+    descriptor: ClassVar[DescriptorSpec]
+    default_conf: ClassVar[dict[str, Any]] = {}
+    # "threads": the batch is a list run image by image in threads; "tensor": one padded tensor batch.
+    batching: ClassVar[str] = "threads"
+
+    def __init__(self, **conf: Any) -> None:
+        unknown = set(conf) - set(self.default_conf)
+        if unknown:
+            raise ValueError(f"unknown options for {self.name}: {sorted(unknown)}; known: {sorted(self.default_conf)}")
+        self.conf: dict[str, Any] = {**self.default_conf, **conf}
+
+    @property
+    @abstractmethod
+    def card(self) -> ModelCard:
+        """The model card."""
+
+    def bucket_key(self, image: np.ndarray) -> Hashable:
+        """Images with equal keys may share one batch; the default lets every image share."""
+        return None
+
+    @abstractmethod
+    def extract(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
+        """Detect and describe keypoints in each image; ``options[i]`` selects keypoints of ``images[i]``."""
+
+    def detect(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
+        """Keypoints and scores only (``descriptors`` is ``None``)."""
+        features = self.extract(images, options)
+        for f in features:
+            f.descriptors = None
+        return features
+
+    @abstractmethod
+    def describe(self, images: Sequence[np.ndarray], keypoints: Sequence[np.ndarray]) -> list[Features]:
+        """Descriptors at given ``(N, 2)`` keypoints; keypoints the descriptor cannot use are left out."""
+
+    def warmup(self) -> None:
+        """Run once on a synthetic image so the first request does not pay for lazy initialisation."""
+        rng = np.random.default_rng(0)
+        image = cv2.GaussianBlur((rng.random((240, 320)) * 255).astype(np.uint8), (5, 5), 1.5)
+        self.extract([image], [KeypointOptions(max_keypoints=64)])

@@ -1,0 +1,170 @@
+"""Base for torch models with dense outputs: padding into size buckets, NMS, descriptor sampling.
+
+Pixel convention, used by every sampler here and by training: pixel centres sit at integer coordinates,
+and cell ``j`` of a stride-``s`` map covers pixels ``[j*s, (j+1)*s)``, so pixel ``u`` sits at map
+coordinate ``(u + 0.5) / s - 0.5``. Sampling uses ``grid_sample(align_corners=False)``, which shares
+that convention, so no half-cell shift appears at any stride.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import FeatureModel, check_image, image_size, to_grey
+from .features import Features, KeypointOptions
+from .keypoints import candidate_count, select_keypoints
+
+
+def keypoints_to_grid(keypoints: torch.Tensor, stride: int, map_size: tuple[int, int]) -> torch.Tensor:
+    """``(B, N, 2)`` pixel ``(x, y)`` -> ``(B, N, 1, 2)`` ``grid_sample`` coordinates on a ``(h, w)`` map."""
+    h, w = map_size
+    scale = keypoints.new_tensor([2.0 / (stride * w), 2.0 / (stride * h)])
+    return ((keypoints + 0.5) * scale - 1.0).unsqueeze(2)
+
+
+def sample_descriptors(descriptor_map: torch.Tensor, keypoints: torch.Tensor, stride: int) -> torch.Tensor:
+    """Bilinear descriptors at keypoints, L2-normalised.
+
+    Args:
+        descriptor_map: ``(B, D, h, w)`` dense descriptors at ``stride`` pixels per cell.
+        keypoints: ``(B, N, 2)`` ``(x, y)`` pixel coordinates.
+        stride: Pixels per map cell.
+
+    Returns:
+        ``(B, N, D)`` unit-length descriptors.
+    """
+    grid = keypoints_to_grid(keypoints, stride, descriptor_map.shape[-2:])
+    samples = F.grid_sample(descriptor_map, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.normalize(samples.squeeze(3).transpose(1, 2), dim=-1)
+
+
+def nms_mask(scores: torch.Tensor, radius: int) -> torch.Tensor:
+    """``(B, 1, H, W)`` bool mask of pixels that are the maximum of their ``(2r+1)^2`` window."""
+    pooled = F.max_pool2d(scores, kernel_size=2 * radius + 1, stride=1, padding=radius)
+    return scores == pooled
+
+
+class DenseFeatureModel(FeatureModel):
+    """A torch network with a full-resolution score map and one or more descriptor maps.
+
+    Subclasses build ``self.network``: a module mapping ``(B, C, H, W)`` float images in ``[0, 1]`` to
+    ``{"scores": (B, 1, H, W), "descriptors": [(B, D_i, H/s_i, W/s_i), ...]}`` and set
+    ``descriptor_strides``. Images are zero-padded at the bottom and right to a multiple of
+    ``conf["pad_multiple"]`` so that images of similar size share a tensor batch; padding never moves
+    keypoints, and detections in the padding are discarded.
+    """
+
+    batching: ClassVar[str] = "tensor"
+    default_conf: ClassVar[dict[str, Any]] = {
+        "device": "cpu",
+        "pad_multiple": 64,
+        "nms_radius": 2,
+        "detection_threshold": 0.0,
+        "grey": True,
+    }
+    descriptor_strides: ClassVar[Sequence[int]]
+    network: nn.Module
+
+    def bucket_key(self, image: np.ndarray) -> Hashable:
+        """Padded ``(height, width)``: images with the same key share a tensor batch."""
+        m = int(self.conf["pad_multiple"])
+        return (-(-image.shape[0] // m) * m, -(-image.shape[1] // m) * m)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs."""
+        return torch.device(self.conf["device"])
+
+    def _to_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        height, width = self.bucket_key(images[0])
+        channels = 1 if self.conf["grey"] else 3
+        batch = torch.zeros((len(images), channels, height, width), dtype=torch.float32)
+        for i, image in enumerate(images):
+            check_image(image)
+            if self.bucket_key(image) != (height, width):
+                raise ValueError("images of one tensor batch must share a size bucket")
+            array = to_grey(image)[None] if self.conf["grey"] else self._to_rgb(image).transpose(2, 0, 1)
+            batch[i, :, : image.shape[0], : image.shape[1]] = torch.from_numpy(array).float() / 255.0
+        return batch.to(self.device)
+
+    @staticmethod
+    def _to_rgb(image: np.ndarray) -> np.ndarray:
+        return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+
+    def _describe_at(self, outputs: dict[str, Any], keypoints: torch.Tensor) -> torch.Tensor:
+        """``(B, N, D)`` descriptors: every map sampled and normalised, concatenated, normalised again."""
+        parts = [
+            sample_descriptors(m, keypoints, s)
+            for m, s in zip(outputs["descriptors"], self.descriptor_strides, strict=True)
+        ]
+        return F.normalize(torch.cat(parts, dim=-1), dim=-1)
+
+    def _by_bucket(self, images: Sequence[np.ndarray]) -> dict[Hashable, list[int]]:
+        groups: dict[Hashable, list[int]] = defaultdict(list)
+        for i, image in enumerate(images):
+            groups[self.bucket_key(image)].append(i)
+        return groups
+
+    @torch.inference_mode()
+    def extract(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
+        """Detect (NMS on the score map) and describe, one tensor batch per size bucket."""
+        results: list[Features | None] = [None] * len(images)
+        for indices in self._by_bucket(images).values():
+            outputs = self.network(self._to_tensor([images[i] for i in indices]))
+            peaks = nms_mask(outputs["scores"], int(self.conf["nms_radius"]))
+            for b, i in enumerate(indices):
+                results[i] = self._extract_one(images[i], options[i], outputs, peaks, b)
+        return results  # type: ignore[return-value]
+
+    def _extract_one(
+        self, image: np.ndarray, options: KeypointOptions, outputs: dict[str, Any], peaks: torch.Tensor, b: int
+    ) -> Features:
+        height, width = image.shape[:2]
+        scores = outputs["scores"][b, 0, :height, :width]
+        candidates = peaks[b, 0, :height, :width] & (scores > float(self.conf["detection_threshold"]))
+        ys, xs = torch.nonzero(candidates, as_tuple=True)
+        values = scores[ys, xs]
+        top = torch.argsort(values, descending=True, stable=True)[: candidate_count(options)]
+        keypoints = torch.stack([xs[top], ys[top]], dim=1).float()
+        values = values[top]
+        keep = select_keypoints(keypoints.cpu().numpy(), values.cpu().numpy(), (width, height), options)
+        keep_t = torch.from_numpy(keep).to(keypoints.device)
+        keypoints, values = keypoints[keep_t], values[keep_t]
+        single = {"descriptors": [m[b : b + 1] for m in outputs["descriptors"]]}
+        descriptors = self._describe_at(single, keypoints[None])[0]
+        return Features(
+            keypoints=keypoints.cpu().numpy().astype(np.float32),
+            scores=values.float().cpu().numpy(),
+            descriptors=descriptors.float().cpu().numpy(),
+            image_size=(width, height),
+            descriptor=self.descriptor,
+        )
+
+    @torch.inference_mode()
+    def describe(self, images: Sequence[np.ndarray], keypoints: Sequence[np.ndarray]) -> list[Features]:
+        """Descriptors sampled at the given keypoints (every keypoint is kept)."""
+        results: list[Features | None] = [None] * len(images)
+        for indices in self._by_bucket(images).values():
+            outputs = self.network(self._to_tensor([images[i] for i in indices]))
+            for b, i in enumerate(indices):
+                points = torch.as_tensor(np.asarray(keypoints[i], np.float32).reshape(-1, 2), device=self.device)
+                single = {"descriptors": [m[b : b + 1] for m in outputs["descriptors"]]}
+                descriptors = self._describe_at(single, points[None])[0]
+                height, width = images[i].shape[:2]
+                xs = points[:, 0].round().clamp(0, width - 1).long()
+                ys = points[:, 1].round().clamp(0, height - 1).long()
+                results[i] = Features(
+                    keypoints=points.cpu().numpy(),
+                    scores=outputs["scores"][b, 0, ys, xs].float().cpu().numpy(),
+                    descriptors=descriptors.float().cpu().numpy(),
+                    image_size=image_size(images[i]),
+                    descriptor=self.descriptor,
+                )
+        return results  # type: ignore[return-value]

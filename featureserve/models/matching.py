@@ -1,0 +1,154 @@
+"""Descriptor matching in torch: nearest neighbour, mutual check, Lowe's ratio test, distance threshold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from .features import Metric
+
+Matcher = Literal["mnn", "nn"]
+# Rows of the distance matrix computed at once; bounds memory to ROW_CHUNK x M floats per pair.
+ROW_CHUNK = 4096
+
+
+@dataclass
+class Matches:
+    """Correspondences between two feature sets.
+
+    Attributes:
+        indices: ``(M, 2)`` int64, ``(i0, i1)`` indices into the first and second feature set.
+        distances: ``(M,)`` float32 descriptor distance of each match, in the metric's units
+            (bits for ``hamming``, Euclidean for ``l2``, Euclidean between unit vectors for ``cosine``).
+    """
+
+    indices: np.ndarray
+    distances: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+
+def _unpack_bits(packed: torch.Tensor) -> torch.Tensor:
+    """``(..., B)`` uint8 -> ``(..., 8B)`` float32 of 0/1."""
+    shifts = torch.arange(7, -1, -1, device=packed.device, dtype=torch.uint8)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits.flatten(-2).float()
+
+
+def _prepare(descriptors: torch.Tensor, metric: Metric) -> torch.Tensor:
+    if metric == "hamming":
+        if descriptors.dtype != torch.uint8:
+            raise ValueError(f"hamming matching needs packed uint8 descriptors, got {descriptors.dtype}")
+        return _unpack_bits(descriptors)
+    descriptors = descriptors.float()
+    if metric == "cosine":
+        descriptors = torch.nn.functional.normalize(descriptors, dim=-1)
+    return descriptors
+
+
+def _distances(d0: torch.Tensor, d1: torch.Tensor, metric: Metric) -> torch.Tensor:
+    """``(B, n, D)``, ``(B, m, D)`` prepared descriptors -> ``(B, n, m)`` distances."""
+    if metric == "hamming":
+        # |a xor b| = |a| + |b| - 2 a.b for 0/1 vectors; exact in float32 for any realistic length.
+        return d0.sum(-1, keepdim=True) + d1.sum(-1).unsqueeze(-2) - 2 * d0 @ d1.transpose(-1, -2)
+    return torch.cdist(d0, d1)
+
+
+def match_batch(
+    descriptors0: torch.Tensor,
+    descriptors1: torch.Tensor,
+    lengths0: torch.Tensor,
+    lengths1: torch.Tensor,
+    metric: Metric,
+    matcher: Matcher = "mnn",
+    ratio: float | None = None,
+    max_distance: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Match a padded batch of descriptor-set pairs.
+
+    Args:
+        descriptors0: ``(B, N, D)`` padded descriptors of the first images (uint8 for ``hamming``).
+        descriptors1: ``(B, M, D)`` padded descriptors of the second images.
+        lengths0: ``(B,)`` number of valid rows in each ``descriptors0[b]``.
+        lengths1: ``(B,)`` number of valid rows in each ``descriptors1[b]``.
+        metric: ``"l2"``, ``"cosine"`` or ``"hamming"``.
+        matcher: ``"mnn"`` keeps mutual nearest neighbours; ``"nn"`` keeps every nearest neighbour.
+        ratio: If set, keep a match only if its distance is below ``ratio`` times the second-nearest's.
+        max_distance: If set, keep a match only if its distance is at most this.
+
+    Returns:
+        ``match0`` ``(B, N)`` int64, the index in image 1 of each row's match or -1; and ``distance0``
+        ``(B, N)`` float32, the distance of that match (``inf`` where there is none).
+    """
+    if matcher not in ("mnn", "nn"):
+        raise ValueError(f"matcher must be 'mnn' or 'nn', got {matcher!r}")
+    batch, n, m = descriptors0.shape[0], descriptors0.shape[1], descriptors1.shape[1]
+    match0 = torch.full((batch, n), -1, dtype=torch.int64, device=descriptors0.device)
+    distance0 = torch.full((batch, n), float("inf"), device=descriptors0.device)
+    if n == 0 or m == 0:
+        return match0, distance0
+    d0, d1 = _prepare(descriptors0, metric), _prepare(descriptors1, metric)
+    rows = torch.arange(n, device=d0.device)
+    cols = torch.arange(m, device=d0.device)
+    valid1 = cols[None, :] < lengths1[:, None]
+    best = torch.full((batch, n, 2), float("inf"), device=d0.device)
+    best_index = torch.zeros((batch, n), dtype=torch.int64, device=d0.device)
+    column_best = torch.full((batch, m), float("inf"), device=d0.device)
+    column_index = torch.zeros((batch, m), dtype=torch.int64, device=d0.device)
+    for start in range(0, n, ROW_CHUNK):
+        stop = min(start + ROW_CHUNK, n)
+        dist = _distances(d0[:, start:stop], d1, metric)
+        valid0 = (rows[start:stop][None, :] < lengths0[:, None])[:, :, None]
+        dist = dist.masked_fill(~(valid0 & valid1[:, None, :]), float("inf"))
+        k = min(2, m)
+        values, indices = dist.topk(k, dim=2, largest=False)
+        best[:, start:stop, :k] = values
+        best_index[:, start:stop] = indices[:, :, 0]
+        chunk_best, chunk_index = dist.min(dim=1)
+        better = chunk_best < column_best
+        column_best = torch.where(better, chunk_best, column_best)
+        column_index = torch.where(better, chunk_index + start, column_index)
+    keep = torch.isfinite(best[:, :, 0])
+    if matcher == "mnn":
+        keep &= torch.gather(column_index, 1, best_index) == rows[None, :]
+    if ratio is not None:
+        keep &= best[:, :, 0] < ratio * best[:, :, 1]
+    if max_distance is not None:
+        keep &= best[:, :, 0] <= max_distance
+    match0 = torch.where(keep, best_index, match0)
+    distance0 = torch.where(keep, best[:, :, 0], distance0)
+    return match0, distance0
+
+
+def match_descriptors(
+    descriptors0: np.ndarray,
+    descriptors1: np.ndarray,
+    metric: Metric,
+    matcher: Matcher = "mnn",
+    ratio: float | None = None,
+    max_distance: float | None = None,
+    device: str | torch.device = "cpu",
+) -> Matches:
+    """Match two descriptor sets (``(N, D)`` and ``(M, D)``, uint8 packed bits for ``hamming``).
+
+    Example:
+        >>> d = np.eye(4, dtype=np.float32)
+        >>> match_descriptors(d, d[[2, 0, 3, 1]], "l2").indices.tolist()
+        [[0, 1], [1, 3], [2, 0], [3, 2]]
+    """
+    if descriptors0.ndim != 2 or descriptors1.ndim != 2 or descriptors0.shape[1] != descriptors1.shape[1]:
+        raise ValueError(
+            f"descriptors must be (N, D) and (M, D) with the same D, got {descriptors0.shape} and {descriptors1.shape}"
+        )
+    t0 = torch.from_numpy(np.ascontiguousarray(descriptors0)).to(device)[None]
+    t1 = torch.from_numpy(np.ascontiguousarray(descriptors1)).to(device)[None]
+    lengths0 = torch.tensor([t0.shape[1]], device=device)
+    lengths1 = torch.tensor([t1.shape[1]], device=device)
+    match0, distance0 = match_batch(t0, t1, lengths0, lengths1, metric, matcher, ratio, max_distance)
+    i0 = torch.nonzero(match0[0] >= 0).squeeze(1)
+    indices = torch.stack([i0, match0[0, i0]], dim=1).cpu().numpy().astype(np.int64)
+    return Matches(indices=indices.reshape(-1, 2), distances=distance0[0, i0].cpu().numpy().astype(np.float32))

@@ -1,0 +1,38 @@
+"""The model registry: name -> feature model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import FeatureModel
+from .classical import AKAZE, ORB, SIFT
+from .tiny_cnn import TinyCNN
+
+MODELS: dict[str, type[FeatureModel]] = {
+    "orb": ORB,
+    "sift": SIFT,
+    "akaze": AKAZE,
+    "tiny-cnn": TinyCNN,
+}
+
+
+def available_models() -> list[str]:
+    """Names that `load_model` accepts."""
+    return sorted(MODELS)
+
+
+def default_conf(name: str) -> dict[str, Any]:
+    """The ``default_conf`` of the model registered as ``name``."""
+    return dict(_factory(name).default_conf)
+
+
+def _factory(name: str) -> type[FeatureModel]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(available_models())}") from None
+
+
+def load_model(name: str, **conf: Any) -> FeatureModel:
+    """Build the model registered as ``name`` with ``conf`` merged over its ``default_conf``."""
+    return _factory(name)(**conf)

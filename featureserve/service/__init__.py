@@ -1,0 +1,1 @@
+"""The featureserve service: settings, errors, metrics, the worker pool and the APIs."""

@@ -1,0 +1,238 @@
+"""`ModelWorker`: one model's bounded queue, its dynamic batcher and the thread that runs its batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Hashable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from ...models import FeatureModel, Features, KeypointOptions
+from ..errors import DeadlineExceeded, FeatureServeError, InvalidInput, Overloaded
+from ..metrics import ServiceMetrics
+
+logger = logging.getLogger(__name__)
+JobKind = Literal["extract", "detect", "describe"]
+# Weight of the newest batch in the moving average of batch durations.
+EWMA_WEIGHT = 0.2
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How a worker forms batches and admits work."""
+
+    max_batch: int
+    max_delay_s: float
+    queue_size: int
+    reject_unmeetable_deadlines: bool
+
+
+@dataclass
+class Job:
+    """One image's work item: what to do, its deadline, and the future its requester awaits."""
+
+    kind: JobKind
+    image: np.ndarray
+    deadline: float
+    future: asyncio.Future[Features]
+    options: KeypointOptions | None = None
+    keypoints: np.ndarray | None = None
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class ModelWorker:
+    """Queue + batcher + execution thread for one model.
+
+    A batch starts with the oldest queued image and takes up to ``max_batch`` images. It waits up to
+    ``max_delay_s`` for more only while other requests for this model are still being decoded, so a
+    lone client pays no batching delay. Images in one batch are split by job kind and size bucket
+    (`FeatureModel.bucket_key`), and each group is one call of the model on the worker's thread.
+    """
+
+    def __init__(self, model: FeatureModel, policy: BatchPolicy, metrics: ServiceMetrics) -> None:
+        self.model = model
+        self.policy = policy
+        self.metrics = metrics
+        self._jobs: deque[Job] = deque()
+        self._wakeup = asyncio.Event()
+        self._incoming = 0
+        self._busy = False
+        self._batch_seconds = 0.0
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"worker-{model.name}")
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        """Images waiting for a batch."""
+        return len(self._jobs)
+
+    async def warmup(self) -> None:
+        """Run the model once on its own thread and seed the batch-time estimate."""
+        start = time.monotonic()
+        await asyncio.get_running_loop().run_in_executor(self._thread, self.model.warmup)
+        self._batch_seconds = time.monotonic() - start
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.model.name}")
+
+    async def stop(self) -> None:
+        """Finish queued work, then stop the loop and the thread."""
+        while self._jobs or self._busy:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._thread.shutdown(wait=True)
+
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Mark a request for this model as on its way (being decoded), so batches wait for it."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+
+    def estimated_wait(self) -> float:
+        """Seconds until a newly queued image would finish, from the moving average of batch time."""
+        batches_ahead = math.ceil((len(self._jobs) + 1) / self.policy.max_batch) + (1 if self._busy else 0)
+        return batches_ahead * self._batch_seconds
+
+    async def submit(self, job: Job) -> Features:
+        """Queue ``job`` and wait for its features, or raise `Overloaded` / `DeadlineExceeded`."""
+        name = self.model.name
+        remaining = job.deadline - time.monotonic()
+        if remaining <= 0:
+            self.metrics.rejected.labels(name, "deadline").inc()
+            raise DeadlineExceeded("the deadline passed before the image was queued")
+        if len(self._jobs) >= self.policy.queue_size:
+            self.metrics.rejected.labels(name, "queue_full").inc()
+            raise Overloaded(
+                f"model {name} has {len(self._jobs)} images queued (the limit is {self.policy.queue_size})",
+                retry_after_s=max(1.0, self.estimated_wait()),
+            )
+        wait = self.estimated_wait()
+        if self.policy.reject_unmeetable_deadlines and wait > remaining:
+            self.metrics.rejected.labels(name, "unmeetable_deadline").inc()
+            raise Overloaded(
+                f"model {name} cannot finish before the deadline: about {wait * 1000:.0f} ms of work is "
+                f"ahead and {remaining * 1000:.0f} ms remain",
+                retry_after_s=max(1.0, wait),
+            )
+        self._jobs.append(job)
+        self.metrics.queue_depth.labels(name).set(len(self._jobs))
+        self._wakeup.set()
+        try:
+            # shield: a timed-out waiter must not cancel a future the batcher will still resolve.
+            return await asyncio.wait_for(asyncio.shield(job.future), remaining)
+        except TimeoutError:
+            self.metrics.rejected.labels(name, "deadline").inc()
+            raise DeadlineExceeded(
+                f"the deadline of {remaining * 1000:.0f} ms passed while the image was queued or processed"
+            ) from None
+
+    async def _next_batch(self) -> list[Job]:
+        while not self._jobs:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        batch = [self._jobs.popleft()]
+        close_at = time.monotonic() + self.policy.max_delay_s
+        while len(batch) < self.policy.max_batch:
+            if self._jobs:
+                batch.append(self._jobs.popleft())
+                continue
+            remaining = close_at - time.monotonic()
+            if self._incoming == 0 or remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        self.metrics.queue_depth.labels(self.model.name).set(len(self._jobs))
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            self._busy = True
+            try:
+                live = self._drop_expired(batch)
+                if live:
+                    start = time.monotonic()
+                    for jobs in self._groups(live).values():
+                        await self._run_group(loop, jobs)
+                    elapsed = time.monotonic() - start
+                    self._batch_seconds += EWMA_WEIGHT * (elapsed - self._batch_seconds)
+                    self.metrics.batch_size.labels(self.model.name).observe(len(live))
+                    self.metrics.inference.labels(self.model.name).observe(elapsed)
+            finally:
+                self._busy = False
+
+    def _drop_expired(self, batch: list[Job]) -> list[Job]:
+        now = time.monotonic()
+        live = []
+        for job in batch:
+            if job.future.done():
+                continue  # its requester already gave up (deadline)
+            if now >= job.deadline:
+                self.metrics.rejected.labels(self.model.name, "deadline").inc()
+                job.future.set_exception(DeadlineExceeded("the deadline passed while the image was queued"))
+                continue
+            self.metrics.queue_wait.labels(self.model.name).observe(now - job.enqueued)
+            live.append(job)
+        return live
+
+    def _groups(self, jobs: list[Job]) -> dict[tuple[JobKind, Hashable], list[Job]]:
+        groups: dict[tuple[JobKind, Hashable], list[Job]] = {}
+        for job in jobs:
+            groups.setdefault((job.kind, self.model.bucket_key(job.image)), []).append(job)
+        return groups
+
+    async def _run_group(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
+        results: list[Features | Exception]
+        try:
+            results = list(await loop.run_in_executor(self._thread, self._call_model, jobs))
+        except Exception as error:
+            if len(jobs) > 1:
+                # Run one by one so that one bad image fails only its own request.
+                for job in jobs:
+                    await self._run_group(loop, [job])
+                return
+            results = [self._as_service_error(error)]
+        for job, result in zip(jobs, results, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(result, Exception):
+                job.future.set_exception(result)
+            else:
+                self.metrics.keypoints.labels(self.model.name).observe(len(result))
+                job.future.set_result(result)
+
+    def _as_service_error(self, error: Exception) -> FeatureServeError:
+        if isinstance(error, FeatureServeError):
+            return error
+        if isinstance(error, ValueError):
+            # Models validate their inputs with ValueError and a message that says what was expected.
+            return InvalidInput(str(error))
+        logger.exception("model %s failed", self.model.name, exc_info=error)
+        return FeatureServeError(f"model {self.model.name} failed: {type(error).__name__}")
+
+    def _call_model(self, jobs: list[Job]) -> list[Features]:
+        images = [job.image for job in jobs]
+        kind = jobs[0].kind
+        if kind == "describe":
+            return self.model.describe(images, [job.keypoints for job in jobs])
+        options = [job.options for job in jobs]
+        return self.model.extract(images, options) if kind == "extract" else self.model.detect(images, options)

@@ -1,0 +1,163 @@
+"""`WorkerPool`: the models, their workers, the decode and CPU thread pools, readiness and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from ...models import FeatureModel, Features, KeypointOptions, ModelCard, default_conf, load_model
+from ..errors import InvalidInput, ModelNotFound
+from ..metrics import ServiceMetrics
+from ..settings import Settings
+from .batcher import BatchPolicy, Job, JobKind, ModelWorker
+from .decoding import DecodeLimits, decode_image
+from .pairing import MatchOptions, PairResult, match_pair
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class WorkerPool:
+    """Everything between the APIs and the models; REST and gRPC share one pool, hence its batches.
+
+    Example:
+        >>> pool = WorkerPool(Settings(models=["orb"], default_model="orb"), ServiceMetrics())
+        >>> # inside an event loop: await pool.start(); f = await pool.extract("orb", png_bytes, opts, deadline)
+    """
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.limits = DecodeLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self.device = resolve_device(settings.device)
+        self.workers: dict[str, ModelWorker] = {}
+        self.ready = False
+        self.draining = False
+        self._decode_threads = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._cpu_threads = ThreadPoolExecutor(settings.cpu_threads, thread_name_prefix="cpu")
+
+    def _load(self, name: str) -> FeatureModel:
+        # Torch models take a device, OpenCV models a thread count; each gets the knob it knows.
+        knobs = {"device": self.device, "num_threads": self.settings.cpu_threads}
+        defaults = default_conf(name)
+        return load_model(name, **{k: v for k, v in knobs.items() if k in defaults})
+
+    async def start(self) -> None:
+        """Load the configured models, warm them up, start their batchers, then report ready."""
+        torch.set_num_threads(self.settings.cpu_threads)
+        policy = BatchPolicy(
+            max_batch=self.settings.max_batch,
+            max_delay_s=self.settings.max_delay_ms / 1000.0,
+            queue_size=self.settings.queue_size,
+            reject_unmeetable_deadlines=self.settings.reject_unmeetable_deadlines,
+        )
+        loop = asyncio.get_running_loop()
+        for name in self.settings.models:
+            model = await loop.run_in_executor(self._cpu_threads, self._load, name)
+            worker = ModelWorker(model, policy, self.metrics)
+            if self.settings.warmup:
+                await worker.warmup()
+            worker.start()
+            self.workers[name] = worker
+            logger.info("model %s ready on %s", name, self.device)
+        self.ready = True
+
+    def begin_drain(self) -> None:
+        """Stop reporting ready; in-flight and queued work still completes."""
+        self.draining = True
+        self.ready = False
+
+    async def stop(self) -> None:
+        """Finish queued work and release the threads."""
+        self.begin_drain()
+        await asyncio.gather(*(worker.stop() for worker in self.workers.values()))
+        self._decode_threads.shutdown(wait=True)
+        self._cpu_threads.shutdown(wait=True)
+
+    def worker(self, model: str | None) -> ModelWorker:
+        """The worker of ``model`` (the default model when ``None``); raises `ModelNotFound`."""
+        name = model or self.settings.default_model
+        try:
+            return self.workers[name]
+        except KeyError:
+            raise ModelNotFound(
+                f"model {name!r} is not loaded; loaded models: {', '.join(sorted(self.workers))}",
+                {"model": name, "loaded": sorted(self.workers)},
+            ) from None
+
+    def cards(self) -> list[ModelCard]:
+        """Model cards of the loaded models."""
+        return [worker.model.card for worker in self.workers.values()]
+
+    async def decode(self, data: bytes) -> np.ndarray:
+        """Decode image bytes on the decode threads (never on the event loop)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decode_threads, decode_image, data, self.limits)
+
+    async def run_cpu(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function(*args)`` on the CPU threads (matching, verification)."""
+        return await asyncio.get_running_loop().run_in_executor(self._cpu_threads, function, *args)
+
+    async def _submit(
+        self,
+        kind: JobKind,
+        model: str | None,
+        image: bytes | np.ndarray,
+        deadline: float,
+        options: KeypointOptions | None = None,
+        keypoints: np.ndarray | None = None,
+    ) -> Features:
+        worker = self.worker(model)
+        with worker.incoming():
+            array = await self.decode(image) if isinstance(image, bytes) else image
+        job = Job(kind, array, deadline, asyncio.get_running_loop().create_future(), options, keypoints)
+        return await worker.submit(job)
+
+    async def extract(
+        self, model: str | None, image: bytes | np.ndarray, options: KeypointOptions, deadline: float
+    ) -> Features:
+        """Detect and describe keypoints in one image (encoded bytes or a decoded array)."""
+        return await self._submit("extract", model, image, deadline, options=options)
+
+    async def detect(
+        self, model: str | None, image: bytes | np.ndarray, options: KeypointOptions, deadline: float
+    ) -> Features:
+        """Keypoints and scores of one image, without descriptors."""
+        return await self._submit("detect", model, image, deadline, options=options)
+
+    async def describe(
+        self, model: str | None, image: bytes | np.ndarray, keypoints: np.ndarray, deadline: float
+    ) -> Features:
+        """Descriptors of one image at given ``(N, 2)`` pixel keypoints."""
+        return await self._submit("describe", model, image, deadline, keypoints=keypoints)
+
+    async def match(self, model: str | None, features0: Features, features1: Features, options: MatchOptions) -> PairResult:
+        """Match and verify a pair on the CPU threads, recording match and inlier counts."""
+        try:
+            result = await self.run_cpu(match_pair, features0, features1, options)
+        except ValueError as error:
+            raise InvalidInput(str(error)) from None
+        label = model or "features"
+        self.metrics.matches.labels(label).observe(len(result.matches))
+        if result.verification is not None:
+            self.metrics.inliers.labels(label).observe(result.verification.num_inliers)
+        return result
+
+    def deadline_from(self, timeout_ms: float | None) -> float:
+        """Monotonic deadline ``timeout_ms`` from now (the configured default when ``None``)."""
+        budget = self.settings.default_deadline_ms if timeout_ms is None else timeout_ms
+        return time.monotonic() + budget / 1000.0

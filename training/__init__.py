@@ -1,0 +1,1 @@
+"""Offline training and evaluation of feature models; never imported by the service."""
