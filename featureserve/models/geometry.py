@@ -112,9 +112,7 @@ def _verify_essential(
     n1 = cv2.undistortPoints(p1[:, None], intrinsics1, None)[:, 0]
     focal = np.mean([intrinsics0[0, 0], intrinsics0[1, 1], intrinsics1[0, 0], intrinsics1[1, 1]])
     eye = np.eye(3)
-    matrix, mask = cv2.findEssentialMat(
-        n0, n1, eye, cv2.USAC_MAGSAC, confidence, threshold / focal, max_iterations
-    )
+    matrix, mask = cv2.findEssentialMat(n0, n1, eye, cv2.USAC_MAGSAC, confidence, threshold / focal, max_iterations)
     result = _verification("essential", None if matrix is None else matrix[:3], mask, len(p0))
     if result.matrix is not None and result.num_inliers >= MIN_POINTS["essential"]:
         _, rotation, translation, _ = cv2.recoverPose(

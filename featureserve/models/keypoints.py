@@ -53,9 +53,7 @@ def select_keypoints(
     return _anms_select(keypoints[order], scores[order], k, order)
 
 
-def _grid_select(
-    keypoints: np.ndarray, image_size: tuple[int, int], k: int, order: np.ndarray
-) -> np.ndarray:
+def _grid_select(keypoints: np.ndarray, image_size: tuple[int, int], k: int, order: np.ndarray) -> np.ndarray:
     """Equal quota per grid cell (keypoints sorted strongest first); unused quota goes to the strongest rest."""
     width, height = image_size
     cells = max(1, k // GRID_KEYPOINTS_PER_CELL)

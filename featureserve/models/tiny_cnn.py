@@ -25,8 +25,10 @@ class TinyCNNNetwork(nn.Module):
         c = channels
         self.stem = nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.ReLU())
         self.down = nn.Sequential(
-            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1),
+            nn.ReLU(),
         )
         self.score_head = nn.Conv2d(c, 1, 1)
         self.descriptor_head = nn.Conv2d(4 * c, descriptor_dim, 1)

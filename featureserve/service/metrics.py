@@ -18,18 +18,29 @@ class ServiceMetrics:
             "featureserve_requests", "Requests answered.", ["endpoint", "model", "status"], registry=r
         )
         self.request_latency = Histogram(
-            "featureserve_request_latency_seconds", "Request latency, arrival to response.",
-            ["endpoint", "model", "status"], buckets=LATENCY_BUCKETS, registry=r,
+            "featureserve_request_latency_seconds",
+            "Request latency, arrival to response.",
+            ["endpoint", "model", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.in_flight = Gauge("featureserve_in_flight_requests", "Requests being handled.", ["endpoint"], registry=r)
-        self.queue_depth = Gauge("featureserve_queue_depth", "Images waiting in a model's queue.", ["model"], registry=r)
+        self.queue_depth = Gauge(
+            "featureserve_queue_depth", "Images waiting in a model's queue.", ["model"], registry=r
+        )
         self.queue_wait = Histogram(
-            "featureserve_queue_wait_seconds", "Time an image waits before its batch starts.",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+            "featureserve_queue_wait_seconds",
+            "Time an image waits before its batch starts.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
-            "featureserve_batch_size", "Images per model batch.", ["model"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
+            "featureserve_batch_size",
+            "Images per model batch.",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
         )
         self.inference = Histogram(
             "featureserve_inference_seconds", "Model time per batch.", ["model"], buckets=LATENCY_BUCKETS, registry=r
@@ -38,13 +49,19 @@ class ServiceMetrics:
             "featureserve_rejected", "Images refused or dropped by admission control.", ["model", "reason"], registry=r
         )
         self.keypoints = Histogram(
-            "featureserve_keypoints_per_image", "Keypoints returned per image.", ["model"],
-            buckets=COUNT_BUCKETS, registry=r,
+            "featureserve_keypoints_per_image",
+            "Keypoints returned per image.",
+            ["model"],
+            buckets=COUNT_BUCKETS,
+            registry=r,
         )
         self.matches = Histogram(
             "featureserve_matches_per_pair", "Matches per image pair.", ["model"], buckets=COUNT_BUCKETS, registry=r
         )
         self.inliers = Histogram(
-            "featureserve_inliers_per_pair", "Geometric inliers per image pair.", ["model"],
-            buckets=COUNT_BUCKETS, registry=r,
+            "featureserve_inliers_per_pair",
+            "Geometric inliers per image pair.",
+            ["model"],
+            buckets=COUNT_BUCKETS,
+            registry=r,
         )

@@ -48,9 +48,7 @@ def decode_image(data: bytes, limits: DecodeLimits) -> np.ndarray:
     except Image.DecompressionBombError as error:
         raise PayloadTooLarge(f"image has too many pixels: {error}") from None
     except UnidentifiedImageError:
-        raise InvalidInput(
-            f"data is not a decodable image (accepted formats: {', '.join(ACCEPTED_FORMATS)})"
-        ) from None
+        raise InvalidInput(f"data is not a decodable image (accepted formats: {', '.join(ACCEPTED_FORMATS)})") from None
     if image.format not in ACCEPTED_FORMATS:
         raise UnsupportedMediaType(
             f"image format {image.format} is not accepted; use one of {', '.join(ACCEPTED_FORMATS)}"

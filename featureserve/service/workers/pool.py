@@ -145,7 +145,9 @@ class WorkerPool:
         """Descriptors of one image at given ``(N, 2)`` pixel keypoints."""
         return await self._submit("describe", model, image, deadline, keypoints=keypoints)
 
-    async def match(self, model: str | None, features0: Features, features1: Features, options: MatchOptions) -> PairResult:
+    async def match(
+        self, model: str | None, features0: Features, features1: Features, options: MatchOptions
+    ) -> PairResult:
         """Match and verify a pair on the CPU threads, recording match and inlier counts."""
         try:
             result = await self.run_cpu(match_pair, features0, features1, options)
