@@ -9,9 +9,6 @@ import torch
 
 from .features import KeypointOptions
 
-# ANMS suppresses a point only by points that are clearly stronger (Brown, Szeliski, Winder, CVPR 2005,
-# "Multi-image matching using multi-scale oriented patches", robustness factor 0.9).
-ANMS_ROBUSTNESS = 0.9
 # Cells per grid are chosen so that each cell's quota is about this many keypoints.
 GRID_KEYPOINTS_PER_CELL = 8
 
@@ -50,7 +47,7 @@ def select_keypoints(
         return order[:k]
     if options.uniform == "grid":
         return _grid_select(keypoints[order], image_size, k, order)
-    return _anms_select(keypoints[order], scores[order], k, order)
+    return _anms_select(keypoints[order], k, order)
 
 
 def _grid_select(keypoints: np.ndarray, image_size: tuple[int, int], k: int, order: np.ndarray) -> np.ndarray:
@@ -74,19 +71,20 @@ def _grid_select(keypoints: np.ndarray, image_size: tuple[int, int], k: int, ord
     return order[np.sort(chosen)]
 
 
-def _anms_select(keypoints: np.ndarray, scores: np.ndarray, k: int, order: np.ndarray) -> np.ndarray:
+def _anms_select(keypoints: np.ndarray, k: int, order: np.ndarray) -> np.ndarray:
     """Keep the ``k`` keypoints with the largest suppression radius (keypoints sorted strongest first)."""
+    # Suppression radius = distance to the nearest stronger point (Brown, Szeliski, Winder, CVPR 2005).
+    # Their robustness factor (suppress only by points 10 % stronger) would give every point within 10 %
+    # of the strongest an infinite radius, which crowds strong clusters, so every earlier point counts.
     points = torch.from_numpy(np.ascontiguousarray(keypoints, np.float32))
-    strength = torch.from_numpy(np.ascontiguousarray(scores, np.float32))
     n = len(points)
     radius = torch.full((n,), float("inf"))
     chunk = 2048
+    index = torch.arange(n)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        # Only earlier (stronger) points can suppress; ties within the robustness factor do not.
         d2 = torch.cdist(points[start:stop], points[:stop]).square_()
-        stronger = strength[start:stop, None] < ANMS_ROBUSTNESS * strength[None, :stop]
-        d2.masked_fill_(~stronger, float("inf"))
+        d2.masked_fill_(index[None, :stop] >= index[start:stop, None], float("inf"))
         radius[start:stop] = d2.min(dim=1).values
     keep = torch.argsort(-radius, stable=True)[:k].numpy()
     return order[np.sort(keep)]

@@ -106,6 +106,15 @@ def match_batch(
         dist = dist.masked_fill(~(valid0 & valid1[:, None, :]), float("inf"))
         k = min(2, m)
         values, indices = dist.topk(k, dim=2, largest=False)
+        if metric != "hamming":
+            # cdist takes a fast matrix-product path that loses precision; redo the k kept distances exactly.
+            candidates = torch.gather(
+                d1.unsqueeze(1).expand(-1, stop - start, -1, -1),
+                2,
+                indices.unsqueeze(-1).expand(-1, -1, -1, d1.shape[-1]),
+            )
+            exact = (d0[:, start:stop].unsqueeze(2) - candidates).norm(dim=-1)
+            values = torch.where(torch.isfinite(values), exact, values)
         best[:, start:stop, :k] = values
         best_index[:, start:stop] = indices[:, :, 0]
         chunk_best, chunk_index = dist.min(dim=1)

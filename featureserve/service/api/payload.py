@@ -97,7 +97,7 @@ async def read_payload(request: Request, settings: Settings) -> Payload:
         if not isinstance(fields, dict):
             raise InvalidInput("JSON body must be an object")
         return Payload({}, fields)
-    if content_type == "multipart/form-data":
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         try:
             form = await request.form(max_files=settings.max_request_images + 2, max_fields=100)
         except Exception as error:  # Starlette/python-multipart raise several types for malformed bodies

@@ -1,0 +1,75 @@
+"""Matching: mutual NN, ratio test, distance threshold, Hamming, padded batches, empty sets."""
+
+import numpy as np
+import pytest
+import torch
+
+from featureserve.models import match_batch, match_descriptors
+
+
+def test_mutual_nn_recovers_a_permutation() -> None:
+    rng = np.random.default_rng(0)
+    descriptors = rng.normal(size=(300, 128)).astype(np.float32)
+    permutation = rng.permutation(300)
+    matches = match_descriptors(descriptors, descriptors[permutation], "l2")
+    assert len(matches) == 300
+    assert np.array_equal(permutation[matches.indices[:, 1]], matches.indices[:, 0])
+    assert np.allclose(matches.distances, 0, atol=1e-3)
+
+
+def test_hamming_distances_are_bit_counts() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (40, 32), dtype=np.uint8)
+    b = rng.integers(0, 256, (50, 32), dtype=np.uint8)
+    expected = np.unpackbits(a[:, None] ^ b[None], axis=2).sum(2)
+    matches = match_descriptors(a, b, "hamming", matcher="nn")
+    assert len(matches) == 40
+    for (i, j), distance in zip(matches.indices, matches.distances, strict=True):
+        assert distance == expected[i, j] == expected[i].min()
+
+
+def test_hamming_needs_packed_bytes() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        match_descriptors(np.zeros((3, 8), np.float32), np.zeros((3, 8), np.float32), "hamming")
+
+
+def test_ratio_test_drops_ambiguous_matches() -> None:
+    query = np.array([[0.0, 0.0], [10.0, 0.0]], np.float32)
+    # Row 0 has two nearly equal candidates; row 1 one clear one.
+    target = np.array([[1.0, 0.0], [-1.05, 0.0], [10.0, 0.5]], np.float32)
+    plain = match_descriptors(query, target, "l2", matcher="nn")
+    ratio = match_descriptors(query, target, "l2", matcher="nn", ratio=0.8)
+    assert plain.indices[:, 0].tolist() == [0, 1]
+    assert ratio.indices.tolist() == [[1, 2]]
+
+
+def test_max_distance_and_cosine() -> None:
+    query = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    target = np.array([[2.0, 0.1], [-1.0, -1.0]], np.float32)
+    cosine = match_descriptors(query, target, "cosine", matcher="nn", max_distance=0.2)
+    assert cosine.indices.tolist() == [[0, 0]]
+
+
+@pytest.mark.parametrize("n0, n1", [(0, 5), (5, 0), (0, 0)])
+def test_empty_sets_give_no_matches(n0: int, n1: int) -> None:
+    matches = match_descriptors(np.zeros((n0, 16), np.float32), np.zeros((n1, 16), np.float32), "l2")
+    assert matches.indices.shape == (0, 2) and matches.distances.shape == (0,)
+
+
+def test_padded_batch_equals_pairs_one_by_one() -> None:
+    rng = np.random.default_rng(2)
+    sizes = [(30, 40), (12, 7), (0, 9)]
+    pairs = [(rng.normal(size=(n, 8)).astype(np.float32), rng.normal(size=(m, 8)).astype(np.float32)) for n, m in sizes]
+    d0 = torch.zeros(3, 30, 8)
+    d1 = torch.zeros(3, 40, 8)
+    for b, (a, c) in enumerate(pairs):
+        d0[b, : len(a)] = torch.from_numpy(a)
+        d1[b, : len(c)] = torch.from_numpy(c)
+    lengths0 = torch.tensor([n for n, _ in sizes])
+    lengths1 = torch.tensor([m for _, m in sizes])
+    match0, _ = match_batch(d0, d1, lengths0, lengths1, "l2")
+    for b, (a, c) in enumerate(pairs):
+        single = match_descriptors(a, c, "l2")
+        batched = match0[b, : len(a)].numpy()
+        i0 = np.flatnonzero(batched >= 0)
+        assert np.array_equal(np.stack([i0, batched[i0]], 1).reshape(-1, 2), single.indices)

@@ -1,0 +1,91 @@
+"""Feature models: the shared protocol on real photos, pixel conventions, tensor batching."""
+
+import numpy as np
+import pytest
+import torch
+
+from featureserve.models import KeypointOptions, available_models, load_model, sample_descriptors
+
+OPTIONS = KeypointOptions(max_keypoints=300)
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_extract_detect_describe_protocol(name: str, photo: np.ndarray) -> None:
+    model = load_model(name)
+    [features] = model.extract([photo], [OPTIONS])
+    spec = model.descriptor
+    assert 0 < len(features) <= 300
+    assert features.image_size == (512, 512)
+    assert features.keypoints.dtype == np.float32 and features.keypoints.shape == (len(features), 2)
+    assert features.descriptors.shape == (len(features), spec.row_length)
+    assert features.descriptors.dtype == spec.dtype
+    assert np.all((features.keypoints >= 0) & (features.keypoints <= 511))
+    [detected] = model.detect([photo], [OPTIONS])
+    assert detected.descriptors is None and len(detected) > 0
+    [described] = model.describe([photo], [features.keypoints[:40]])
+    assert 0 < len(described) <= 40 and described.descriptors.shape[1] == spec.row_length
+    assert model.card.name == name and model.card.descriptor == spec
+
+
+@pytest.mark.parametrize("name", ["orb", "sift", "akaze"])
+def test_grey_and_featureless_images(name: str, photo: np.ndarray) -> None:
+    model = load_model(name)
+    grey = photo.mean(axis=2).astype(np.uint8)
+    flat = np.full((100, 120), 128, np.uint8)
+    features = model.extract([grey, flat], [OPTIONS, OPTIONS])
+    assert len(features[0]) > 0
+    assert len(features[1]) == 0 and features[1].descriptors.shape == (0, model.descriptor.row_length)
+
+
+@pytest.mark.parametrize("name, tolerance", [("orb", 0.5), ("sift", 0.05), ("akaze", 0.05)])
+def test_keypoints_are_in_pixels_of_the_image_as_sent(name: str, tolerance: float, photo: np.ndarray) -> None:
+    # Shift the photo by whole pixels: keypoints shift by that much (ORB's 1.2x pyramid resamples, hence
+    # its looser tolerance).
+    model = load_model(name)
+    shifted = np.zeros((512 + 24, 512 + 40, 3), np.uint8)
+    shifted[24:, 40:] = photo
+    [a] = model.extract([photo], [KeypointOptions(max_keypoints=200, border_margin=40)])
+    [b] = model.extract([shifted], [KeypointOptions(max_keypoints=400)])
+    distances = np.linalg.norm((a.keypoints + np.array([40, 24]))[:, None] - b.keypoints[None], axis=2).min(1)
+    assert np.median(distances) < tolerance
+
+
+def test_invalid_images_are_refused_with_a_message() -> None:
+    model = load_model("orb")
+    with pytest.raises(ValueError, match="uint8"):
+        model.extract([np.zeros((10, 10), np.float32)], [OPTIONS])
+    with pytest.raises(ValueError, match="shape"):
+        model.extract([np.zeros((10, 10, 4), np.uint8)], [OPTIONS])
+
+
+def test_unknown_model_and_option() -> None:
+    with pytest.raises(KeyError, match="available"):
+        load_model("superpoint-from-the-internet")
+    with pytest.raises(ValueError, match="unknown options"):
+        load_model("sift", colour=True)
+
+
+@pytest.mark.parametrize("stride", [1, 4, 16])
+def test_descriptor_sampling_pixel_convention(stride: int) -> None:
+    # A map whose cell (i, j) holds (j, i, 1): sampling at a pixel must give that pixel's map coordinate.
+    h, w = 8, 10
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    descriptor_map = torch.stack([xs, ys, torch.full_like(xs, 1000.0)])[None]
+    pixels = torch.tensor(
+        [[[stride * 2 + (stride - 1) / 2, stride * 3 + (stride - 1) / 2], [stride * 5.0, stride * 1.0]]]
+    )
+    sampled = sample_descriptors(descriptor_map, pixels, stride)[0]
+    sampled = sampled / sampled[:, 2:] * 1000.0  # undo the L2 normalisation
+    expected = (pixels[0] + 0.5) / stride - 0.5
+    assert torch.allclose(sampled[:, :2], expected, atol=1e-4)
+
+
+def test_tensor_batch_equals_one_by_one(photo: np.ndarray) -> None:
+    model = load_model("tiny-cnn")
+    crops = [photo[:300, :280], photo[100:400, 50:330], photo[:200, :200]]
+    options = [KeypointOptions(max_keypoints=100)] * 3
+    together = model.extract(crops, options)
+    for crop, batched in zip(crops, together, strict=True):
+        [alone] = model.extract([crop], options[:1])
+        assert np.array_equal(alone.keypoints, batched.keypoints)
+        assert np.allclose(alone.descriptors, batched.descriptors, atol=1e-5)
