@@ -1,0 +1,31 @@
+"""Settings: validated at start-up, every knob documented in the README."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from featureserve.service.settings import Settings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    text = README.read_text()
+    for name, field in Settings.model_fields.items():
+        assert f"`FEATURESERVE_{name.upper()}`" in text, name
+        assert field.description, name
+
+
+def test_environment_overrides_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATURESERVE_MODELS", '["orb"]')
+    monkeypatch.setenv("FEATURESERVE_DEFAULT_MODEL", "orb")
+    monkeypatch.setenv("FEATURESERVE_MAX_BATCH", "4")
+    settings = Settings()
+    assert settings.models == ["orb"] and settings.max_batch == 4
+    with pytest.raises(ValidationError, match="default_model"):
+        Settings(models=["orb"], default_model="sift")
+    with pytest.raises(ValidationError, match="unknown models"):
+        Settings(models=["orb", "sirf"], default_model="orb")
+    with pytest.raises(ValidationError):
+        Settings(max_batch=0)
