@@ -67,6 +67,8 @@ def test_extract_options(client: httpx.Client, photo: np.ndarray) -> None:
     assert half["descriptors"]["dtype"] == "float16" and len(base64.b64decode(half["descriptors"]["data"])) == 50 * 256
     bare = client.post("/v1/extract", files={"image": ("a.png", png)}, data={"include_descriptors": "false"}).json()
     assert bare["descriptors"] is None and len(bare["keypoints"]) == len(bare["scores"]) > 0
+    full = client.post("/v1/extract", files={"image": ("a.png", png)}).json()
+    assert bare["keypoints"] == full["keypoints"]  # detection alone finds the same keypoints
 
 
 def test_extract_batch_keeps_request_order(client: httpx.Client, photo: np.ndarray) -> None:

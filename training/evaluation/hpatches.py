@@ -77,9 +77,8 @@ def sequence_category(name: str, categories: Mapping[str, str] = OXFORD_CATEGORI
     if category is None and name[:2] in ("i_", "v_"):
         category = name[0]
     if category not in CATEGORY_NAMES:
-        raise ValueError(
-            f"no category for sequence {name!r}: name it i_* / v_* or pass categories={{{name!r}: 'i' or 'v'}}"
-        )
+        hint = f"name it i_* / v_* or pass categories={{{name!r}: 'i' or 'v'}}"
+        raise ValueError(f"no category for sequence {name!r}: {hint}")
     return category
 
 
@@ -127,11 +126,11 @@ def load_sequence(folder: str | Path, categories: Mapping[str, str] = OXFORD_CAT
     if 1 not in images:
         raise ValueError(f"{folder}: no reference image (1.ppm or img1.png style)")
     if 1 in homographies:
-        raise ValueError(f"{folder}: a homography from image 1 to itself ({homographies[1].name}) is not a pair")
+        raise ValueError(f"{folder}: {homographies[1].name} maps image 1 to itself, which is not a pair")
     targets = sorted(set(images) - {1})
     if not targets or targets != sorted(homographies):
         raise ValueError(
-            f"{folder}: images {sorted(images)} and homographies {sorted(homographies)} do not pair up as (1, N)"
+            f"{folder}: images {sorted(images)} and homographies {sorted(homographies)} are not pairs (1, N)"
         )
     pairs = tuple(HomographyPair(n, images[n], load_homography(homographies[n])) for n in targets)
     return HomographySequence(folder.name, sequence_category(folder.name, categories), images[1], pairs)
@@ -148,9 +147,7 @@ def load_sequences(
         raise FileNotFoundError(f"no sequence folder at {root}")
     # A folder is a sequence when it holds numbered images; anything else under root is not ours to judge.
     folders = {
-        p.name: p
-        for p in sorted(root.iterdir())
-        if p.is_dir() and any(_IMAGE_NAME.match(f.name) for f in p.iterdir())
+        p.name: p for p in sorted(root.iterdir()) if p.is_dir() and any(_IMAGE_NAME.match(f.name) for f in p.iterdir())
     }
     if names is not None:
         wanted = list(names)
@@ -295,11 +292,10 @@ def _evaluate_pair(
     thresholds: Sequence[float],
     ransac_threshold: float,
 ) -> PairResult:
-    if features0.descriptor.metric != features1.descriptor.metric:
-        raise ValueError(f"descriptor metrics differ: {features0.descriptor.metric} vs {features1.descriptor.metric}")
-    matches = match_descriptors(
-        features0.descriptors, features1.descriptors, metric=features0.descriptor.metric, matcher="mnn"
-    )
+    metric = features0.descriptor.metric
+    if features1.descriptor.metric != metric:
+        raise ValueError(f"descriptor metrics differ: {metric} vs {features1.descriptor.metric}")
+    matches = match_descriptors(features0.descriptors, features1.descriptors, metric=metric, matcher="mnn")
     points0 = features0.keypoints[matches.indices[:, 0]]
     points1 = features1.keypoints[matches.indices[:, 1]]
     accuracy = matching_accuracy(reprojection_errors(points0, points1, pair.homography), thresholds)

@@ -46,7 +46,9 @@ async def extract(request: Request, pool: WorkerPool = Depends(get_pool)) -> Fas
     image = payload.image("image")
     deadline = pool.deadline_from(deadline_ms(request))
     keypoint_options = options.keypoint_options(pool.settings.default_max_keypoints)
-    features = await pool.extract(worker.model.name, image, keypoint_options, deadline)
+    # Without descriptors only detection runs, which is cheaper for every model.
+    run = pool.extract if options.include_descriptors else pool.detect
+    features = await run(worker.model.name, image, keypoint_options, deadline)
     return FastJSONResponse(extract_response(worker.model.name, features, options))
 
 
@@ -75,8 +77,9 @@ async def extract_batch(request: Request, pool: WorkerPool = Depends(get_pool)) 
         raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {pool.settings.max_request_images}")
     deadline = pool.deadline_from(deadline_ms(request))
     keypoint_options = options.keypoint_options(pool.settings.default_max_keypoints)
+    run = pool.extract if options.include_descriptors else pool.detect
     results = await asyncio.gather(
-        *(pool.extract(worker.model.name, image, keypoint_options, deadline) for image in images),
+        *(run(worker.model.name, image, keypoint_options, deadline) for image in images),
         return_exceptions=True,
     )
     for i, result in enumerate(results):
