@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -50,15 +50,22 @@ class OpenCVFeatureModel(FeatureModel):
 
     def extract(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
         """Detect and describe keypoints in each image (images run in parallel threads)."""
-        return list(self._threads.map(self._extract_one, images, options))
+        return self._map(self._extract_one, images, options)
 
     def detect(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
         """Keypoints and scores only (``descriptors`` is ``None``)."""
-        return list(self._threads.map(self._detect_one, images, options))
+        return self._map(self._detect_one, images, options)
 
     def describe(self, images: Sequence[np.ndarray], keypoints: Sequence[np.ndarray]) -> list[Features]:
         """Descriptors at given keypoints (upright, size ``describe_size``); unusable ones are left out."""
-        return list(self._threads.map(self._describe_one, images, keypoints))
+        return self._map(self._describe_one, images, keypoints)
+
+    def _map(
+        self, function: Callable[[np.ndarray, Any], Features], images: Sequence[np.ndarray], args: Sequence[Any]
+    ) -> list[Features]:
+        if len(images) == 1:  # a lone image skips the hand-off to another thread
+            return [function(images[0], args[0])]
+        return list(self._threads.map(function, images, args))
 
     def _extract_one(self, image: np.ndarray, options: KeypointOptions) -> Features:
         check_image(image)
