@@ -36,7 +36,7 @@ class DrainingServer(uvicorn.Server):
 
 
 # glibc mallopt parameters (malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 
 
 def keep_freed_memory() -> None:
@@ -45,7 +45,7 @@ def keep_freed_memory() -> None:
     By default glibc serves large allocations with a fresh mmap and unmaps them on free, so every tensor
     batch pays page faults for its activations: on the 2-core CPU here tiny-cnn's in-process batch of 8 ran
     at 5.7 images/s with the defaults and 18.9 images/s with the same thresholds set through
-    MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (benchmarks/results/throughput*.md).
+    MALLOC_ARENA_MAX / MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (benchmarks/results/throughput*.md).
     """
     if not sys.platform.startswith("linux"):
         return
@@ -54,6 +54,9 @@ def keep_freed_memory() -> None:
         return
     libc = ctypes.CDLL(name)
     if hasattr(libc, "mallopt"):
+        # One arena: a thread's own arena grows in 64 MiB heaps and mmaps anything larger whatever the
+        # threshold, and the models run on worker threads.
+        libc.mallopt(M_ARENA_MAX, 1)
         libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
         libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
 
