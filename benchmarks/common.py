@@ -1,0 +1,596 @@
+"""Helpers shared by the service benchmarks (``overhead.py``, ``throughput.py``).
+
+Starting a ``featureserve serve`` subprocess on a free loopback port (and always stopping it), a "null"
+HTTP server that only reads the upload (the transport baseline), percentiles, the test image, machine
+information, Prometheus histogram parsing and writing the JSON + Markdown results.
+
+``quality.py`` predates this module and keeps its own ``machine_info``; it is left as it is.
+
+Run as a script, this module is the null server: ``python benchmarks/common.py null-server --port N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import importlib.metadata
+import io
+import json
+import math
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+LOOPBACK = "127.0.0.1"
+# Distributions whose versions go into every report (missing ones are reported as absent).
+VERSIONED = (
+    "featureserve",
+    "torch",
+    "opencv-python-headless",
+    "numpy",
+    "pillow",
+    "scikit-image",
+    "httpx",
+    "httpcore",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "h11",
+    "httptools",
+    "uvloop",
+    "python-multipart",
+    "orjson",
+    "pydantic",
+    "pydantic-settings",
+    "prometheus-client",
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) with linear interpolation between order statistics (numpy's default)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summarize_ms(seconds: Sequence[float]) -> dict[str, float]:
+    """``n``, mean, p50, p95, min and max of durations given in seconds, reported in milliseconds."""
+    ms = [s * 1000.0 for s in seconds]
+    if not ms:
+        return {"n": 0, "mean": math.nan, "p50": math.nan, "p95": math.nan, "min": math.nan, "max": math.nan}
+    return {
+        "n": len(ms),
+        "mean": sum(ms) / len(ms),
+        "p50": percentile(ms, 50),
+        "p95": percentile(ms, 95),
+        "min": min(ms),
+        "max": max(ms),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Test image
+
+
+def benchmark_image(width: int = 640, height: int = 480) -> np.ndarray:
+    """``skimage.data.astronaut()`` (512x512 RGB photo) resized to ``width`` x ``height``, uint8 RGB."""
+    import cv2
+    import skimage.data
+
+    photo = skimage.data.astronaut()
+    interpolation = cv2.INTER_AREA if width <= photo.shape[1] and height <= photo.shape[0] else cv2.INTER_LINEAR
+    return np.ascontiguousarray(cv2.resize(photo, (width, height), interpolation=interpolation))
+
+
+def encode_image(image: np.ndarray, fmt: str, jpeg_quality: int = 95) -> bytes:
+    """``image`` encoded once with Pillow as ``"png"`` or ``"jpeg"`` (quality ``jpeg_quality``)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if fmt == "png":
+        Image.fromarray(image).save(buffer, "PNG")
+    elif fmt == "jpeg":
+        Image.fromarray(image).save(buffer, "JPEG", quality=jpeg_quality)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; use png or jpeg")
+    return buffer.getvalue()
+
+
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+def multipart_body(image: bytes, fmt: str, fields: Mapping[str, str]) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body (file part ``image`` + ``fields``) and its content type, built once.
+
+    Sending prebuilt bytes keeps the client's multipart encoding out of the measured time and makes the
+    upload size exact.
+    """
+    import httpx
+
+    request = httpx.Request(
+        "POST",
+        f"http://{LOOPBACK}/",
+        files={"image": (f"image.{fmt}", image, MEDIA_TYPES[fmt])},
+        data=dict(fields),
+    )
+    return request.read(), request.headers["content-type"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Machine information
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers were measured: platform, CPUs, load, thread settings and library versions."""
+    import cv2
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or _cpu_model() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "torch_threads": torch.get_num_threads(),
+        "opencv_threads": cv2.getNumThreads(),
+        "opencv_build": cv2.__version__,
+        "versions": {name: _version(name) for name in VERSIONED},
+        "performance_env": performance_env(),
+        "git": git_state(),
+    }
+    return info
+
+
+PERFORMANCE_ENV_PREFIXES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "OMP_", "MKL_", "OPENBLAS_", "OPENCV_")
+
+
+def performance_env() -> dict[str, str]:
+    """Environment variables that change the figures (allocator, thread pools); the server inherits them."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(PERFORMANCE_ENV_PREFIXES)}
+
+
+def describe_git(state: Mapping[str, Any]) -> str:
+    """``"commit abc1234 + uncommitted featureserve/service/serve.py (diff 0123abcd)"``."""
+    text = f"commit {str(state.get('commit'))[:7]}"
+    changed = [line.split()[-1] for line in state.get("featureserve_uncommitted") or []]
+    if changed:
+        text += f" + uncommitted {', '.join(changed)}"
+    return f"{text} (featureserve/ sources {state.get('featureserve_sources_sha1')})"
+
+
+def describe_performance_env(env: Mapping[str, str]) -> str:
+    """``"MALLOC_X=1, ..."`` or ``"none (glibc malloc defaults)"``."""
+    return ", ".join(f"{k}={v}" for k, v in env.items()) or "none (glibc malloc defaults)"
+
+
+def git_state() -> dict[str, Any]:
+    """The checkout measured: commit, and uncommitted changes under ``featureserve/`` (they are measured too)."""
+
+    def git(*args: str) -> str | None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+            if done.returncode == 0:
+                return done.stdout.strip()
+        return None
+
+    status = git("status", "--porcelain", "--", "featureserve")
+    diff = git("diff", "HEAD", "--", "featureserve")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "featureserve_uncommitted": status.splitlines() if status else [],
+        # Tells apart two states with the same list of modified files.
+        "featureserve_diff_sha1": hashlib.sha1(diff.encode()).hexdigest()[:12] if diff else None,
+        # The code itself, whatever is committed: equal fingerprints mean the same featureserve/ sources.
+        "featureserve_sources_sha1": sources_fingerprint(),
+    }
+
+
+def sources_fingerprint() -> str:
+    """SHA-1 (12 hex digits) over the paths and contents of ``featureserve/**/*.py`` in the working tree."""
+    digest = hashlib.sha1()
+    root = REPO_ROOT / "featureserve"
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def _cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def now_iso() -> str:
+    """Local date and time, ISO 8601 with offset, to the second."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def busy_processes(threshold_percent: float = 20.0, interval_s: float = 0.5) -> list[str]:
+    """Other processes using more than ``threshold_percent`` of one CPU (a noisy machine skews figures)."""
+    if not Path("/proc").is_dir():
+        return []
+
+    def ticks() -> dict[int, tuple[int, str]]:
+        out = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                name = stat[stat.index("(") + 1 : stat.rindex(")")]
+                fields = stat[stat.rindex(")") + 2 :].split()
+                out[int(entry.name)] = (int(fields[11]) + int(fields[12]), name)
+        return out
+
+    before = ticks()
+    time.sleep(interval_s)
+    after = ticks()
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = []
+    for pid, (total, name) in after.items():
+        if pid == os.getpid() or pid not in before:
+            continue
+        percent = 100.0 * (total - before[pid][0]) / hz / interval_s
+        if percent >= threshold_percent:
+            busy.append(f"{pid} {name} {percent:.0f}%")
+    return busy
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (its threads included), from ``/proc``; ``None`` elsewhere."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Servers
+
+
+def server_process_setup() -> list[str]:
+    """Run this process under the glibc allocator settings that ``featureserve serve`` gives itself.
+
+    glibc reads them only at start-up, so the script restarts itself once (exec) when any is unset; the
+    in-process reference figures are then measured under the server's settings. Returns them.
+    """
+    try:
+        from featureserve.service.serve import MALLOC_ENVIRONMENT
+    except ImportError:  # a checkout whose server sets nothing
+        return []
+    missing = {k: v for k, v in MALLOC_ENVIRONMENT.items() if k not in os.environ}
+    if missing and sys.platform.startswith("linux"):
+        os.environ.update(missing)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    return [f"{k}={os.environ.get(k, 'unset')}" for k in MALLOC_ENVIRONMENT]
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def resolved_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """Every service setting as the server will see it with ``env`` (defaults included)."""
+    from featureserve.service.settings import Settings
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESERVE_")}
+    with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
+        return Settings().model_dump()
+
+
+@dataclass
+class ServerProcess:
+    """A ``featureserve serve`` subprocess on a loopback port; use `start_server` to get one."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    env: dict[str, str]
+    settings: dict[str, Any]
+    log_path: Path
+    startup_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        return self.process.pid
+
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds the server has used so far."""
+        return process_cpu_seconds(self.pid)
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of the server's log."""
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (the service drains), wait, SIGKILL if it does not exit; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with code {process.returncode} before it was ready")
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(url).status_code == 200:
+                    return
+            time.sleep(0.1)
+    raise TimeoutError(f"server not ready after {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def start_server(
+    models: Sequence[str],
+    default_model: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    ready_timeout_s: float = 180.0,
+) -> Iterator[ServerProcess]:
+    """Start ``python -m featureserve serve`` on a free loopback port, wait for ``/readyz``, always stop it.
+
+    ``settings`` are service settings by field name (``{"max_batch": 8, "max_delay_ms": 5}``); they become
+    ``FEATURESERVE_*`` variables. Inherited ``FEATURESERVE_*`` variables are dropped so that the recorded
+    settings are the ones in force. The server log goes to a temporary file (shown if start-up fails).
+    """
+    port = free_port()
+    env_settings: dict[str, str] = {
+        "FEATURESERVE_HOST": LOOPBACK,
+        "FEATURESERVE_REST_PORT": str(port),
+        "FEATURESERVE_MODELS": json.dumps(list(models)),
+        "FEATURESERVE_DEFAULT_MODEL": default_model or models[0],
+        "FEATURESERVE_LOG_LEVEL": "warning",
+    }
+    for key, value in (settings or {}).items():
+        env_settings[f"FEATURESERVE_{key.upper()}"] = (
+            json.dumps(value) if isinstance(value, list | dict | bool) else str(value)
+        )
+    resolved = resolved_settings(env_settings)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESERVE_")} | env_settings
+    log = tempfile.NamedTemporaryFile(prefix="featureserve-bench-", suffix=".log", delete=False)  # noqa: SIM115
+    log_path = Path(log.name)
+    start = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "featureserve", "serve"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    server = ServerProcess(process, port, env_settings, resolved, log_path)
+    try:
+        try:
+            _wait_ready(f"{server.base_url}/readyz", process, ready_timeout_s)
+        except Exception:
+            print(f"server failed to start; log tail:\n{server.log_tail()}", file=sys.stderr)
+            raise
+        server.startup_s = time.monotonic() - start
+        # The server imported the code as it was now; a checkout edited during a long run shows up here.
+        server.extra["git"] = git_state()
+        yield server
+    finally:
+        code = server.stop()
+        server.extra["exit_code"] = code
+        if code not in (0, -signal.SIGTERM):
+            print(f"warning: server exited with code {code}; log tail:\n{server.log_tail()}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            log_path.unlink()
+
+
+class _NullHandler(BaseHTTPRequestHandler):
+    """Reads the whole body, answers ``X-Reply-Bytes`` bytes (2 by default); HTTP/1.1 keep-alive."""
+
+    protocol_version = "HTTP/1.1"
+    # Without TCP_NODELAY the separate header and body writes meet delayed ACKs: ~40 ms per small reply.
+    disable_nagle_algorithm = True
+
+    def do_POST(self) -> None:
+        remaining = int(self.headers.get("content-length", "0"))
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+        reply = b" " * max(2, int(self.headers.get("x-reply-bytes", "2")))
+        self.send_response(200)
+        self.send_header("content-type", "application/octet-stream")
+        self.send_header("content-length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _serve_null(port: int) -> None:
+    with ThreadingHTTPServer((LOOPBACK, port), _NullHandler) as httpd:
+        httpd.serve_forever()
+
+
+@contextlib.contextmanager
+def start_null_server(ready_timeout_s: float = 20.0) -> Iterator[str]:
+    """Start the null server (this module as a script) on a free loopback port; yields its base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "null-server", "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"null server exited with code {process.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.5):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("null server did not start")
+            time.sleep(0.05)
+        yield f"http://{LOOPBACK}:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prometheus
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def histogram(metrics_text: str, metric: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    """A Prometheus histogram's cumulative buckets (``le`` -> count), ``sum`` and ``count`` for ``labels``."""
+    buckets: dict[str, float] = {}
+    total = {"sum": 0.0, "count": 0.0}
+    for line in metrics_text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match or not match["name"].startswith(metric):
+            continue
+        found = dict(_LABEL.findall(match["labels"] or ""))
+        if any(found.get(k) != v for k, v in labels.items()):
+            continue
+        suffix = match["name"][len(metric) :]
+        if suffix == "_bucket":
+            buckets[found["le"]] = float(match["value"])
+        elif suffix in ("_sum", "_count"):
+            total[suffix[1:]] = float(match["value"])
+    return {"buckets": buckets, **total}
+
+
+def histogram_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """``after - before`` of two `histogram` readings."""
+    buckets = {le: count - before["buckets"].get(le, 0.0) for le, count in after["buckets"].items()}
+    return {"buckets": buckets, "sum": after["sum"] - before["sum"], "count": after["count"] - before["count"]}
+
+
+def bucket_counts(reading: Mapping[str, Any]) -> dict[str, int]:
+    """Cumulative ``le`` buckets of integer values as counts per range: ``{"1": 3, "2": 0, "3-4": 5, ...}``."""
+    counts: dict[str, int] = {}
+    previous_le, previous_count = 0.0, 0.0
+    for le, count in sorted(reading["buckets"].items(), key=lambda item: float(item[0])):
+        upper = float(le)
+        low = math.floor(previous_le) + 1
+        if math.isinf(upper):
+            label = f">{math.floor(previous_le)}"
+        else:
+            label = str(int(upper)) if low >= upper else f"{low}-{int(upper)}"
+        counts[label] = round(count - previous_count)
+        previous_le, previous_count = upper, count
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table; floats get 2 decimals (1 from 100 up), ``None`` becomes ``-``."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            if math.isnan(value):
+                return "-"
+            return f"{value:.1f}" if abs(value) >= 100 else f"{value:.2f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(out: Path, report: Mapping[str, Any], markdown: str) -> None:
+    """Write ``report`` as JSON to ``out`` and ``markdown`` beside it (same stem, ``.md``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    out.with_suffix(".md").write_text(markdown if markdown.endswith("\n") else markdown + "\n")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Benchmark helpers; run as the null HTTP server.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    null = commands.add_parser("null-server", help="HTTP server that reads the body and answers nothing")
+    null.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "null-server":
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        _serve_null(args.port)
+
+
+if __name__ == "__main__":
+    _main()
