@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -193,6 +194,15 @@ def describe_git(state: Mapping[str, Any]) -> str:
     return f"{text} (featureserve/ sources {state.get('featureserve_sources_sha1')})"
 
 
+def describe_foreign_load(summary: Mapping[str, Any]) -> str:
+    """One sentence on the CPU other processes took during the run."""
+    top = ", ".join(f"{name} {seconds:g} s" for name, seconds in summary["top_cpu_s"].items()) or "-"
+    return (
+        f"CPU used by other processes during the measurements: mean {summary['mean_cores']:.2f} cores, "
+        f"peak {summary['peak_cores']:.2f} (busiest: {top})"
+    )
+
+
 def describe_performance_env(env: Mapping[str, str]) -> str:
     """``"MALLOC_X=1, ..."`` or ``"none (glibc malloc defaults)"``."""
     return ", ".join(f"{k}={v}" for k, v in env.items()) or "none (glibc malloc defaults)"
@@ -271,6 +281,95 @@ def busy_processes(threshold_percent: float = 20.0, interval_s: float = 0.5) -> 
         if percent >= threshold_percent:
             busy.append(f"{pid} {name} {percent:.0f}%")
     return busy
+
+
+class ForeignLoad:
+    """CPU taken by processes outside this one's process tree (other people's jobs), sampled in a thread.
+
+    ``total_s()`` is the cumulative foreign CPU-seconds since the start; differences of two readings over a
+    span of wall time give the cores others used meanwhile (resolution: the sampling interval).
+    """
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        self.interval_s = interval_s
+        self._total = 0.0
+        self._peak = 0.0
+        self._by_name: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="foreign-load", daemon=True)
+        self.started = time.monotonic()
+
+    def __enter__(self) -> ForeignLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+    def total_s(self) -> float:
+        """Foreign CPU-seconds so far."""
+        with self._lock:
+            return self._total
+
+    def summary(self) -> dict[str, Any]:
+        """Mean and peak foreign cores over the whole span, and the busiest foreign process names."""
+        with self._lock:
+            wall = max(time.monotonic() - self.started, 1e-9)
+            top = sorted(self._by_name.items(), key=lambda item: -item[1])[:5]
+            return {
+                "mean_cores": self._total / wall,
+                "peak_cores": self._peak,
+                "interval_s": self.interval_s,
+                "top_cpu_s": {name: round(seconds, 1) for name, seconds in top if seconds >= 0.5},
+            }
+
+    @staticmethod
+    def _snapshot() -> dict[int, tuple[int, int, str]]:
+        out = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                name = stat[stat.index("(") + 1 : stat.rindex(")")]
+                fields = stat[stat.rindex(")") + 2 :].split()
+                out[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), name)
+        return out
+
+    def _run(self) -> None:
+        if not Path("/proc").is_dir():
+            return
+        hz = os.sysconf("SC_CLK_TCK")
+        previous = self._snapshot()
+        last = time.monotonic()
+        while not self._stop.wait(self.interval_s):
+            current = self._snapshot()
+            now = time.monotonic()
+            mine = {os.getpid()}
+            grew = True
+            while grew:  # descendants of this process (servers, the null server)
+                grew = False
+                for pid, (ppid, _, _) in current.items():
+                    if ppid in mine and pid not in mine:
+                        mine.add(pid)
+                        grew = True
+            foreign = 0.0
+            by_name: dict[str, float] = {}
+            for pid, (_, ticks, name) in current.items():
+                if pid in mine or pid not in previous:
+                    continue
+                seconds = (ticks - previous[pid][1]) / hz
+                if seconds > 0:
+                    foreign += seconds
+                    by_name[name] = by_name.get(name, 0.0) + seconds
+            with self._lock:
+                for name, seconds in by_name.items():
+                    self._by_name[name] = self._by_name.get(name, 0.0) + seconds
+                self._total += foreign
+                self._peak = max(self._peak, foreign / max(now - last, 1e-9))
+            previous, last = current, now
 
 
 def process_cpu_seconds(pid: int) -> float | None:

@@ -49,8 +49,10 @@ import orjson
 import torch
 from common import (
     RESULTS_DIR,
+    ForeignLoad,
     benchmark_image,
     busy_processes,
+    describe_foreign_load,
     describe_git,
     describe_performance_env,
     encode_image,
@@ -258,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     }
 
     with (
+        ForeignLoad() as foreign,
         start_server(args.models, args.models[0], server_settings) as server,
         start_null_server() as null_url,
         httpx.Client(timeout=60.0, trust_env=False) as client,
@@ -312,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         run_rounds(list(probes.values()), args.iterations, args.warmup, args.seed)
         report["measure_wall_s"] = time.monotonic() - started
     report["settings"]["server_exit_code"] = server.extra.get("exit_code")
+    report["foreign_load"] = foreign.summary()
     report["busy_processes_after"] = busy_processes()
     report["machine"]["loadavg_at_end"] = list(os.getloadavg())
 
@@ -408,7 +412,7 @@ def render_markdown(report: dict[str, Any], stats: dict[tuple[str, ...], dict[st
         f"{describe_performance_env(machine['performance_env'])}. Code, as the server loaded it: "
         f"{describe_git(settings['server_git'])}.",
         f"Other busy processes before/after: {report['busy_processes_before'] or 'none'} / "
-        f"{report['busy_processes_after'] or 'none'}.",
+        f"{report['busy_processes_after'] or 'none'}. {describe_foreign_load(report['foreign_load'])}.",
         "",
         "## Inputs and fixed costs (ms)",
         "",

@@ -48,10 +48,12 @@ import torch
 from common import (
     LOOPBACK,
     RESULTS_DIR,
+    ForeignLoad,
     ServerProcess,
     benchmark_image,
     bucket_counts,
     busy_processes,
+    describe_foreign_load,
     describe_git,
     describe_performance_env,
     encode_image,
@@ -317,6 +319,7 @@ async def run_level(
     requests: int,
     cap_s: float,
     client: str = "httpx",
+    foreign: ForeignLoad | None = None,
 ) -> dict[str, Any]:
     """``requests`` POSTs with ``concurrency`` in flight, stopping early at ``cap_s`` seconds.
 
@@ -335,6 +338,7 @@ async def run_level(
             print(f"  warning: {len(failed)} warm-up requests failed: {failed[0]!r}")
         metrics_before = await _metrics_text(server.base_url)
         server_cpu_before, client_cpu_before = server.cpu_seconds(), time.process_time()
+        foreign_before = foreign.total_s() if foreign else None
         start = time.perf_counter()
         stop_at = start + cap_s
 
@@ -361,6 +365,7 @@ async def run_level(
                 await task
         wall = time.perf_counter() - start
         server_cpu_after, client_cpu_after = server.cpu_seconds(), time.process_time()
+        foreign_after = foreign.total_s() if foreign else None
         metrics_after = await _metrics_text(server.base_url)
     finally:
         await sender.aclose()
@@ -382,6 +387,9 @@ async def run_level(
         "latency_ms": summarize_ms(latencies),
         "server_cpu_s_per_s": server_cpu / wall if server_cpu is not None else None,
         "client_cpu_s_per_s": (client_cpu_after - client_cpu_before) / wall,
+        "others_cpu_s_per_s": (foreign_after - foreign_before) / wall
+        if foreign_after is not None and foreign_before is not None
+        else None,
         "server": _server_view(metrics_before, metrics_after, model),
     }
 
@@ -398,7 +406,11 @@ def print_level(row: dict[str, Any]) -> None:
 
 
 async def run_main(
-    args: argparse.Namespace, bodies: dict[str, bytes], content_types: dict[str, str], server: ServerProcess
+    args: argparse.Namespace,
+    bodies: dict[str, bytes],
+    content_types: dict[str, str],
+    server: ServerProcess,
+    foreign: ForeignLoad,
 ) -> list[dict]:
     """Every model at every concurrency level against one server."""
     rows = []
@@ -409,7 +421,7 @@ async def run_main(
                 requests = max(args.min_requests, args.requests_per_connection * concurrency)
                 body, content_type = bodies[model], content_types[model]
                 row = await run_level(
-                    server, model, body, content_type, concurrency, requests, args.level_timeout_s, client
+                    server, model, body, content_type, concurrency, requests, args.level_timeout_s, client, foreign
                 )
                 print_level(row)
                 rows.append(row)
@@ -442,7 +454,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Performance-relevant environment (client and server): "
         f"{describe_performance_env(machine['performance_env'])}. Code: {_code_line(report)}.",
         f"Other busy processes before/after: {report['busy_processes_before'] or 'none'} / "
-        f"{report['busy_processes_after'] or 'none'}.",
+        f"{report['busy_processes_after'] or 'none'}. {describe_foreign_load(report['foreign_load'])}; "
+        f"during the in-process part {report['in_process_others_cpu_s_per_s']:.2f} cores.",
         "",
         "## In-process `model.extract` (images/s)",
         "",
@@ -485,6 +498,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "queue wait ms",
         "server CPU",
         "client CPU",
+        "others' CPU",
     ]
     ordered = sorted(report["main"], key=lambda row: settings["clients"].index(row["client"]))  # stable sort
     lines.append(markdown_table(headers, [_level_cells(row) for row in ordered]))
@@ -493,7 +507,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "batch sizes: `images per batch: number of batches` during the level (from the `featureserve_batch_size` "
         "histogram, whose buckets are 1, 2, 4, 8, 16, ...; warm-up requests excluded). "
         "model ms/batch and queue wait: means from `featureserve_inference_seconds` and "
-        "`featureserve_queue_wait_seconds`. CPU columns: CPU-seconds per second of wall time (2.0 = both cores).",
+        "`featureserve_queue_wait_seconds`. CPU columns: CPU-seconds per second of wall time (2.0 = both cores); "
+        "others' = processes outside this benchmark (noise from other jobs on the machine).",
         "",
         f"## {BATCHED_MODEL}: REST at concurrency {settings['sweep_concurrency']} vs in-process list of 8",
         "",
@@ -516,6 +531,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 row["p95_ms"],
                 row["mean_batch_size"],
                 _histogram_cell(row["batch_size_histogram"]),
+                row["others_cpu_s_per_s"],
             ]
         )
     lines.append(
@@ -535,6 +551,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "p95 ms",
                 "mean batch",
                 "batch sizes",
+                "others' CPU",
             ],
             rows,
         )
@@ -582,6 +599,7 @@ def _level_cells(row: dict[str, Any]) -> list[Any]:
         server["mean_queue_wait_ms"],
         row["server_cpu_s_per_s"],
         row["client_cpu_s_per_s"],
+        row["others_cpu_s_per_s"],
     ]
 
 
@@ -604,10 +622,14 @@ def main(argv: list[str] | None = None) -> None:
         fields = {"model": model, "max_keypoints": str(args.max_keypoints), **DESCRIPTOR_FIELDS[args.descriptors]}
         bodies[model], content_types[model] = multipart_body(data, args.format, fields)
 
+    # Daemon thread: stopped at the end, and it cannot outlive the script if something fails before.
+    foreign = ForeignLoad().__enter__()
     print("in-process reference", flush=True)
+    started, foreign_before = time.monotonic(), foreign.total_s()
     reference = in_process(
         args.models, decoded, args.inprocess_batches, args.inprocess_images, args.cpu_threads, args.max_keypoints
     )
+    in_process_others = (foreign.total_s() - foreign_before) / (time.monotonic() - started)
     common_settings = {"cpu_threads": args.cpu_threads}
     main_settings = {**common_settings, "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms}
     report: dict[str, Any] = {
@@ -644,6 +666,7 @@ def main(argv: list[str] | None = None) -> None:
             "quick": args.quick,
         },
         "in_process": reference,
+        "in_process_others_cpu_s_per_s": in_process_others,
     }
 
     print(f"main run: {main_settings}", flush=True)
@@ -651,7 +674,7 @@ def main(argv: list[str] | None = None) -> None:
         report["settings"]["main_server_env"] = server.env
         report["settings"]["main_server_settings"] = server.settings
         report["settings"]["main_server_git"] = server.extra["git"]
-        report["main"] = asyncio.run(run_main(args, bodies, content_types, server))
+        report["main"] = asyncio.run(run_main(args, bodies, content_types, server, foreign))
     report["settings"]["main_server_exit_code"] = server.extra.get("exit_code")
 
     comparison = []
@@ -676,6 +699,7 @@ def main(argv: list[str] | None = None) -> None:
                         requests,
                         args.level_timeout_s,
                         args.sweep_client,
+                        foreign,
                     )
                 )
             print_level(row)
@@ -694,6 +718,8 @@ def main(argv: list[str] | None = None) -> None:
         "statement": f"{BATCHED_MODEL} REST images/s at concurrency {args.sweep_concurrency} >= "
         f"{TARGET_RATIO:g} x in-process images/s of model.extract on lists of 8 images",
     }
+    foreign.__exit__()
+    report["foreign_load"] = foreign.summary()
     report["busy_processes_after"] = busy_processes()
     report["machine"]["loadavg_at_end"] = list(os.getloadavg())
     markdown = render_markdown(report)
@@ -723,6 +749,7 @@ def _comparison_row(
         "batch_size_histogram": row["server"]["batch_size_histogram"],
         "server_cpu_s_per_s": row["server_cpu_s_per_s"],
         "client_cpu_s_per_s": row["client_cpu_s_per_s"],
+        "others_cpu_s_per_s": row["others_cpu_s_per_s"],
     }
 
 
