@@ -252,32 +252,34 @@ def now_iso() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
+def process_table() -> dict[int, tuple[int, int, str]]:
+    """``pid -> (parent pid, CPU ticks used so far, name)`` for every process in /proc."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = (entry / "stat").read_text()
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            out[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), name)
+    return out
+
+
 def busy_processes(threshold_percent: float = 20.0, interval_s: float = 0.5) -> list[str]:
     """Other processes using more than ``threshold_percent`` of one CPU (a noisy machine skews figures)."""
     if not Path("/proc").is_dir():
         return []
 
-    def ticks() -> dict[int, tuple[int, str]]:
-        out = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = (entry / "stat").read_text()
-                name = stat[stat.index("(") + 1 : stat.rindex(")")]
-                fields = stat[stat.rindex(")") + 2 :].split()
-                out[int(entry.name)] = (int(fields[11]) + int(fields[12]), name)
-        return out
-
-    before = ticks()
+    before = process_table()
     time.sleep(interval_s)
-    after = ticks()
+    after = process_table()
     hz = os.sysconf("SC_CLK_TCK")
     busy = []
-    for pid, (total, name) in after.items():
+    for pid, (_, total, name) in after.items():
         if pid == os.getpid() or pid not in before:
             continue
-        percent = 100.0 * (total - before[pid][0]) / hz / interval_s
+        percent = 100.0 * (total - before[pid][1]) / hz / interval_s
         if percent >= threshold_percent:
             busy.append(f"{pid} {name} {percent:.0f}%")
     return busy
@@ -325,27 +327,14 @@ class ForeignLoad:
                 "top_cpu_s": {name: round(seconds, 1) for name, seconds in top if seconds >= 0.5},
             }
 
-    @staticmethod
-    def _snapshot() -> dict[int, tuple[int, int, str]]:
-        out = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = (entry / "stat").read_text()
-                name = stat[stat.index("(") + 1 : stat.rindex(")")]
-                fields = stat[stat.rindex(")") + 2 :].split()
-                out[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), name)
-        return out
-
     def _run(self) -> None:
         if not Path("/proc").is_dir():
             return
         hz = os.sysconf("SC_CLK_TCK")
-        previous = self._snapshot()
+        previous = process_table()
         last = time.monotonic()
         while not self._stop.wait(self.interval_s):
-            current = self._snapshot()
+            current = process_table()
             now = time.monotonic()
             mine = {os.getpid()}
             grew = True
@@ -385,6 +374,21 @@ def process_cpu_seconds(pid: int) -> float | None:
 # Servers
 
 
+def add_shared_arguments(parser: argparse.ArgumentParser, default_out: Path) -> None:
+    """The options both serving benchmarks take: test image, keypoints, threads, allocator setup, output."""
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--jpeg-quality", type=int, default=95)
+    parser.add_argument("--max-keypoints", type=int, default=1000)
+    parser.add_argument("--cpu-threads", type=int, default=2, help="FEATURESERVE_CPU_THREADS, also used in-process")
+    parser.add_argument(
+        "--no-server-setup",
+        action="store_true",
+        help="do not apply the server's process setup (allocator settings) to the in-process measurements",
+    )
+    parser.add_argument("--out", type=Path, default=default_out, help="JSON output; Markdown goes beside it")
+
+
 def server_process_setup() -> list[str]:
     """Run this process under the glibc allocator settings that ``featureserve serve`` gives itself.
 
@@ -392,13 +396,10 @@ def server_process_setup() -> list[str]:
     in-process reference figures are then measured under the server's settings. Returns them.
     """
     try:
-        from featureserve.service.serve import MALLOC_ENVIRONMENT
+        from featureserve.service.serve import MALLOC_ENVIRONMENT, restart_with_malloc_environment
     except ImportError:  # a checkout whose server sets nothing
         return []
-    missing = {k: v for k, v in MALLOC_ENVIRONMENT.items() if k not in os.environ}
-    if missing and sys.platform.startswith("linux"):
-        os.environ.update(missing)
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+    restart_with_malloc_environment(sys.argv)
     return [f"{k}={os.environ.get(k, 'unset')}" for k in MALLOC_ENVIRONMENT]
 
 

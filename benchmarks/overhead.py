@@ -39,7 +39,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -50,6 +49,7 @@ import torch
 from common import (
     RESULTS_DIR,
     ForeignLoad,
+    add_shared_arguments,
     benchmark_image,
     busy_processes,
     describe_foreign_load,
@@ -88,21 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=["orb", "sift"], help="models to measure")
     parser.add_argument("--formats", nargs="+", default=["png", "jpeg"], choices=["png", "jpeg"])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), help="response modes")
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--jpeg-quality", type=int, default=95)
-    parser.add_argument("--max-keypoints", type=int, default=1000)
     parser.add_argument("--iterations", type=int, default=100, help="measured rounds (every probe once a round)")
     parser.add_argument("--warmup", type=int, default=5, help="unmeasured rounds first")
-    parser.add_argument("--cpu-threads", type=int, default=2, help="FEATURESERVE_CPU_THREADS, also used in-process")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-round probe order")
-    parser.add_argument(
-        "--no-server-setup",
-        action="store_true",
-        help="do not apply the server's process setup (allocator settings) to the in-process measurements",
-    )
     parser.add_argument("--quick", action="store_true", help="short run: 10 rounds, 2 warm-up rounds")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output; Markdown goes beside it")
+    add_shared_arguments(parser, DEFAULT_OUT)
     args = parser.parse_args(argv)
     if args.quick:
         args.iterations, args.warmup = 10, 2

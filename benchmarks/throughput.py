@@ -40,7 +40,6 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,6 +49,7 @@ from common import (
     RESULTS_DIR,
     ForeignLoad,
     ServerProcess,
+    add_shared_arguments,
     benchmark_image,
     bucket_counts,
     busy_processes,
@@ -90,12 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests-per-connection", type=int, default=8, help="the 8 in max(64, 8 * c)")
     parser.add_argument("--level-timeout-s", type=float, default=120.0, help="hard time cap per level")
     parser.add_argument("--format", choices=["jpeg", "png"], default="jpeg")
-    parser.add_argument("--jpeg-quality", type=int, default=95)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--max-keypoints", type=int, default=1000)
     parser.add_argument("--descriptors", choices=list(DESCRIPTOR_FIELDS), default="base64")
-    parser.add_argument("--cpu-threads", type=int, default=2, help="FEATURESERVE_CPU_THREADS and in-process threads")
     parser.add_argument("--max-batch", type=int, default=8, help="FEATURESERVE_MAX_BATCH of the main run")
     parser.add_argument("--max-delay-ms", type=float, default=10.0, help="FEATURESERVE_MAX_DELAY_MS of the main run")
     parser.add_argument(
@@ -109,13 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep-client", choices=["httpx", "raw"], default="httpx")
     parser.add_argument("--inprocess-batches", nargs="+", type=int, default=[1, 8], help="list sizes in-process")
     parser.add_argument("--inprocess-images", type=int, default=64, help="images per in-process measurement")
-    parser.add_argument(
-        "--no-server-setup",
-        action="store_true",
-        help="do not apply the server's process setup (allocator settings) to the in-process measurements",
-    )
     parser.add_argument("--quick", action="store_true", help="short run: c 1 and 16, fewer requests, a 2-row sweep")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output; Markdown goes beside it")
+    add_shared_arguments(parser, DEFAULT_OUT)
     args = parser.parse_args(argv)
     if args.quick:
         args.concurrency = [1, 16]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from pydantic import ValidationError
@@ -25,14 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(available_models()))
         return 0
 
-    from .service.serve import MALLOC_ENVIRONMENT, serve
+    from .service.serve import restart_with_malloc_environment, serve
     from .service.settings import Settings
 
-    missing = {k: v for k, v in MALLOC_ENVIRONMENT.items() if k not in os.environ}
-    if missing and sys.platform.startswith("linux"):
-        # glibc reads these only at process start, so restart once with them set (same PID: exec).
-        os.environ.update(missing)
-        os.execv(sys.executable, [sys.executable, "-m", "featureserve", *(argv if argv is not None else sys.argv[1:])])
+    restart_with_malloc_environment(["-m", "featureserve", *(argv if argv is not None else sys.argv[1:])])
 
     overrides = {k: v for k, v in {"host": args.host, "rest_port": args.port}.items() if v is not None}
     try:

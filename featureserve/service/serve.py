@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 from types import FrameType
 
 import uvicorn
@@ -41,6 +43,17 @@ MALLOC_ENVIRONMENT = {
     "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
     "MALLOC_TRIM_THRESHOLD_": str(1 << 31),
 }
+
+
+def restart_with_malloc_environment(arguments: list[str]) -> None:
+    """Exec ``python *arguments`` (same PID) with any unset `MALLOC_ENVIRONMENT` entry set; Linux only.
+
+    glibc reads these only at process start. Returns without restarting when all are already set.
+    """
+    missing = {k: v for k, v in MALLOC_ENVIRONMENT.items() if k not in os.environ}
+    if missing and sys.platform.startswith("linux"):
+        os.environ.update(missing)
+        os.execv(sys.executable, [sys.executable, *arguments])
 
 
 def serve(settings: Settings) -> None:
