@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Depends, Request
 
@@ -12,7 +13,7 @@ from ..workers import WorkerPool
 from .dependencies import check_max_keypoints, get_pool
 from .encoding import FastJSONResponse, encode_features
 from .examples import EXAMPLE_IMAGE, request_body
-from .payload import deadline_ms, read_payload
+from .payload import Payload, deadline_ms, read_payload
 from .schemas import ErrorResponse, ExtractBatchResponse, ExtractOptions, ExtractResponse
 
 router = APIRouter(prefix="/v1", tags=["features"])
@@ -23,6 +24,26 @@ def extract_response(model: str, features: Features, options: ExtractOptions) ->
     """The ``ExtractResponse`` JSON of one image."""
     body = encode_features(features, options.include_descriptors, options.descriptor_encoding, options.descriptor_dtype)
     return {"model": model, "num_keypoints": len(features), **body}
+
+
+async def read_extract_request(
+    request: Request, pool: WorkerPool, image_field: str
+) -> tuple[Payload, ExtractOptions, str, Callable[[bytes], Awaitable[Features]]]:
+    """Parse an extract request: payload, options, model name, and the call that extracts one image."""
+    payload = await read_payload(request, pool.settings)
+    options = payload.options(ExtractOptions, exclude={image_field})
+    model = pool.worker(options.model).model.name
+    request.state.model = model
+    check_max_keypoints(pool, options.max_keypoints)
+    deadline = pool.deadline_from(deadline_ms(request))
+    keypoint_options = options.keypoint_options(pool.settings.default_max_keypoints)
+    # Without descriptors only detection runs, which is cheaper for every model.
+    run = pool.extract if options.include_descriptors else pool.detect
+
+    def extract_image(image: bytes) -> Awaitable[Features]:
+        return run(model, image, keypoint_options, deadline)
+
+    return payload, options, model, extract_image
 
 
 @router.post(
@@ -38,18 +59,9 @@ def extract_response(model: str, features: Features, options: ExtractOptions) ->
 )
 async def extract(request: Request, pool: WorkerPool = Depends(get_pool)) -> FastJSONResponse:
     """Keypoints (x, y pixels), scores and descriptors of one image. Deadline: header ``X-Deadline-Ms``."""
-    payload = await read_payload(request, pool.settings)
-    options = payload.options(ExtractOptions, exclude={"image"})
-    worker = pool.worker(options.model)
-    request.state.model = worker.model.name
-    check_max_keypoints(pool, options.max_keypoints)
-    image = payload.image("image")
-    deadline = pool.deadline_from(deadline_ms(request))
-    keypoint_options = options.keypoint_options(pool.settings.default_max_keypoints)
-    # Without descriptors only detection runs, which is cheaper for every model.
-    run = pool.extract if options.include_descriptors else pool.detect
-    features = await run(worker.model.name, image, keypoint_options, deadline)
-    return FastJSONResponse(extract_response(worker.model.name, features, options))
+    payload, options, model, extract_image = await read_extract_request(request, pool, "image")
+    features = await extract_image(payload.image("image"))
+    return FastJSONResponse(extract_response(model, features, options))
 
 
 @router.post(
@@ -65,27 +77,17 @@ async def extract(request: Request, pool: WorkerPool = Depends(get_pool)) -> Fas
 )
 async def extract_batch(request: Request, pool: WorkerPool = Depends(get_pool)) -> FastJSONResponse:
     """One result per image, in request order; all images share the same options and may share a batch."""
-    payload = await read_payload(request, pool.settings)
-    options = payload.options(ExtractOptions, exclude={"images"})
-    worker = pool.worker(options.model)
-    request.state.model = worker.model.name
-    check_max_keypoints(pool, options.max_keypoints)
+    payload, options, model, extract_image = await read_extract_request(request, pool, "images")
     images = payload.images("images")
     if not images:
         raise InvalidInput("missing images: send at least one as 'images'")
     if len(images) > pool.settings.max_request_images:
         raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {pool.settings.max_request_images}")
-    deadline = pool.deadline_from(deadline_ms(request))
-    keypoint_options = options.keypoint_options(pool.settings.default_max_keypoints)
-    run = pool.extract if options.include_descriptors else pool.detect
-    results = await asyncio.gather(
-        *(run(worker.model.name, image, keypoint_options, deadline) for image in images),
-        return_exceptions=True,
-    )
+    results = await asyncio.gather(*(extract_image(image) for image in images), return_exceptions=True)
     for i, result in enumerate(results):
         if isinstance(result, FeatureServeError):
             result.message = f"images[{i}]: {result.message}"
             raise result
         if isinstance(result, BaseException):
             raise result
-    return FastJSONResponse({"results": [extract_response(worker.model.name, f, options) for f in results]})
+    return FastJSONResponse({"results": [extract_response(model, f, options) for f in results]})

@@ -41,15 +41,13 @@ class Payload:
         values = value if isinstance(value, list) else [value]
         return [_base64_image(v, f"{key}[{i}]" if isinstance(value, list) else key) for i, v in enumerate(values)]
 
-    def image(self, key: str, required: bool = True) -> bytes | None:
+    def image(self, key: str) -> bytes:
         """The one image sent under ``key``; raises `InvalidInput` when it is missing or repeated."""
         images = self.images(key)
         if len(images) > 1:
             raise InvalidInput(f"send one image as {key!r}, got {len(images)}")
         if not images:
-            if required:
-                raise InvalidInput(f"missing image {key!r} (a file part, or a base64 string in a JSON body)")
-            return None
+            raise InvalidInput(f"missing image {key!r} (a file part, or a base64 string in a JSON body)")
         return images[0]
 
     def options(self, model: type[OptionsT], exclude: set[str]) -> OptionsT:
