@@ -69,6 +69,12 @@ def test_extract_options(client: httpx.Client, photo: np.ndarray) -> None:
     assert bare["descriptors"] is None and len(bare["keypoints"]) == len(bare["scores"]) > 0
     full = client.post("/v1/extract", files={"image": ("a.png", png)}).json()
     assert bare["keypoints"] == full["keypoints"]  # detection alone finds the same keypoints
+    # tiny-cnn detects by extracting: its detect jobs share the extract batch and drop the descriptors.
+    tiny = {"model": "tiny-cnn", "max_keypoints": "50"}
+    detected = client.post("/v1/extract", files={"image": ("a.png", png)}, data={**tiny, "include_descriptors": "0"})
+    extracted = client.post("/v1/extract", files={"image": ("a.png", png)}, data=tiny)
+    assert detected.json()["descriptors"] is None
+    assert detected.json()["keypoints"] == extracted.json()["keypoints"]
 
 
 def test_extract_batch_keeps_request_order(client: httpx.Client, photo: np.ndarray) -> None:

@@ -102,6 +102,8 @@ class ModelWorker:
             yield
         finally:
             self._incoming -= 1
+            # A batch waiting for this request must not wait out max_delay if its decode failed.
+            self._wakeup.set()
 
     def estimated_wait(self) -> float:
         """Seconds until a newly queued image would finish, from the moving average of batch time."""
@@ -197,8 +199,14 @@ class ModelWorker:
     def _groups(self, jobs: list[Job]) -> dict[tuple[JobKind, Hashable], list[Job]]:
         groups: dict[tuple[JobKind, Hashable], list[Job]] = {}
         for job in jobs:
-            groups.setdefault((job.kind, self.model.bucket_key(job.image)), []).append(job)
+            groups.setdefault((self._batch_kind(job.kind), self.model.bucket_key(job.image)), []).append(job)
         return groups
+
+    def _batch_kind(self, kind: JobKind) -> JobKind:
+        # A model without its own detect detects by extracting, so detect jobs join the extract batch.
+        if kind == "detect" and type(self.model).detect is FeatureModel.detect:
+            return "extract"
+        return kind
 
     async def _run_group(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
         results: list[Features | Exception]
@@ -231,8 +239,14 @@ class ModelWorker:
 
     def _call_model(self, jobs: list[Job]) -> list[Features]:
         images = [job.image for job in jobs]
-        kind = jobs[0].kind
+        kind = self._batch_kind(jobs[0].kind)
         if kind == "describe":
             return self.model.describe(images, [job.keypoints for job in jobs])
         options = [job.options for job in jobs]
-        return self.model.extract(images, options) if kind == "extract" else self.model.detect(images, options)
+        if kind == "detect":
+            return self.model.detect(images, options)
+        results = self.model.extract(images, options)
+        for job, features in zip(jobs, results, strict=True):
+            if job.kind == "detect":
+                features.descriptors = None
+        return results
