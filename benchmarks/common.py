@@ -425,6 +425,7 @@ class ServerProcess:
 
     process: subprocess.Popen[bytes]
     port: int
+    grpc_port: int
     env: dict[str, str]
     settings: dict[str, Any]
     log_path: Path
@@ -435,6 +436,11 @@ class ServerProcess:
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT``."""
         return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        """``127.0.0.1:GRPC_PORT``."""
+        return f"{LOOPBACK}:{self.grpc_port}"
 
     @property
     def pid(self) -> int:
@@ -491,10 +497,11 @@ def start_server(
     ``FEATURESERVE_*`` variables. Inherited ``FEATURESERVE_*`` variables are dropped so that the recorded
     settings are the ones in force. The server log goes to a temporary file (shown if start-up fails).
     """
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env_settings: dict[str, str] = {
         "FEATURESERVE_HOST": LOOPBACK,
         "FEATURESERVE_REST_PORT": str(port),
+        "FEATURESERVE_GRPC_PORT": str(grpc_port),
         "FEATURESERVE_MODELS": json.dumps(list(models)),
         "FEATURESERVE_DEFAULT_MODEL": default_model or models[0],
         "FEATURESERVE_LOG_LEVEL": "warning",
@@ -517,7 +524,7 @@ def start_server(
         stdin=subprocess.DEVNULL,
     )
     log.close()
-    server = ServerProcess(process, port, env_settings, resolved, log_path)
+    server = ServerProcess(process, port, grpc_port, env_settings, resolved, log_path)
     try:
         try:
             _wait_ready(f"{server.base_url}/readyz", process, ready_timeout_s)

@@ -12,9 +12,10 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run it."""
     parser = argparse.ArgumentParser(prog="featureserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser("serve", help="serve REST; settings come from FEATURESERVE_* variables")
+    serve_parser = commands.add_parser("serve", help="serve REST and gRPC; settings come from FEATURESERVE_* variables")
     serve_parser.add_argument("--host", help="override FEATURESERVE_HOST")
     serve_parser.add_argument("--port", type=int, help="override FEATURESERVE_REST_PORT")
+    serve_parser.add_argument("--grpc-port", type=int, help="override FEATURESERVE_GRPC_PORT")
     commands.add_parser("models", help="list the models this installation can serve")
     args = parser.parse_args(argv)
 
@@ -29,14 +30,17 @@ def main(argv: list[str] | None = None) -> int:
 
     restart_with_malloc_environment(["-m", "featureserve", *(argv if argv is not None else sys.argv[1:])])
 
-    overrides = {k: v for k, v in {"host": args.host, "rest_port": args.port}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {"host": args.host, "rest_port": args.port, "grpc_port": args.grpc_port}.items()
+        if v is not None
+    }
     try:
         settings = Settings(**overrides)
     except ValidationError as error:
         print(f"featureserve: invalid settings:\n{error}", file=sys.stderr)
         return 2
-    serve(settings)
-    return 0
+    return serve(settings)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ class Server:
 
     process: subprocess.Popen
     url: str
+    grpc_target: str
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM, wait, return the exit code."""
@@ -66,14 +67,19 @@ class Server:
 
 
 def start_server(**settings: str) -> Server:
-    """Start ``python -m featureserve serve`` with ``FEATURESERVE_*`` settings; wait until ready."""
-    port = free_port()
-    env = {**os.environ, "FEATURESERVE_HOST": "127.0.0.1", "FEATURESERVE_REST_PORT": str(port)}
+    """Start ``python -m featureserve serve`` (REST and gRPC) with ``FEATURESERVE_*`` settings; wait until ready."""
+    port, grpc_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "FEATURESERVE_HOST": "127.0.0.1",
+        "FEATURESERVE_REST_PORT": str(port),
+        "FEATURESERVE_GRPC_PORT": str(grpc_port),
+    }
     env.update({f"FEATURESERVE_{k.upper()}": v for k, v in settings.items()})
     process = subprocess.Popen(
         [sys.executable, "-m", "featureserve", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    server = Server(process, f"http://127.0.0.1:{port}")
+    server = Server(process, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -65,3 +65,10 @@ class ServiceMetrics:
             buckets=COUNT_BUCKETS,
             registry=r,
         )
+        self.stream_sessions = Gauge("featureserve_stream_sessions", "Open StreamFrames sessions.", registry=r)
+        self.stream_frames = Counter(
+            "featureserve_stream_frames",
+            "StreamFrames frames answered, by status (ok, dropped, failed).",
+            ["model", "status"],
+            registry=r,
+        )

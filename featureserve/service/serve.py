@@ -1,4 +1,4 @@
-"""The ``serve`` entry point: one process, the worker pool and the REST server, drained on SIGTERM."""
+"""The ``serve`` entry point: one process, one worker pool, the REST and gRPC servers, drained on SIGTERM."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from types import FrameType
 import uvicorn
 
 from .api import create_app
+from .api.rpc import start_grpc_server
 from .metrics import ServiceMetrics
 from .settings import Settings
 from .workers import WorkerPool
+
+logger = logging.getLogger(__name__)
 
 
 class DrainingServer(uvicorn.Server):
@@ -56,9 +59,8 @@ def restart_with_malloc_environment(arguments: list[str]) -> None:
         os.execv(sys.executable, [sys.executable, *arguments])
 
 
-def serve(settings: Settings) -> None:
-    """Load the models, serve REST until SIGTERM, then drain."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+async def serve_async(settings: Settings) -> int:
+    """Serve REST (and gRPC) on one worker pool until SIGTERM, then drain both; the exit code."""
     pool = WorkerPool(settings, ServiceMetrics())
     config = uvicorn.Config(
         create_app(pool),
@@ -66,7 +68,38 @@ def serve(settings: Settings) -> None:
         port=settings.rest_port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
-        lifespan="on",
+        # The pool starts here, not in the app's lifespan: it outlives the REST server while gRPC drains.
+        lifespan="off",
         access_log=False,
     )
-    asyncio.run(DrainingServer(config, pool).serve())
+    rest = DrainingServer(config, pool)
+    grpc_server = await start_grpc_server(pool) if settings.grpc_enabled else None
+    if grpc_server is not None:
+        logger.info("gRPC listening on %s:%d", settings.host, settings.grpc_port)
+    rest_task = asyncio.create_task(rest.serve())
+    start_task = asyncio.create_task(pool.start())
+
+    def stop_if_start_failed(task: asyncio.Task[None]) -> None:
+        # A model that cannot load ends the process (exit code 1) instead of leaving it never ready.
+        if not task.cancelled() and task.exception() is not None:
+            rest.should_exit = True
+
+    start_task.add_done_callback(stop_if_start_failed)
+    await rest_task
+    if grpc_server is not None:
+        # New calls are refused at once; calls in flight get the drain timeout, and streams end after
+        # answering the frames they sent (UNAVAILABLE tells their clients to reconnect).
+        await grpc_server.stop(settings.drain_timeout_s)
+    if not start_task.done():
+        start_task.cancel()
+    failed = not start_task.cancelled() and start_task.exception() is not None
+    if failed:
+        logger.error("start-up failed", exc_info=start_task.exception())
+    await pool.stop()
+    return 1 if failed or not rest.started else 0
+
+
+def serve(settings: Settings) -> int:
+    """Load the models, serve REST and gRPC until SIGTERM, then drain; the exit code."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve_async(settings))

@@ -20,6 +20,19 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address the REST server binds (0.0.0.0 in the Docker image).")
     rest_port: int = Field(8080, ge=0, le=65535, description="REST (HTTP) port.")
+    grpc_enabled: bool = Field(True, description="Serve the gRPC API next to REST.")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port.")
+    grpc_max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest gRPC message either way, bytes (a 4K PNG fits)."
+    )
+    grpc_keepalive_time_s: float = Field(30.0, gt=0, description="Idle time before the server pings a client.")
+    grpc_keepalive_timeout_s: float = Field(10.0, gt=0, description="How long a keepalive ping may go unanswered.")
+    grpc_min_ping_interval_s: float = Field(
+        10.0, gt=0, description="Shortest interval between client keepalive pings the server tolerates."
+    )
+    stream_queue_size: int = Field(
+        4, ge=1, description="Frames a StreamFrames session buffers before it stops reading (queue policy)."
+    )
     models: list[str] = Field(["sift", "orb", "akaze"], description="Models loaded at start-up.")
     default_model: str = Field("sift", description="Model used when a request names none.")
     device: Literal["auto", "cpu", "cuda"] = Field(

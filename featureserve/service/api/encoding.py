@@ -10,11 +10,13 @@ import numpy as np
 import orjson
 from fastapi.responses import JSONResponse
 
+from ...arrays import WIRE_DTYPES
 from ...models import DescriptorSpec, Features
 from ..errors import InvalidInput
 from .schemas import FeatureSet
 
-WIRE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "uint8": np.dtype("u1")}
+# The metrics that make sense for each descriptor kind.
+METRICS = {"float": ("l2", "cosine"), "binary": ("hamming",)}
 
 
 class FastJSONResponse(JSONResponse):
@@ -53,14 +55,10 @@ def encode_features(features: Features, include_descriptors: bool, encoding: str
 def decode_feature_set(feature_set: FeatureSet, name: str) -> Features:
     """An uploaded ``FeatureSet`` as `Features`; raises `InvalidInput` naming ``name`` when inconsistent."""
     keypoints = np.asarray(feature_set.keypoints, np.float32).reshape(-1, 2)
-    if not np.all(np.isfinite(keypoints)):
-        raise InvalidInput(f"{name}.keypoints contains non-finite values")
     payload = feature_set.descriptors
     if payload is None:
         raise InvalidInput(f"{name}.descriptors is required for matching")
     rows, cols = payload.shape
-    if rows != len(keypoints):
-        raise InvalidInput(f"{name}.descriptors has {rows} rows but there are {len(keypoints)} keypoints")
     wire = WIRE_DTYPES[payload.dtype]
     if payload.encoding == "base64":
         if not isinstance(payload.data, str):
@@ -84,31 +82,54 @@ def decode_feature_set(feature_set: FeatureSet, name: str) -> Features:
         if payload.dtype == "uint8" and (np.any(descriptors < 0) or np.any(descriptors > 255)):
             raise InvalidInput(f"{name}.descriptors.data has values outside 0..255 for dtype uint8")
         descriptors = descriptors.astype(wire)
-    binary = payload.dtype == "uint8"
+    info = feature_set.descriptor
+    size = feature_set.image_size
+    return features_from_arrays(
+        name,
+        keypoints,
+        None if feature_set.scores is None else np.asarray(feature_set.scores, np.float32),
+        descriptors,
+        None if info is None else DescriptorSpec(info.kind, info.dim, info.metric),
+        (size.width, size.height) if size is not None else (0, 0),
+    )
+
+
+def features_from_arrays(
+    name: str,
+    keypoints: np.ndarray,
+    scores: np.ndarray | None,
+    descriptors: np.ndarray,
+    spec: DescriptorSpec | None,
+    image_size: tuple[int, int],
+) -> Features:
+    """Check an uploaded feature set (any transport) and build `Features`; raises `InvalidInput` naming ``name``.
+
+    ``descriptors`` are uint8 for binary descriptors and a float dtype otherwise; ``spec`` is inferred from
+    them when absent.
+    """
+    if not np.all(np.isfinite(keypoints)):
+        raise InvalidInput(f"{name}.keypoints contains non-finite values")
+    rows, cols = descriptors.shape
+    if rows != len(keypoints):
+        raise InvalidInput(f"{name}.descriptors has {rows} rows but there are {len(keypoints)} keypoints")
+    binary = descriptors.dtype == np.uint8
     if not binary:
         descriptors = descriptors.astype(np.float32)
         if not np.all(np.isfinite(descriptors)):
             raise InvalidInput(f"{name}.descriptors contains non-finite values")
-    info = feature_set.descriptor
-    spec = (
-        DescriptorSpec(info.kind, info.dim, info.metric)
-        if info is not None
-        else DescriptorSpec("binary", 8 * cols, "hamming")
-        if binary
-        else DescriptorSpec("float", cols, "l2")
-    )
+    if spec is None:
+        spec = DescriptorSpec("binary", 8 * cols, "hamming") if binary else DescriptorSpec("float", cols, "l2")
+    if spec.metric not in METRICS.get(spec.kind, ()):
+        raise InvalidInput(f"{name}.descriptor: kind {spec.kind!r} with metric {spec.metric!r} is not supported")
     if (spec.kind == "binary") != binary or spec.row_length != cols:
-        raise InvalidInput(
-            f"{name}.descriptor says {spec.kind} {spec.dim}, but descriptors are {payload.dtype} x {cols}"
-        )
-    size = feature_set.image_size
-    if feature_set.scores is not None and len(feature_set.scores) != rows:
-        raise InvalidInput(f"{name}.scores has {len(feature_set.scores)} values but there are {rows} keypoints")
-    scores = np.ones(rows) if feature_set.scores is None else feature_set.scores
+        dtype = "uint8" if binary else "float"
+        raise InvalidInput(f"{name}.descriptor says {spec.kind} {spec.dim}, but descriptors are {dtype} x {cols}")
+    if scores is not None and len(scores) != rows:
+        raise InvalidInput(f"{name}.scores has {len(scores)} values but there are {rows} keypoints")
     return Features(
-        keypoints=keypoints,
-        scores=np.asarray(scores, np.float32),
+        keypoints=np.ascontiguousarray(keypoints, np.float32),
+        scores=np.ones(rows, np.float32) if scores is None else np.ascontiguousarray(scores, np.float32),
         descriptors=np.ascontiguousarray(descriptors),
-        image_size=(size.width, size.height) if size is not None else (0, 0),
+        image_size=image_size,
         descriptor=spec,
     )

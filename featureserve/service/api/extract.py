@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from ...models import Features
 from ..errors import FeatureServeError, InvalidInput, PayloadTooLarge
 from ..workers import WorkerPool
-from .dependencies import check_max_keypoints, get_pool
+from .dependencies import get_pool
 from .encoding import FastJSONResponse, encode_features
 from .examples import EXAMPLE_IMAGE, request_body
 from .payload import Payload, deadline_ms, read_payload
@@ -34,7 +34,7 @@ async def read_extract_request(
     options = payload.options(ExtractOptions, exclude={image_field})
     model = pool.worker(options.model).model.name
     request.state.model = model
-    check_max_keypoints(pool, options.max_keypoints)
+    pool.check_max_keypoints(options.max_keypoints)
     deadline = pool.deadline_from(deadline_ms(request))
     keypoint_options = options.keypoint_options(pool.settings.default_max_keypoints)
     # Without descriptors only detection runs, which is cheaper for every model.

@@ -8,11 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
-from ...models import Features, intrinsics_matrix
-from ..errors import InvalidInput, InvalidOption
-from ..workers import MatchOptions as PairOptions
+from ...models import Features
+from ..errors import InvalidInput
 from ..workers import PairResult, WorkerPool
-from .dependencies import check_max_keypoints, get_pool
+from .dependencies import get_pool
 from .encoding import FastJSONResponse, decode_feature_set, encode_features
 from .examples import EXAMPLE_IMAGE, request_body
 from .extract import ERRORS
@@ -21,30 +20,6 @@ from .schemas import FeatureSet, MatchOptions, MatchResponse
 
 router = APIRouter(prefix="/v1", tags=["matching"])
 SIDES = ("0", "1")
-
-
-def pair_options(options: MatchOptions) -> PairOptions:
-    """The worker-side matching options; raises `InvalidOption` for unusable intrinsics."""
-    intrinsics = []
-    for side in SIDES:
-        value = getattr(options, f"intrinsics{side}")
-        try:
-            intrinsics.append(None if value is None else intrinsics_matrix(value))
-        except ValueError as error:
-            raise InvalidOption(f"intrinsics{side}: {error}") from None
-    if options.geometry == "essential" and None in intrinsics:
-        raise InvalidOption("geometry essential needs intrinsics0 and intrinsics1 ([fx, fy, cx, cy] or 3x3)")
-    return PairOptions(
-        matcher=options.matcher,
-        ratio=options.ratio,
-        max_distance=options.max_distance,
-        geometry=None if options.geometry == "none" else options.geometry,
-        ransac_threshold=options.ransac_threshold,
-        ransac_confidence=options.ransac_confidence,
-        ransac_max_iterations=options.ransac_max_iterations,
-        intrinsics0=intrinsics[0],
-        intrinsics1=intrinsics[1],
-    )
 
 
 def uploaded_features(payload: Payload, side: str) -> Features | None:
@@ -110,8 +85,8 @@ async def match(request: Request, pool: WorkerPool = Depends(get_pool)) -> FastJ
     """Mutual-NN (or NN, ratio, distance) matches, their pixel coordinates, and MAGSAC++ verification."""
     payload = await read_payload(request, pool.settings)
     options = payload.options(MatchOptions, exclude={"image0", "image1", "features0", "features1"})
-    check_max_keypoints(pool, options.max_keypoints)
-    worker_options = pair_options(options)
+    pool.check_max_keypoints(options.max_keypoints)
+    worker_options = options.pair_options()
     deadline = pool.deadline_from(deadline_ms(request))
     keypoint_options = options.keypoint_options(pool.settings.default_max_keypoints)
     uploaded = {side: uploaded_features(payload, side) for side in SIDES}

@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...models import KeypointOptions
+from ...models import KeypointOptions, intrinsics_matrix
+from ..errors import InvalidOption
+from ..workers import MatchOptions as PairOptions
 
 Intrinsics = list[float] | list[list[float]]
 
@@ -54,6 +56,28 @@ class MatchOptions(ExtractOptions):
     ransac_confidence: float = Field(0.9999, gt=0, lt=1, description="RANSAC confidence.")
     ransac_max_iterations: int = Field(10000, ge=1, le=1_000_000, description="RANSAC iteration cap.")
     include_features: bool = Field(False, description="Also return both images' full feature sets.")
+
+    def pair_options(self) -> PairOptions:
+        """The worker-side matching options; raises `InvalidOption` for unusable intrinsics."""
+        intrinsics = []
+        for side, value in enumerate((self.intrinsics0, self.intrinsics1)):
+            try:
+                intrinsics.append(None if value is None else intrinsics_matrix(value))
+            except ValueError as error:
+                raise InvalidOption(f"intrinsics{side}: {error}") from None
+        if self.geometry == "essential" and None in intrinsics:
+            raise InvalidOption("geometry essential needs intrinsics0 and intrinsics1 ([fx, fy, cx, cy] or 3x3)")
+        return PairOptions(
+            matcher=self.matcher,
+            ratio=self.ratio,
+            max_distance=self.max_distance,
+            geometry=None if self.geometry == "none" else self.geometry,
+            ransac_threshold=self.ransac_threshold,
+            ransac_confidence=self.ransac_confidence,
+            ransac_max_iterations=self.ransac_max_iterations,
+            intrinsics0=intrinsics[0],
+            intrinsics1=intrinsics[1],
+        )
 
 
 class ImageSize(BaseModel):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ...models import FeatureModel, Features, KeypointOptions, ModelCard, default_conf, load_model
-from ..errors import InvalidInput, ModelNotFound
+from ..errors import InvalidInput, InvalidOption, ModelNotFound, Unavailable
 from ..metrics import ServiceMetrics
 from ..settings import Settings
 from .batcher import BatchPolicy, Job, JobKind, ModelWorker
@@ -47,6 +47,8 @@ class WorkerPool:
         self.workers: dict[str, ModelWorker] = {}
         self.ready = False
         self.draining = False
+        self._state_listeners: list[Callable[[], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._decode_threads = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._cpu_threads = ThreadPoolExecutor(settings.cpu_threads, thread_name_prefix="cpu")
 
@@ -58,6 +60,7 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Load the configured models, warm them up, start their batchers, then report ready."""
+        self._loop = asyncio.get_running_loop()
         torch.set_num_threads(self.settings.cpu_threads)
         policy = BatchPolicy(
             max_batch=self.settings.max_batch,
@@ -74,12 +77,28 @@ class WorkerPool:
             worker.start()
             self.workers[name] = worker
             logger.info("model %s ready on %s", name, self.device)
-        self.ready = True
+        self.ready = not self.draining
+        self._notify_state()
+
+    def on_state_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` on the event loop when the pool becomes ready and when its drain begins."""
+        self._state_listeners.append(listener)
+
+    def _notify_state(self) -> None:
+        for listener in self._state_listeners:
+            # begin_drain may run in a signal handler; the loop runs the listeners at a safe point.
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(listener)
+            else:
+                listener()
 
     def begin_drain(self) -> None:
         """Stop reporting ready; in-flight and queued work still completes."""
+        if self.draining:
+            return
         self.draining = True
         self.ready = False
+        self._notify_state()
 
     async def stop(self) -> None:
         """Finish queued work and release the threads."""
@@ -87,6 +106,17 @@ class WorkerPool:
         await asyncio.gather(*(worker.stop() for worker in self.workers.values()))
         self._decode_threads.shutdown(wait=True)
         self._cpu_threads.shutdown(wait=True)
+
+    def require_started(self) -> None:
+        """Raise `Unavailable` until every model is loaded and warmed up (work goes on while draining)."""
+        if not (self.ready or self.draining):
+            raise Unavailable("the service is still loading its models")
+
+    def check_max_keypoints(self, max_keypoints: int | None) -> None:
+        """Refuse a ``max_keypoints`` above the configured limit with `InvalidOption`."""
+        limit = self.settings.max_keypoints_limit
+        if max_keypoints is not None and max_keypoints > limit:
+            raise InvalidOption(f"max_keypoints: must be at most {limit}, got {max_keypoints}")
 
     def worker(self, model: str | None) -> ModelWorker:
         """The worker of ``model`` (the default model when ``None``); raises `ModelNotFound`."""

@@ -1,0 +1,378 @@
+"""gRPC clients, sync (`GrpcClient`) and asyncio (`AsyncGrpcClient`), with the same methods and results.
+
+Example:
+    >>> with GrpcClient("127.0.0.1:50051") as client:
+    ...     features = client.extract("image.jpg", model="orb", max_keypoints=1000)
+    ...     features.keypoints.shape  # (N, 2) float32
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from ..arrays import to_array, unpack
+from ..v1 import features_pb2 as pb
+from ..v1 import service_pb2 as service
+from ..v1.service_pb2_grpc import FeatureServiceStub
+
+ImageInput = bytes | str | Path | np.ndarray
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+EXTRACT_FIELDS = frozenset(pb.ExtractOptions.DESCRIPTOR.fields_by_name)
+MATCH_FIELDS = frozenset(pb.MatchOptions.DESCRIPTOR.fields_by_name)
+
+
+@dataclass
+class FeatureSet:
+    """Features of one image: keypoints ``(N, 2)`` (x, y) pixels, scores ``(N,)``, descriptors ``(N, D)``."""
+
+    keypoints: np.ndarray
+    scores: np.ndarray
+    descriptors: np.ndarray | None
+    descriptor: dict[str, Any]
+    image_size: tuple[int, int]
+    model: str = ""
+
+
+@dataclass
+class Geometry:
+    """The fitted model: ``matrix`` (3, 3) or None, and for essential matrices ``rotation`` and ``translation``."""
+
+    geometry: str
+    matrix: np.ndarray | None
+    num_inliers: int
+    inlier_ratio: float
+    rotation: np.ndarray | None
+    translation: np.ndarray | None
+    message: str
+
+
+@dataclass
+class MatchResult:
+    """Matches ``(M, 2)`` (index in image 0, index in image 1), their points and distances, and verification."""
+
+    model: str
+    matches: np.ndarray
+    points0: np.ndarray
+    points1: np.ndarray
+    distances: np.ndarray
+    inliers: np.ndarray | None
+    geometry: Geometry | None
+    features0: FeatureSet | None
+    features1: FeatureSet | None
+
+
+@dataclass
+class Frame:
+    """A camera frame for `GrpcClient.stream_frames`; ``intrinsics`` is ``(fx, fy, cx, cy)``."""
+
+    image: ImageInput
+    sequence: int
+    timestamp: float = 0.0
+    intrinsics: Sequence[float] | None = None
+    keyframe: bool = False
+
+
+@dataclass
+class FrameMatches:
+    """Matches of a frame (index 0) to an earlier frame ``sequence`` (index 1)."""
+
+    sequence: int
+    matches: np.ndarray
+    inliers: np.ndarray | None
+    geometry: Geometry | None
+
+
+@dataclass
+class FrameResult:
+    """The answer to one frame: ``status`` is ``"ok"``, ``"dropped"`` or ``"failed"`` (then ``error`` says why)."""
+
+    sequence: int
+    timestamp: float
+    status: str
+    error: str | None
+    features: FeatureSet | None
+    to_previous: FrameMatches | None
+    to_keyframe: FrameMatches | None
+    keyframe: bool
+    latency_ms: float
+
+
+def image_message(image: ImageInput) -> pb.Image:
+    """Encoded bytes, a file path, or a uint8 array (grey ``(H, W)`` or RGB ``(H, W, 3)``) as an ``Image``."""
+    if isinstance(image, np.ndarray):
+        return pb.Image(pixels=to_array(image, "uint8"))
+    if isinstance(image, str | Path):
+        image = Path(image).read_bytes()
+    return pb.Image(encoded=bytes(image))
+
+
+def _intrinsics(value: Sequence[float] | np.ndarray) -> pb.Intrinsics:
+    array = np.asarray(value, np.float64)
+    fx, fy, cx, cy = (array[0, 0], array[1, 1], array[0, 2], array[1, 2]) if array.shape == (3, 3) else array
+    return pb.Intrinsics(fx=fx, fy=fy, cx=cx, cy=cy)
+
+
+def split_options(options: dict[str, Any]) -> tuple[pb.ExtractOptions, pb.MatchOptions]:
+    """Keyword options -> the two option messages; raises ``TypeError`` on an unknown name."""
+    unknown = set(options) - EXTRACT_FIELDS - MATCH_FIELDS
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}")
+    extract = {k: v for k, v in options.items() if k in EXTRACT_FIELDS and v is not None}
+    match = {k: v for k, v in options.items() if k in MATCH_FIELDS and v is not None}
+    for name in ("intrinsics0", "intrinsics1"):
+        if name in match:
+            match[name] = _intrinsics(match[name])
+    return pb.ExtractOptions(**extract), pb.MatchOptions(**match)
+
+
+def feature_set(message: pb.FeatureSet, model: str = "") -> FeatureSet:
+    """A ``FeatureSet`` message as numpy arrays."""
+    info = message.descriptor
+    return FeatureSet(
+        keypoints=unpack(message.keypoints),
+        scores=unpack(message.scores),
+        descriptors=unpack(message.descriptors) if message.HasField("descriptors") else None,
+        descriptor={"kind": info.kind, "dim": info.dim, "metric": info.metric},
+        image_size=(message.image_size.width, message.image_size.height),
+        model=model,
+    )
+
+
+def _optional(message: Any, field: str) -> np.ndarray | None:
+    return unpack(getattr(message, field)) if message.HasField(field) else None
+
+
+def geometry(message: Any) -> Geometry | None:
+    """The ``geometry`` field of a match message, if set."""
+    if not message.HasField("geometry"):
+        return None
+    g = message.geometry
+    return Geometry(
+        g.geometry,
+        _optional(g, "matrix"),
+        g.num_inliers,
+        g.inlier_ratio,
+        _optional(g, "rotation"),
+        _optional(g, "translation"),
+        g.message,
+    )
+
+
+def match_result(response: service.MatchResponse) -> MatchResult:
+    """A ``MatchResponse`` as numpy arrays."""
+    inliers = _optional(response, "inliers")
+    return MatchResult(
+        model=response.model,
+        matches=unpack(response.matches),
+        points0=unpack(response.points0),
+        points1=unpack(response.points1),
+        distances=unpack(response.distances),
+        inliers=None if inliers is None else inliers.astype(bool),
+        geometry=geometry(response),
+        features0=feature_set(response.features0) if response.HasField("features0") else None,
+        features1=feature_set(response.features1) if response.HasField("features1") else None,
+    )
+
+
+def frame_matches(message: service.FrameMatches) -> FrameMatches:
+    """A ``FrameMatches`` message as numpy arrays."""
+    inliers = _optional(message, "inliers")
+    return FrameMatches(
+        message.sequence, unpack(message.matches), None if inliers is None else inliers.astype(bool), geometry(message)
+    )
+
+
+def frame_result(message: service.FrameResult) -> FrameResult:
+    """A ``FrameResult`` message as numpy arrays."""
+    status = service.FrameStatus.Name(message.status).removeprefix("FRAME_STATUS_").lower()
+    error = message.error
+    return FrameResult(
+        sequence=message.sequence,
+        timestamp=message.timestamp,
+        status=status,
+        error=f"{error.status}: {error.message}" if message.HasField("error") else None,
+        features=feature_set(message.features, message.model) if message.HasField("features") else None,
+        to_previous=frame_matches(message.to_previous) if message.HasField("to_previous") else None,
+        to_keyframe=frame_matches(message.to_keyframe) if message.HasField("to_keyframe") else None,
+        keyframe=message.keyframe,
+        latency_ms=message.latency_ms,
+    )
+
+
+def stream_requests(frames: Iterable[Frame], session: dict[str, Any]) -> Iterator[service.StreamFramesRequest]:
+    """The session message, then one request per frame."""
+    yield service.StreamFramesRequest(session=session_message(session))
+    for frame in frames:
+        yield frame_request(frame)
+
+
+def session_message(session: dict[str, Any]) -> service.SessionOptions:
+    """Session keyword options (extract and match options, ``backpressure``, ``frame_deadline_ms``)."""
+    own = {k: session[k] for k in ("backpressure", "frame_deadline_ms") if session.get(k) is not None}
+    extract, match = split_options({k: v for k, v in session.items() if k not in own})
+    return service.SessionOptions(options=extract, match_options=match, **own)
+
+
+def frame_request(frame: Frame) -> service.StreamFramesRequest:
+    """One frame as a stream message."""
+    message = service.Frame(
+        sequence=frame.sequence, timestamp=frame.timestamp, image=image_message(frame.image), keyframe=frame.keyframe
+    )
+    if frame.intrinsics is not None:
+        message.intrinsics.CopyFrom(_intrinsics(frame.intrinsics))
+    return service.StreamFramesRequest(frame=message)
+
+
+def extract_request(image: ImageInput, options: dict[str, Any]) -> service.ExtractRequest:
+    """An ``ExtractRequest``."""
+    return service.ExtractRequest(image=image_message(image), options=split_options(options)[0])
+
+
+def extract_batch_request(images: Sequence[ImageInput], options: dict[str, Any]) -> service.ExtractBatchRequest:
+    """An ``ExtractBatchRequest``."""
+    return service.ExtractBatchRequest(images=[image_message(i) for i in images], options=split_options(options)[0])
+
+
+def describe_request(image: ImageInput, keypoints: np.ndarray, options: dict[str, Any]) -> service.DescribeRequest:
+    """A ``DescribeRequest``."""
+    return service.DescribeRequest(
+        image=image_message(image), keypoints=to_array(keypoints, "float32"), options=split_options(options)[0]
+    )
+
+
+def match_request(image0: ImageInput, image1: ImageInput, options: dict[str, Any]) -> service.MatchRequest:
+    """A ``MatchRequest`` of two images."""
+    extract, match = split_options(options)
+    return service.MatchRequest(
+        image0=image_message(image0), image1=image_message(image1), options=extract, match_options=match
+    )
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Client channel arguments: message limits matching the server's default."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+class GrpcClient:
+    """Blocking client. Options are keyword arguments named as in REST (``model``, ``max_keypoints``, ...)."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+        self.stub = FeatureServiceStub(self.channel)
+
+    def __enter__(self) -> GrpcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+    def list_models(self, timeout: float | None = None) -> service.ListModelsResponse:
+        """The loaded models and their cards."""
+        return self.stub.ListModels(service.ListModelsRequest(), timeout=timeout)
+
+    def extract(self, image: ImageInput, timeout: float | None = None, **options: Any) -> FeatureSet:
+        """Features of one image."""
+        response = self.stub.Extract(extract_request(image, options), timeout=timeout)
+        return feature_set(response.features, response.model)
+
+    def extract_batch(
+        self, images: Sequence[ImageInput], timeout: float | None = None, **options: Any
+    ) -> list[FeatureSet]:
+        """Features of several images, in order."""
+        response = self.stub.ExtractBatch(extract_batch_request(images, options), timeout=timeout)
+        return [feature_set(r.features, r.model) for r in response.results]
+
+    def describe(
+        self, image: ImageInput, keypoints: np.ndarray, timeout: float | None = None, **options: Any
+    ) -> FeatureSet:
+        """Descriptors of one image at ``(N, 2)`` pixel keypoints."""
+        response = self.stub.Describe(describe_request(image, keypoints, options), timeout=timeout)
+        return feature_set(response.features, response.model)
+
+    def match(
+        self, image0: ImageInput, image1: ImageInput, timeout: float | None = None, **options: Any
+    ) -> MatchResult:
+        """Matches of two images and, with ``geometry=...``, their verification."""
+        return match_result(self.stub.Match(match_request(image0, image1, options), timeout=timeout))
+
+    def stream_frames(self, frames: Iterable[Frame], **session: Any) -> Iterator[FrameResult]:
+        """One result per frame, in order; ``session`` takes extract/match options, ``backpressure``, ..."""
+        for message in self.stub.StreamFrames(stream_requests(frames, session)):
+            yield frame_result(message)
+
+
+class AsyncGrpcClient:
+    """asyncio client with the same methods as `GrpcClient`, as coroutines."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+        self.stub = FeatureServiceStub(self.channel)
+
+    async def __aenter__(self) -> AsyncGrpcClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close()
+
+    async def list_models(self, timeout: float | None = None) -> service.ListModelsResponse:
+        """The loaded models and their cards."""
+        return await self.stub.ListModels(service.ListModelsRequest(), timeout=timeout)
+
+    async def extract(self, image: ImageInput, timeout: float | None = None, **options: Any) -> FeatureSet:
+        """Features of one image."""
+        response = await self.stub.Extract(extract_request(image, options), timeout=timeout)
+        return feature_set(response.features, response.model)
+
+    async def extract_batch(
+        self, images: Sequence[ImageInput], timeout: float | None = None, **options: Any
+    ) -> list[FeatureSet]:
+        """Features of several images, in order."""
+        response = await self.stub.ExtractBatch(extract_batch_request(images, options), timeout=timeout)
+        return [feature_set(r.features, r.model) for r in response.results]
+
+    async def describe(
+        self, image: ImageInput, keypoints: np.ndarray, timeout: float | None = None, **options: Any
+    ) -> FeatureSet:
+        """Descriptors of one image at ``(N, 2)`` pixel keypoints."""
+        response = await self.stub.Describe(describe_request(image, keypoints, options), timeout=timeout)
+        return feature_set(response.features, response.model)
+
+    async def match(
+        self, image0: ImageInput, image1: ImageInput, timeout: float | None = None, **options: Any
+    ) -> MatchResult:
+        """Matches of two images and, with ``geometry=...``, their verification."""
+        return match_result(await self.stub.Match(match_request(image0, image1, options), timeout=timeout))
+
+    async def stream_frames(
+        self, frames: Iterable[Frame] | AsyncIterable[Frame], **session: Any
+    ) -> AsyncIterator[FrameResult]:
+        """One result per frame, in order (``frames`` may be an async iterable)."""
+
+        async def requests() -> AsyncIterator[service.StreamFramesRequest]:
+            yield service.StreamFramesRequest(session=session_message(session))
+            if isinstance(frames, AsyncIterable):
+                async for frame in frames:
+                    yield frame_request(frame)
+            else:
+                for frame in frames:
+                    yield frame_request(frame)
+
+        async for message in self.stub.StreamFrames(requests()):
+            yield frame_result(message)
