@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import signal
 import socket
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -653,6 +654,43 @@ def bucket_counts(reading: Mapping[str, Any]) -> dict[str, int]:
 
 # ---------------------------------------------------------------------------------------------------
 # Output
+
+
+# Timing
+
+
+@dataclass
+class Probe:
+    """One timed operation; ``run`` returns the seconds it took."""
+
+    key: tuple[str, ...]
+    run: Callable[[], float]
+    samples: list[float] = field(default_factory=list)
+
+
+def timed(function: Callable[[], Any]) -> Callable[[], float]:
+    """A probe body that times ``function()`` with ``perf_counter``."""
+
+    def run() -> float:
+        start = time.perf_counter()
+        function()
+        return time.perf_counter() - start
+
+    return run
+
+
+def run_rounds(probes: list[Probe], rounds: int, warmup: int, seed: int) -> None:
+    """Run every probe once per round, in a fresh shuffled order each round; record after ``warmup`` rounds."""
+    rng = random.Random(seed)
+    order = list(probes)
+    for round_index in range(warmup + rounds):
+        rng.shuffle(order)
+        for probe in order:
+            elapsed = probe.run()
+            if round_index >= warmup:
+                probe.samples.append(elapsed)
+        if (round_index + 1) % 10 == 0:
+            print(f"  round {round_index + 1}/{warmup + rounds}", flush=True)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

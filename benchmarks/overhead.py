@@ -35,10 +35,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -49,6 +47,7 @@ import torch
 from common import (
     RESULTS_DIR,
     ForeignLoad,
+    Probe,
     add_shared_arguments,
     benchmark_image,
     busy_processes,
@@ -60,10 +59,12 @@ from common import (
     markdown_table,
     multipart_body,
     now_iso,
+    run_rounds,
     server_process_setup,
     start_null_server,
     start_server,
     summarize_ms,
+    timed,
     write_results,
 )
 
@@ -99,26 +100,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@dataclass
-class Probe:
-    """One timed operation; ``run`` returns the seconds it took."""
-
-    key: tuple[str, ...]
-    run: Callable[[], float]
-    samples: list[float] = field(default_factory=list)
-
-
-def timed(function: Callable[[], Any]) -> Callable[[], float]:
-    """A probe body that times ``function()`` with ``perf_counter``."""
-
-    def run() -> float:
-        start = time.perf_counter()
-        function()
-        return time.perf_counter() - start
-
-    return run
-
-
 def http_probe(
     client: httpx.Client, url: str, body: bytes, headers: dict[str, str], status: int
 ) -> Callable[[], float]:
@@ -145,20 +126,6 @@ def server_operation(include_descriptors: bool) -> str:
     if not include_descriptors and "pool.detect" in inspect.getsource(endpoint.extract):
         return "detect"
     return "extract"
-
-
-def run_rounds(probes: list[Probe], rounds: int, warmup: int, seed: int) -> None:
-    """Run every probe once per round, in a fresh shuffled order each round; record after ``warmup`` rounds."""
-    rng = random.Random(seed)
-    order = list(probes)
-    for round_index in range(warmup + rounds):
-        rng.shuffle(order)
-        for probe in order:
-            elapsed = probe.run()
-            if round_index >= warmup:
-                probe.samples.append(elapsed)
-        if (round_index + 1) % 10 == 0:
-            print(f"  round {round_index + 1}/{warmup + rounds}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

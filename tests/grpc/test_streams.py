@@ -6,9 +6,12 @@ import itertools
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import grpc
@@ -221,3 +224,13 @@ def test_raw_pixel_frames_and_homography_sessions(photo: np.ndarray, warped_phot
     assert answers[1].status == "ok" and answers[1].features.descriptors is None
     h = answers[1].to_previous.geometry.matrix  # maps frame 1 (index 0 of the pair) to frame 0
     assert homography_corner_error(h, np.linalg.inv(TEST_HOMOGRAPHY), (512, 512)) < 2.0
+
+
+def test_slam_example_replays_a_folder(photo: np.ndarray, server: Server, tmp_path) -> None:
+    for i, image in enumerate(camera_frames(photo, 5, 240)):
+        cv2.imwrite(str(tmp_path / f"{1000 + i / 10:.1f}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    example = Path(__file__).resolve().parents[2] / "examples" / "slam_frontend.py"
+    command = [sys.executable, str(example), "--target", server.grpc_target, "--frames", str(tmp_path)]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "5 frames; client latency p50" in output
+    assert re.search(r"longest 5 frames", output), output
