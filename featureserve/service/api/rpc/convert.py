@@ -64,7 +64,8 @@ def image_input(image: pb.Image, name: str, settings: Settings) -> bytes | np.nd
         raise PayloadTooLarge(
             f"{name}.pixels has {pixels.shape[0] * pixels.shape[1]} pixels; the limit is {settings.max_image_pixels}"
         )
-    return pixels
+    # A writable copy: the unpacked view of the message is read-only, and torch warns on such arrays.
+    return pixels.copy()
 
 
 def feature_set_message(features: Features, include_descriptors: bool = True, dtype: str = "float32") -> pb.FeatureSet:

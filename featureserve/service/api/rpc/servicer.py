@@ -63,6 +63,14 @@ def rpc(
         except asyncio.CancelledError:
             status = "CANCELLED"
             raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            # A bug, never the client's fault: log it, answer INTERNAL without leaking internals.
+            logger.exception("%s failed", endpoint)
+            status = "INTERNAL"
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
+            raise
         finally:
             metrics = self.pool.metrics
             metrics.requests.labels(endpoint, model, status).inc()
