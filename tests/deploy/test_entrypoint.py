@@ -1,0 +1,95 @@
+"""The image's command as the Dockerfile writes it, run outside Docker (tests/deploy/conftest.py says how):
+ready over REST and gRPC, healthy by the image's own HEALTHCHECK, drained by SIGTERM with exit code 0."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import grpc
+import httpx
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from featureserve.client import GrpcClient
+from featureserve.service.settings import Settings
+from tests.conftest import encode, free_port
+from tests.deploy.conftest import Container, container_command, dockerfile_stages, exec_form, start_container
+
+IN_FLIGHT = re.compile(r'^featureserve_in_flight_requests\{endpoint="/v1/extract"\} (\S+)$', re.M)
+
+
+def test_command_is_the_console_script_in_exec_form() -> None:
+    argv, env = container_command()
+    # `featureserve serve` via the console script of pyproject.toml's [project.scripts], found on the PATH
+    # that the Dockerfile's ENV builds (its virtual environment first).
+    assert argv[:2] == ["featureserve", "serve"]
+    assert env["PATH"].split(":")[0] == "/opt/featureserve/bin"
+    assert env["FEATURESERVE_HOST"] == "0.0.0.0"
+
+
+def test_ready_over_rest_and_grpc(container: Container) -> None:
+    assert httpx.get(f"{container.url}/healthz").status_code == 200
+    assert httpx.get(f"{container.url}/readyz").json() == {"status": "ready"}
+    with grpc.insecure_channel(container.grpc_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "featureserve.v1.FeatureService"):
+            answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
+    # No FEATURESERVE_MODELS in the image: it serves the service's default models.
+    with GrpcClient(container.grpc_target) as client:
+        assert sorted(m.name for m in client.list_models(timeout=10).models) == sorted(
+            Settings.model_fields["models"].default
+        )
+
+
+def healthcheck(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """The Dockerfile's HEALTHCHECK command, run as written with ``env``, within its --timeout."""
+    command = dockerfile_stages()[-1].last("HEALTHCHECK")
+    argv = exec_form(command)
+    assert argv[0] == "CMD"
+    timeout = next(float(f.split("=")[1].rstrip("s")) for f in command.flags if f.startswith("--timeout="))
+    executable = shutil.which(argv[1], path=env["PATH"])
+    assert executable, f"{argv[1]} is not on the image's PATH"
+    return subprocess.run([executable, *argv[2:]], env=env, cwd=cwd, capture_output=True, timeout=timeout)
+
+
+def test_healthcheck_passes_when_ready_and_fails_when_nothing_answers(container: Container) -> None:
+    assert healthcheck(container.env, container.cwd).returncode == 0
+    nobody = {**container.env, "FEATURESERVE_REST_PORT": str(free_port())}
+    assert healthcheck(nobody, container.cwd).returncode != 0
+
+
+def test_sigterm_answers_the_request_in_flight_and_exits_zero(photo: np.ndarray, tmp_path: Path) -> None:
+    c = start_container(tmp_path)
+    try:
+        png = encode(cv2.resize(photo, (1536, 1536)))
+        answers: list[httpx.Response | BaseException] = []
+
+        def post() -> None:
+            try:
+                files, data = {"image": ("x.png", png)}, {"model": "sift"}
+                answers.append(httpx.post(f"{c.url}/v1/extract", files=files, data=data, timeout=60))
+            except BaseException as error:  # reported by the assertion below
+                answers.append(error)
+
+        thread = threading.Thread(target=post)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            match = IN_FLIGHT.search(httpx.get(f"{c.url}/metrics").text)
+            if match and float(match.group(1)) >= 1:
+                break
+            time.sleep(0.01)
+        exit_code = c.stop()
+        thread.join(60)
+        assert exit_code == 0, c.process.stderr.read().decode()[-2000:]
+        assert len(answers) == 1 and isinstance(answers[0], httpx.Response), answers
+        assert answers[0].status_code == 200 and answers[0].json()["num_keypoints"] > 0
+    finally:
+        c.stop()
