@@ -54,6 +54,7 @@ def test_rendered_manifests_pass_the_api_schemas(variant: str, version: str) -> 
     documents = render(variant)
     for doc in documents:
         kubernetes_validate.validate(doc, version, strict=True)
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "featureserve"
     assert set(by_kind(documents)) == {
         ("ConfigMap", "featureserve-config"),
         ("ConfigMap", "featureserve-envoy"),
