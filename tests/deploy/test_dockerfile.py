@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import stat
 import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 from featureserve.service.settings import Settings
 from tests.deploy.conftest import DOCKERFILE, ROOT, dockerfile_stages, exec_form, tool
@@ -103,8 +108,7 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
 
 
 def test_build_context_holds_the_package_and_its_checkpoints_and_nothing_else() -> None:
-    lines = (ROOT / ".dockerignore").read_text().splitlines()
-    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    patterns = dockerignore_patterns()
     tracked = subprocess.run(
         ["git", "ls-files", "featureserve", "proto"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
@@ -129,6 +133,57 @@ def test_build_context_holds_the_package_and_its_checkpoints_and_nothing_else() 
     ]
     for path in left_out:
         assert docker_ignored(path, patterns), f"{path} would be sent to the Docker build"
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def copy_build_context(destination: Path) -> None:
+    """Copy what Docker would send as the build context (per .dockerignore) into ``destination``."""
+    patterns = dockerignore_patterns()
+    reincluded = [p.lstrip("!").split("/")[0] for p in patterns if p.startswith("!")]
+    for entry in ROOT.iterdir():
+        if docker_ignored(entry.name, patterns) and entry.name not in reincluded:
+            continue  # skips .venv and .git without walking them
+        files = [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+        for path in files:
+            relative = path.relative_to(ROOT)
+            if not docker_ignored(relative.as_posix(), patterns):
+                (destination / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, destination / relative)
+
+
+def test_build_context_builds_the_package_with_stubs_and_checkpoints(tmp_path: Path) -> None:
+    # What the build stage's `pip install .` does, on the files the build context holds: build a wheel
+    # (setup.py generates the gRPC stubs), install it, and run it from outside the source tree. Build
+    # isolation is off because there is no network in the test; setuptools and grpcio-tools are installed.
+    context, wheels, site = tmp_path / "context", tmp_path / "wheels", tmp_path / "site"
+    copy_build_context(context)
+    assert not list((context / "featureserve" / "v1").glob("*_pb2*"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, context], check=True, timeout=300)
+    (wheel,) = wheels.glob("featureserve-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", site, wheel], check=True, timeout=300)
+    package = site / "featureserve"
+    assert (package / "v1" / "service_pb2_grpc.py").is_file() and not (site / "training").exists()
+    checkpoints = ROOT / "featureserve" / "models" / "checkpoints"
+    for source in (p for p in checkpoints.glob("**/*") if p.is_file()):
+        installed = package / "models" / "checkpoints" / source.relative_to(checkpoints)
+        assert installed.read_bytes() == source.read_bytes()
+        # The image runs as uid 10001, not as the root that installed the files.
+        assert installed.stat().st_mode & stat.S_IROTH, f"{installed.name} is not readable by other users"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    listed = subprocess.run(
+        [sys.executable, "-c", "import featureserve.models, featureserve.v1.service_pb2_grpc as s; print(s.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0 and Path(listed.stdout.strip()).is_relative_to(site), listed.stderr
 
 
 def test_checkpoints_are_package_data() -> None:
