@@ -68,7 +68,7 @@ def test_healthcheck_passes_when_ready_and_fails_when_nothing_answers(container:
 def test_sigterm_answers_the_request_in_flight_and_exits_zero(photo: np.ndarray, tmp_path: Path) -> None:
     c = start_container(tmp_path)
     try:
-        png = encode(cv2.resize(photo, (1536, 1536)))
+        png = encode(cv2.resize(photo, (1024, 1024)))
         answers: list[httpx.Response | BaseException] = []
 
         def post() -> None:
