@@ -1,6 +1,7 @@
 """Feature models, matching and geometric verification; imports nothing from the service or training."""
 
 from .base import FeatureModel, check_image, image_size, to_grey
+from .caps import CAPS
 from .cards import ModelCard
 from .classical import AKAZE, ORB, SIFT
 from .dense import DenseFeatureModel, sample_descriptors
@@ -13,6 +14,7 @@ from .tiny_cnn import TinyCNN
 
 __all__ = [
     "AKAZE",
+    "CAPS",
     "ORB",
     "SIFT",
     "DenseFeatureModel",

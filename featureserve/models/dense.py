@@ -157,14 +157,21 @@ class DenseFeatureModel(FeatureModel):
                 points = torch.as_tensor(np.asarray(keypoints[i], np.float32).reshape(-1, 2), device=self.device)
                 single = {"descriptors": [m[b : b + 1] for m in outputs["descriptors"]]}
                 descriptors = self._describe_at(single, points[None])[0]
-                height, width = images[i].shape[:2]
-                xs = points[:, 0].round().clamp(0, width - 1).long()
-                ys = points[:, 1].round().clamp(0, height - 1).long()
                 results[i] = Features(
                     keypoints=points.cpu().numpy(),
-                    scores=outputs["scores"][b, 0, ys, xs].float().cpu().numpy(),
+                    scores=self._scores_at(outputs, b, points, images[i].shape[:2]),
                     descriptors=descriptors.float().cpu().numpy(),
                     image_size=image_size(images[i]),
                     descriptor=self.descriptor,
                 )
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _scores_at(outputs: dict[str, Any], b: int, points: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """Score-map values at the nearest pixels, or zeros for networks without a score map (descriptor-only)."""
+        if "scores" not in outputs:
+            return np.zeros(len(points), np.float32)
+        height, width = size
+        xs = points[:, 0].round().clamp(0, width - 1).long()
+        ys = points[:, 1].round().clamp(0, height - 1).long()
+        return outputs["scores"][b, 0, ys, xs].float().cpu().numpy()

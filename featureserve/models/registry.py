@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import FeatureModel
+from .caps import CAPS
 from .classical import AKAZE, ORB, SIFT
 from .tiny_cnn import TinyCNN
 
@@ -12,6 +13,7 @@ MODELS: dict[str, type[FeatureModel]] = {
     "orb": ORB,
     "sift": SIFT,
     "akaze": AKAZE,
+    "caps": CAPS,
     "tiny-cnn": TinyCNN,
 }
 

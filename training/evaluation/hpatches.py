@@ -270,7 +270,7 @@ def model_extractor(model: FeatureModel, max_keypoints: int) -> ExtractFn:
     return lambda image: model.extract([image], options)[0]
 
 
-def _extract(extract_fn: ExtractFn, image: np.ndarray, max_keypoints: int | None) -> tuple[Features, float]:
+def extract_capped(extract_fn: ExtractFn, image: np.ndarray, max_keypoints: int | None) -> tuple[Features, float]:
     """Features of ``image`` capped at ``max_keypoints`` (strongest first) and the seconds they took."""
     start = time.perf_counter()
     features = extract_fn(image)
@@ -346,11 +346,11 @@ def evaluate_homography_sequences(
     seconds = 0.0
     for sequence in load_sequences(root, categories, sequences):
         reference = load_image(sequence.reference_path)
-        features0, elapsed = _extract(extract_fn, reference, max_keypoints)
+        features0, elapsed = extract_capped(extract_fn, reference, max_keypoints)
         feature_counts.append(len(features0))
         seconds += elapsed
         for pair in sequence.pairs:
-            features1, elapsed = _extract(extract_fn, load_image(pair.image_path), max_keypoints)
+            features1, elapsed = extract_capped(extract_fn, load_image(pair.image_path), max_keypoints)
             feature_counts.append(len(features1))
             seconds += elapsed
             pairs.append(

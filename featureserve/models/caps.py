@@ -1,0 +1,257 @@
+"""`caps`: CAPS descriptors (Wang, Zhou, Hariharan, Snavely, ECCV 2020, arXiv 2004.13324) on SIFT keypoints.
+
+An encoder-decoder gives a coarse descriptor map at stride 16 and a fine one at stride 4; the served
+descriptor is both maps sampled bilinearly at the keypoint, each L2-normalised, concatenated and normalised
+again (the released extractor concatenates without normalising; we normalise for cosine matching).
+Keypoints come from OpenCV SIFT, as in the paper's HPatches extractor. Deviations from the reference code
+(METHODS.md §1, §6): GroupNorm instead of BatchNorm, no ImageNet initialisation, grey input, and a small
+"lite" trunk for CPU training; the ResNet trunk stays selectable. Pixel convention: that of `dense.py`.
+
+Example:
+    >>> from featureserve.models import load_model, KeypointOptions
+    >>> from skimage import data
+    >>> model = load_model("caps")
+    >>> [features] = model.extract([data.astronaut()], [KeypointOptions(max_keypoints=500)])
+    >>> features.descriptors.shape[1]
+    256
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from .cards import ModelCard
+from .classical import SIFT
+from .dense import DenseFeatureModel
+from .features import DescriptorSpec, Features, KeypointOptions
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+DEFAULT_CARD = CHECKPOINT_DIR / "caps-lite.json"
+
+# Named network sizes. "lite" is the CPU configuration of METHODS.md §6.5 (four stride-2 stages of 3x3
+# convolutions, 1.19 M parameters); "resnet18" / "resnet34" are the CAPS design on a ResNet trunk (GroupNorm,
+# from scratch, 3.6 M / 8.9 M parameters with this decoder).
+SIZES: dict[str, dict[str, Any]] = {
+    "lite": {"trunk": "lite", "channels": (32, 64, 128, 128), "decoder": (128, 64), "coarse_dim": 128, "fine_dim": 128},
+    "resnet18": {
+        "trunk": "resnet",
+        "blocks": (2, 2, 2),
+        "channels": (64, 64, 128, 256),
+        "decoder": (128, 64),
+        "coarse_dim": 128,
+        "fine_dim": 128,
+    },
+    "resnet34": {
+        "trunk": "resnet",
+        "blocks": (3, 4, 6),
+        "channels": (64, 64, 128, 256),
+        "decoder": (128, 64),
+        "coarse_dim": 128,
+        "fine_dim": 128,
+    },
+}
+# Grey input is the mean of ImageNet's RGB statistics, so one normalisation serves grey and RGB-trained trunks.
+GREY_MEAN, GREY_STD = 0.449, 0.226
+
+
+def conv_block(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    """Conv -> GroupNorm -> ELU; GroupNorm because CPU batches hold only a few image pairs."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.GroupNorm(min(32, c_out // 4), c_out),
+        nn.ELU(inplace=True),
+    )
+
+
+class LiteTrunk(nn.Module):
+    """Four stride-2 stages of 3x3 conv blocks: features at strides 4, 8 and 16.
+
+    The first stage has one block, the others two: the second full-resolution-ish block cost 18 % of a CPU
+    training step and its output is never sampled.
+    """
+
+    def __init__(self, channels: Sequence[int]) -> None:
+        super().__init__()
+        c_in = 1
+        self.stages = nn.ModuleList()
+        for i, c in enumerate(channels):
+            blocks = [conv_block(c_in, c, stride=2)] + ([conv_block(c, c)] if i > 0 else [])
+            self.stages.append(nn.Sequential(*blocks))
+            c_in = c
+        self.out_channels = tuple(channels[1:])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Features at strides 4, 8, 16."""
+        outputs = []
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+        return outputs[1:]
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block with GroupNorm."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+            nn.GroupNorm(min(32, c_out // 4), c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+            nn.GroupNorm(min(32, c_out // 4), c_out),
+        )
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.GroupNorm(min(32, c_out // 4), c_out))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual output."""
+        return F.relu(self.body(x) + self.skip(x))
+
+
+class ResNetTrunk(nn.Module):
+    """ResNet stem + layer1..layer3 (CAPS drops layer4): features at strides 4, 8, 16."""
+
+    def __init__(self, channels: Sequence[int], blocks: Sequence[int]) -> None:
+        super().__init__()
+        stem, *widths = channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, stem, 7, 2, 3, bias=False),
+            nn.GroupNorm(min(32, stem // 4), stem),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        self.layers = nn.ModuleList()
+        c_in = stem
+        for i, (c, n) in enumerate(zip(widths, blocks, strict=True)):
+            stride = 1 if i == 0 else 2
+            self.layers.append(
+                nn.Sequential(*[BasicBlock(c_in if j == 0 else c, c, stride if j == 0 else 1) for j in range(n)])
+            )
+            c_in = c
+        self.out_channels = tuple(widths)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Features at strides 4, 8, 16."""
+        x = self.stem(x)
+        outputs = []
+        for layer in self.layers:
+            x = layer(x)
+            outputs.append(x)
+        return outputs
+
+
+class CAPSNetwork(nn.Module):
+    """Grey ``(B, 1, H, W)`` in [0, 1] -> coarse ``(B, Dc, H/16, W/16)`` and fine ``(B, Df, H/4, W/4)`` maps.
+
+    ``forward`` returns the raw maps under ``"coarse"`` and ``"fine"`` (training normalises them itself) and,
+    for `DenseFeatureModel`, the L2-normalised maps under ``"descriptors"``. H and W must be multiples of 16.
+    """
+
+    strides: ClassVar[tuple[int, int]] = (16, 4)
+
+    def __init__(self, size: str = "lite") -> None:
+        super().__init__()
+        if size not in SIZES:
+            raise ValueError(f"unknown CAPS size {size!r}; known: {sorted(SIZES)}")
+        conf = SIZES[size]
+        self.size = size
+        if conf["trunk"] == "lite":
+            self.trunk: nn.Module = LiteTrunk(conf["channels"])
+        else:
+            self.trunk = ResNetTrunk(conf["channels"], conf["blocks"])
+        c4, c8, c16 = self.trunk.out_channels
+        d8, d4 = conf["decoder"]
+        self.coarse_head = nn.Conv2d(c16, conf["coarse_dim"], 1)
+        # U-Net decoder as in CAPS: upsample, 3x3 conv, concatenate the skip, 3x3 conv; at strides 8 and 4.
+        self.up8, self.merge8 = conv_block(c16, d8), conv_block(d8 + c8, d8)
+        self.up4, self.merge4 = conv_block(d8, d4), conv_block(d4 + c4, d4)
+        self.fine_head = nn.Conv2d(d4, conf["fine_dim"], 1)
+
+    def forward(self, images: torch.Tensor) -> dict[str, Any]:
+        """Raw ``"coarse"`` and ``"fine"`` maps and their normalised ``"descriptors"`` list."""
+        if images.shape[1] != 1:
+            raise ValueError(f"CAPSNetwork takes grey images (B, 1, H, W), got {tuple(images.shape)}")
+        x4, x8, x16 = self.trunk((images - GREY_MEAN) / GREY_STD)
+        coarse = self.coarse_head(x16)
+        y8 = self.merge8(torch.cat([self.up8(_upsample_to(x16, x8)), x8], dim=1))
+        y4 = self.merge4(torch.cat([self.up4(_upsample_to(y8, x4)), x4], dim=1))
+        fine = self.fine_head(y4)
+        return {"coarse": coarse, "fine": fine, "descriptors": [F.normalize(coarse, dim=1), F.normalize(fine, dim=1)]}
+
+
+def _upsample_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def load_checkpoint(card_path: str | Path, device: str | torch.device = "cpu") -> tuple[CAPSNetwork, dict[str, Any]]:
+    """The network and the JSON card of a checkpoint: ``card_path`` names the card, the card the weights file."""
+    card_path = Path(card_path)
+    card = json.loads(card_path.read_text())
+    weights_path = card_path.parent / card["weights"]
+    network = CAPSNetwork(card["architecture"]["size"])
+    state = {k: v.float() for k, v in load_file(str(weights_path)).items()}  # weights may be stored in fp16
+    network.load_state_dict(state)
+    return network.eval().to(device), card
+
+
+class CAPS(DenseFeatureModel):
+    """CAPS descriptors (coarse + fine, 256-D) at SIFT keypoints, batched as padded tensors."""
+
+    name = "caps"
+    descriptor = DescriptorSpec("float", 256, "cosine")
+    descriptor_strides: ClassVar[tuple[int, ...]] = CAPSNetwork.strides
+    default_conf: ClassVar[dict[str, Any]] = {
+        "device": "cpu",
+        "pad_multiple": 64,
+        "grey": True,
+        "card": str(DEFAULT_CARD),
+        "sift_contrast_threshold": 0.04,
+        "sift_edge_threshold": 10.0,
+    }
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__(**conf)
+        self.network, self._card = load_checkpoint(self.conf["card"], self.device)
+        self._sift = SIFT(
+            contrast_threshold=self.conf["sift_contrast_threshold"], edge_threshold=self.conf["sift_edge_threshold"]
+        )
+
+    @property
+    def card(self) -> ModelCard:
+        """The model card: the JSON card of the checkpoint, served conf included."""
+        card = self._card
+        return ModelCard(
+            name=self.name,
+            version=card["version"],
+            method=card["method"],
+            descriptor=self.descriptor,
+            keypoints=card["keypoints"]["description"],
+            licence=card["licence"],
+            description=card["description"],
+            details={**card, "conf": dict(self.conf)},
+        )
+
+    def extract(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
+        """SIFT keypoints (OpenCV, threaded) with CAPS descriptors from one tensor batch per size bucket."""
+        detections = self._sift.detect(images, options)
+        described = self.describe(images, [d.keypoints for d in detections])
+        for features, detection in zip(described, detections, strict=True):
+            features.scores = detection.scores
+        return described
+
+    def detect(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
+        """SIFT keypoints and responses only: detection needs no network pass."""
+        return self._sift.detect(images, options)

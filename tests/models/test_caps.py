@@ -1,0 +1,82 @@
+"""The served `caps` model: committed checkpoint and card, SIFT keypoints, tensor batching, network sizes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from featureserve.models import KeypointOptions, load_model
+from featureserve.models.caps import DEFAULT_CARD, CAPSNetwork, load_checkpoint
+
+OPTIONS = KeypointOptions(max_keypoints=400)
+
+
+@pytest.fixture(scope="module")
+def caps():
+    """The served model from its committed card."""
+    return load_model("caps")
+
+
+def test_committed_card_records_what_the_checkpoint_is() -> None:
+    network, card = load_checkpoint(DEFAULT_CARD)
+    assert sum(p.numel() for p in network.parameters()) == card["architecture"]["parameters"]
+    assert card["architecture"]["strides"] == {"coarse": 16, "fine": 4}
+    assert card["descriptor"]["dim"] == 256 and card["keypoints"]["source"] == "sift"
+    assert "(u + 0.5) / s - 0.5" in card["pixel_convention"]
+    assert {"mean", "std"} <= set(card["input"]["normalisation"])
+    training = card["training"]
+    assert training["steps"] > 0 and training["wall_seconds"] > 0 and training["device"]
+    assert {"generator", "seed"} <= set(training["data"]) and "Adam" in training["optimiser"]
+    assert card["licence"].startswith("MIT")
+
+
+def test_extract_sift_keypoints_with_unit_caps_descriptors(caps) -> None:
+    image = data.astronaut()
+    [features] = caps.extract([image], [OPTIONS])
+    [sift] = load_model("sift").detect([image], [OPTIONS])
+    # Same detector, same keypoints: caps only replaces the descriptors.
+    assert np.array_equal(features.keypoints, sift.keypoints) and np.array_equal(features.scores, sift.scores)
+    assert features.descriptors.shape == (len(features), 256) and features.descriptors.dtype == np.float32
+    # concat(coarse, fine), each half normalised before the concatenation: each half has norm 1/sqrt(2).
+    halves = np.linalg.norm(features.descriptors.reshape(-1, 2, 128), axis=2)
+    assert np.allclose(halves, 2**-0.5, atol=1e-4)
+    assert caps.card.to_dict()["details"]["training"]["steps"] > 0
+
+
+def test_a_tensor_batch_matches_single_images(caps) -> None:
+    first, second = data.astronaut(), data.chelsea()[:300, :450]
+    second = np.ascontiguousarray(np.pad(second, ((0, 212), (0, 62), (0, 0)))[:512, :512])
+    batched = caps.extract([first, second], [OPTIONS, OPTIONS])
+    for image, features in zip([first, second], batched, strict=True):
+        [single] = caps.extract([image], [OPTIONS])
+        assert np.allclose(features.descriptors, single.descriptors, atol=1e-4)
+
+
+def test_descriptors_match_across_a_small_shift(caps) -> None:
+    # A learned descriptor should recognise the same point after a pure translation.
+    image = data.astronaut()
+    shifted = np.ascontiguousarray(image[24:, 40:])
+    [a] = caps.describe([image], [np.array([[200.0, 150.0], [300.0, 320.0], [120.0, 400.0]], np.float32)])
+    [b] = caps.describe([shifted], [a.keypoints - np.array([40, 24], np.float32)])
+    similarity = a.descriptors @ b.descriptors.T
+    assert np.array_equal(similarity.argmax(axis=1), np.arange(3))
+
+
+@pytest.mark.parametrize("size, parameters", [("lite", (0.8e6, 1.5e6)), ("resnet18", (2e6, 6e6))])
+def test_network_sizes_and_strides(size: str, parameters: tuple[float, float]) -> None:
+    network = CAPSNetwork(size).eval()
+    assert parameters[0] < sum(p.numel() for p in network.parameters()) < parameters[1]
+    with torch.no_grad():
+        outputs = network(torch.rand(1, 1, 96, 128))
+    assert outputs["coarse"].shape == (1, 128, 6, 8) and outputs["fine"].shape == (1, 128, 24, 32)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
+
+
+def test_models_never_import_training() -> None:
+    code = "import sys, featureserve.models; sys.exit(any(m.split('.')[0] == 'training' for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -1,0 +1,81 @@
+"""Training runs: the loss goes down, runs resume, export gives a servable card, and DDP works on gloo."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from featureserve.models import KeypointOptions, load_model
+from featureserve.models.caps import CAPSNetwork
+from training.config import load_config
+from training.data.pairs import QueryConfig, SyntheticPairs
+from training.data.synthetic import SceneConfig, SceneGenerator
+from training.export import export
+from training.losses import CAPSLoss
+from training.trainer import forward_pair, train
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "training" / "configs" / "caps_tiny.yaml"
+
+
+def test_a_few_steps_lower_the_loss() -> None:
+    torch.manual_seed(0)
+    network = CAPSNetwork("lite")
+    loss = CAPSLoss()
+    dataset = SyntheticPairs(SceneGenerator([], SceneConfig(width=128, height=96)), 4, 0, QueryConfig(64), None)
+    batch = {k: torch.stack([dataset[i][k] for i in range(4)]) for k in dataset[0]}
+    optimizer = torch.optim.Adam(network.parameters(), lr=3e-4)
+    losses = []
+    for _ in range(20):
+        terms = forward_pair(network, loss, batch)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+        losses.append(terms["loss"].item())
+    assert np.mean(losses[-5:]) < 0.6 * losses[0], losses
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_resume_export_and_serve(tmp_path: Path, photo: np.ndarray) -> None:
+    config = load_config(TINY, {"optim": {"steps": 4}})
+    summary = train(config, tmp_path / "run")
+    assert summary["step"] == 4
+    assert [int(r["step"]) for r in _rows(tmp_path / "run" / "train.csv")] == [1, 2, 3, 4]
+    assert {"synthetic/loss"} <= set(_rows(tmp_path / "run" / "validation.csv")[0])
+    # Resuming with a longer schedule continues from the checkpoint instead of starting over.
+    longer = load_config(TINY, {"optim": {"steps": 6}})
+    assert train(longer, tmp_path / "run", resume=True)["step"] == 6
+    assert [int(r["step"]) for r in _rows(tmp_path / "run" / "train.csv")][-2:] == [5, 6]
+
+    card_path = export(tmp_path / "run", "caps-tiny", tmp_path / "export", dtype="float32")
+    card = json.loads(card_path.read_text())
+    assert card["training"]["steps"] == 6 and card["weights"] == "caps-tiny.safetensors"
+    model = load_model("caps", card=str(card_path))
+    [features] = model.extract([photo], [KeypointOptions(max_keypoints=200)])
+    assert features.descriptors.shape == (len(features), 256) and len(features) == 200
+    assert model.card.details["training"]["steps"] == 6
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed support")
+def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "training", "train", str(TINY), "--run-dir", str(tmp_path / "run"), "--steps", "3",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert state["world_size"] == 2 and state["step"] == 3

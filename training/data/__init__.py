@@ -1,0 +1,1 @@
+"""Training data: synthetic posed pairs, real posed image sets and query points."""

@@ -1,0 +1,287 @@
+"""The trainer: config in, run folder out (resolved config, CSV logs, checkpoints); resumable; DDP via torchrun.
+
+A run folder holds ``config.yaml`` (the resolved config), ``train.csv`` and ``validation.csv`` (one row per
+logged step), and ``last.pt`` (network, optimiser, schedule and step, written every ``checkpoint_every`` steps
+and at the end). Sample ``i`` of the training stream is a pure function of ``(data.seed, i)`` and step ``s``
+of rank ``r`` reads samples ``(s * world + r) * batch ...``, so a resumed run sees the same data as an
+uninterrupted one. Under ``torchrun`` every rank trains on its own samples and rank 0 logs and saves.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from featureserve.models.caps import CAPSNetwork
+
+from .config import TrainConfig
+from .data.pairs import RealPairs, SyntheticPairs
+from .data.posed import load_kapture, load_megadepth, load_strecha, nearby_pairs
+from .data.synthetic import SceneGenerator, texture_paths
+from .losses import CAPSLoss
+
+VALIDATION_SEED_OFFSET = 1_000_003  # validation pairs come from a stream the training stream never reaches
+
+
+class StepBatches(Sampler[list[int]]):
+    """Index batches of steps ``start .. steps - 1`` for one rank (see the module docstring)."""
+
+    def __init__(self, start: int, steps: int, batch_size: int, rank: int, world: int) -> None:
+        self.start, self.steps, self.batch_size, self.rank, self.world = start, steps, batch_size, rank, world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.steps):
+            first = (step * self.world + self.rank) * self.batch_size
+            yield list(range(first, first + self.batch_size))
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start, 0)
+
+
+def training_set(config: TrainConfig) -> Dataset:
+    """The training stream: synthetic pairs, or MegaDepth pairs when ``data.megadepth_root`` is set."""
+    data = config.data
+    if data.megadepth_root:
+        images, pairs = load_megadepth(data.megadepth_root)
+        size = (data.scene.width, data.scene.height)
+        return RealPairs(images, pairs * 1000, size, data.seed, data.queries, data.photometric)
+    generator = SceneGenerator(texture_paths(list(data.textures)), data.scene)
+    return SyntheticPairs(generator, 2**62, data.seed, data.queries, data.photometric)
+
+
+def validation_sets(config: TrainConfig) -> dict[str, Dataset]:
+    """Held-out synthetic pairs (no augmentation) and each configured real posed set, at the training size."""
+    data, validation = config.data, config.validation
+    size = (data.scene.width, data.scene.height)
+    sets: dict[str, Dataset] = {}
+    if validation.synthetic_pairs:
+        generator = SceneGenerator(texture_paths(list(data.textures)), data.scene)
+        sets["synthetic"] = SyntheticPairs(
+            generator, validation.synthetic_pairs, data.seed + VALIDATION_SEED_OFFSET, data.queries, None
+        )
+    loaders = {"strecha": load_strecha, "kapture": load_kapture}
+    for real in validation.real:
+        if real.format == "megadepth":
+            images, pairs = load_megadepth(real.path)
+        else:
+            images = loaders[real.format](real.path)
+            pairs = nearby_pairs(len(images), real.gaps)
+        sets[Path(real.path).name] = RealPairs(images, pairs, size, data.seed, data.queries)
+    return sets
+
+
+def _init_worker(_: int) -> None:
+    """Keep OpenCV single-threaded in data workers: the trainer's torch threads already use the cores."""
+    cv2.setNumThreads(1)
+
+
+def _device(config: TrainConfig, local_rank: int) -> torch.device:
+    if config.device == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(config.device)
+
+
+def learning_rate(config: TrainConfig, progress: float, step: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from ``lr`` to ``final_lr`` as ``progress`` goes 0 -> 1."""
+    optim = config.optim
+    if step < optim.warmup:
+        return optim.lr * (step + 1) / optim.warmup
+    return optim.final_lr + (optim.lr - optim.final_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def forward_pair(network: torch.nn.Module, loss: CAPSLoss, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Loss terms of a batch: both images go through the network in one forward pass."""
+    images = torch.cat([batch["image1"], batch["image2"]])
+    outputs = network(images)
+    n = batch["image1"].shape[0]
+    outputs1 = {k: outputs[k][:n] for k in ("coarse", "fine")}
+    outputs2 = {k: outputs[k][n:] for k in ("coarse", "fine")}
+    return loss(outputs1, outputs2, batch)
+
+
+class Progress:
+    """A one-line progress bar on stderr (a line per update when stderr is not a terminal)."""
+
+    def __init__(self, total: int, start: int) -> None:
+        self.total, self.start, self.began = total, start, time.perf_counter()
+        self.interactive = sys.stderr.isatty()
+
+    def update(self, step: int, loss: float) -> float:
+        """Redraw at ``step`` (completed steps) with the current loss; returns steps per second."""
+        rate = (step - self.start) / max(time.perf_counter() - self.began, 1e-9)
+        filled = int(30 * step / max(self.total, 1))
+        line = f"step {step}/{self.total} [{'#' * filled}{'.' * (30 - filled)}] loss {loss:.4f} {rate:.2f} steps/s"
+        sys.stderr.write(f"\r{line}" if self.interactive else f"{line}\n")
+        sys.stderr.flush()
+        return rate
+
+
+class CSVLog:
+    """Appends dict rows to a CSV file; the header is written once, from the first row's keys."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fields: list[str] | None = None
+        if path.exists():
+            with path.open() as f:
+                self.fields = next(csv.reader(f), None)
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one row (keys missing from the header are dropped)."""
+        new = self.fields is None
+        self.fields = self.fields or list(row)
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, self.fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def _batches(loader: DataLoader, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+    for batch in loader:
+        yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def validate(
+    network: torch.nn.Module, loss: CAPSLoss, sets: dict[str, Dataset], device: torch.device
+) -> dict[str, float]:
+    """Mean loss terms on each validation set, keys ``<set>/<term>``."""
+    was_training = network.training
+    network.eval()
+    results: dict[str, float] = {}
+    for name, dataset in sets.items():
+        totals: dict[str, list[float]] = {}
+        for batch in _batches(DataLoader(dataset, batch_size=4), device):
+            for key, value in forward_pair(network, loss, batch).items():
+                totals.setdefault(key, []).append(float(value))
+        results.update({f"{name}/{k}": float(np.mean(v)) for k, v in totals.items()})
+    network.train(was_training)
+    return results
+
+
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train CAPS as configured; returns a summary (final step, losses, wall time). Handles ``torchrun``."""
+    run_dir = Path(run_dir)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _device(config, local_rank)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    network = CAPSNetwork(config.size).to(device)
+    loss = CAPSLoss(config.loss, CAPSNetwork.strides)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start, elapsed_before = 0, 0.0
+    checkpoint_path = run_dir / "last.pt"
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start, elapsed_before = state["step"], state["wall_seconds"]
+    model: torch.nn.Module = DistributedDataParallel(network) if world > 1 else network
+    is_main = rank == 0
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    train_log, validation_log = CSVLog(run_dir / "train.csv"), CSVLog(run_dir / "validation.csv")
+    val_sets = validation_sets(config) if is_main and config.validation.every else {}
+    steps = config.optim.steps
+    loader = DataLoader(
+        training_set(config),
+        batch_sampler=StepBatches(start, steps, config.optim.batch_size, rank, world),
+        num_workers=config.data.workers,
+        worker_init_fn=_init_worker,
+    )
+    progress = Progress(steps, start)
+    began = time.perf_counter()
+    terms: dict[str, torch.Tensor] = {}
+    model.train()
+    step = start
+
+    def save() -> None:
+        state = {
+            "network": network.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "step": step,
+            "wall_seconds": elapsed_before + time.perf_counter() - began,
+            "device": str(device),
+            "world_size": world,
+        }
+        torch.save(state, run_dir / "last.tmp")
+        os.replace(run_dir / "last.tmp", checkpoint_path)  # a kill mid-write never leaves a broken checkpoint
+
+    def progress_fraction() -> float:
+        # Steps, or wall time when a budget is set: a CPU run shares its machine, so its speed is not known ahead.
+        fraction = step / steps
+        if config.optim.max_minutes:
+            elapsed = elapsed_before + time.perf_counter() - began
+            fraction = max(fraction, elapsed / (60 * config.optim.max_minutes))
+        if world > 1:  # every rank must stop at the same step
+            shared = torch.tensor([fraction], dtype=torch.float64, device=device)
+            dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+            fraction = float(shared)
+        return fraction
+
+    fraction = progress_fraction()
+    for batch in _batches(loader, device) if fraction < 1 else ():
+        lr = learning_rate(config, fraction, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            terms = forward_pair(model, loss, batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(terms["loss"]).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(network.parameters(), config.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        fraction = progress_fraction()
+        done = fraction >= 1
+        if is_main:
+            if step % config.log_every == 0 or done:
+                rate = progress.update(step, terms["loss"].item())
+                row = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "steps_per_s": rate}
+                train_log.write(row | {k: v.item() for k, v in terms.items()})
+            if val_sets and (step % config.validation.every == 0 or done):
+                validation_log.write({"step": step} | validate(network, loss, val_sets, device))
+            if step % config.checkpoint_every == 0 or done:
+                save()
+        if done:
+            break
+    if is_main and step == start:  # nothing left to train: keep the checkpoint, report it
+        save()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    if is_main and progress.interactive:
+        sys.stderr.write("\n")
+    return {
+        "step": step,
+        "wall_seconds": elapsed_before + time.perf_counter() - began,
+        "final": {k: v.item() for k, v in terms.items()},
+        "device": str(device),
+        "world_size": world,
+    }
