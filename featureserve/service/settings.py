@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     stream_queue_size: int = Field(
         4, ge=1, description="Frames a StreamFrames session buffers before it stops reading (queue policy)."
     )
-    models: list[str] = Field(["sift", "orb", "akaze"], description="Models loaded at start-up.")
+    models: list[str] = Field(["sift", "orb", "akaze", "caps"], description="Models loaded at start-up.")
     default_model: str = Field("sift", description="Model used when a request names none.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where torch models run; auto picks cuda when available."
