@@ -55,7 +55,7 @@ from common import (
 
 from featureserve.arrays import to_array
 from featureserve.client import Frame, GrpcClient
-from featureserve.models import KeypointOptions, default_conf, load_model
+from featureserve.models import KeypointOptions, load_model_with_knobs
 from featureserve.service.workers import MatchOptions, match_pair
 from featureserve.service.workers.decoding import DecodeLimits, decode_image
 from featureserve.v1 import features_pb2 as pb
@@ -153,11 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     limits = DecodeLimits(32 * 1024 * 1024, 40_000_000)
     decoded = decode_image(jpeg, limits)
     options = KeypointOptions(max_keypoints=args.max_keypoints)
-    # Each model gets the thread knob only if it has one (OpenCV models), as the server's pool does.
-    models = {
-        name: load_model(name, **({"num_threads": args.cpu_threads} if "num_threads" in default_conf(name) else {}))
-        for name in args.models
-    }
+    models = {name: load_model_with_knobs(name, num_threads=args.cpu_threads) for name in args.models}
     frames, frames_origin = stream_images(args.frames, args.width, args.height)
     report: dict[str, Any] = {
         "benchmark": "grpc_latency",

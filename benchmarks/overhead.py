@@ -68,7 +68,7 @@ from common import (
     write_results,
 )
 
-from featureserve.models import Features, KeypointOptions, load_model
+from featureserve.models import Features, KeypointOptions, load_model_with_knobs
 from featureserve.service.api.extract import extract_response
 from featureserve.service.api.schemas import ExtractOptions
 from featureserve.service.workers.decoding import DecodeLimits, decode_image
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     encoded = {fmt: encode_image(image, fmt, args.jpeg_quality) for fmt in args.formats}
     limits = DecodeLimits(32 * 1024 * 1024, 40_000_000)
     decoded = {fmt: decode_image(data, limits) for fmt, data in encoded.items()}
-    models = {name: load_model(name, num_threads=args.cpu_threads) for name in args.models}
+    models = {name: load_model_with_knobs(name, num_threads=args.cpu_threads) for name in args.models}
     options = KeypointOptions(max_keypoints=args.max_keypoints)
     features: dict[tuple[str, str], Features] = {
         (fmt, name): model.extract([decoded[fmt]], [options])[0]

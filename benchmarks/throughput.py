@@ -69,7 +69,7 @@ from common import (
     write_results,
 )
 
-from featureserve.models import KeypointOptions, load_model
+from featureserve.models import KeypointOptions, load_model_with_knobs
 from featureserve.service.workers.decoding import DecodeLimits, decode_image
 
 DEFAULT_OUT = RESULTS_DIR / "throughput.json"
@@ -145,7 +145,7 @@ def in_process(
     results: dict[str, dict[str, Any]] = {}
     with ThreadPoolExecutor(1, thread_name_prefix="inprocess-worker") as worker:
         for name in models:
-            model = load_model(name, **({"num_threads": cpu_threads} if name != BATCHED_MODEL else {}))
+            model = load_model_with_knobs(name, num_threads=cpu_threads)
             model.warmup()
             results[name] = {"conf": dict(model.conf)}
             for where in ("main", "thread"):

@@ -107,3 +107,19 @@ def client(server: Server) -> Iterator[httpx.Client]:
     """An HTTP client of the shared server."""
     with httpx.Client(base_url=server.url, timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def small_queue_server() -> Iterator[Server]:
+    """sift alone with batches of one and a queue of three, deadlines never refused early (admission tests)."""
+    s = start_server(
+        models='["sift"]', max_batch="1", queue_size="3", cpu_threads="1", reject_unmeetable_deadlines="false"
+    )
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def big_png(photo: np.ndarray) -> bytes:
+    """A 1024x1024 photo: slow enough for SIFT (a few hundred ms) to build a queue."""
+    return encode(cv2.resize(photo, (1024, 1024)))

@@ -9,7 +9,7 @@ from .features import DescriptorSpec, Features, KeypointOptions
 from .geometry import Verification, homography_corner_error, intrinsics_matrix, verify
 from .keypoints import select_keypoints
 from .matching import Matches, match_batch, match_descriptors
-from .registry import available_models, default_conf, load_model
+from .registry import available_models, default_conf, load_model, load_model_with_knobs
 from .tiny_cnn import TinyCNN
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "image_size",
     "intrinsics_matrix",
     "load_model",
+    "load_model_with_knobs",
     "match_batch",
     "match_descriptors",
     "sample_descriptors",

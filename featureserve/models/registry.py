@@ -38,3 +38,9 @@ def _factory(name: str) -> type[FeatureModel]:
 def load_model(name: str, **conf: Any) -> FeatureModel:
     """Build the model registered as ``name`` with ``conf`` merged over its ``default_conf``."""
     return _factory(name)(**conf)
+
+
+def load_model_with_knobs(name: str, **knobs: Any) -> FeatureModel:
+    """`load_model` passing only the ``knobs`` that model's ``default_conf`` has (``device``, ``num_threads``)."""
+    known = default_conf(name)
+    return load_model(name, **{k: v for k, v in knobs.items() if k in known})

@@ -17,7 +17,7 @@ from featureserve.arrays import to_array
 from featureserve.client import AsyncGrpcClient, GrpcClient
 from featureserve.v1 import features_pb2 as pb
 from featureserve.v1 import service_pb2 as service
-from tests.conftest import Server, encode, start_server
+from tests.conftest import Server, encode
 
 
 @pytest.fixture(scope="module")
@@ -180,21 +180,6 @@ def test_bad_match_inputs(photo: np.ndarray, grpc_client: GrpcClient) -> None:
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND and "sirf" in caught.value.details()
     # The server still answers normally afterwards.
     assert len(grpc_client.extract(photo, model="orb", max_keypoints=10).keypoints) == 10
-
-
-@pytest.fixture(scope="module")
-def small_queue_server() -> Server:
-    server = start_server(
-        models='["sift"]', max_batch="1", queue_size="3", cpu_threads="1", reject_unmeetable_deadlines="false"
-    )
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def big_png(photo: np.ndarray) -> bytes:
-    """Slow enough for SIFT (hundreds of ms) to build a queue."""
-    return encode(cv2.resize(photo, (1024, 1024)))
 
 
 def test_overload_is_resource_exhausted_with_retry_after(small_queue_server: Server, big_png: bytes) -> None:

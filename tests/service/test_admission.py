@@ -2,18 +2,9 @@
 
 import asyncio
 
-import cv2
 import httpx
-import numpy as np
-import pytest
 
-from tests.conftest import Server, encode, start_server
-
-
-@pytest.fixture(scope="module")
-def big_png(photo: np.ndarray) -> bytes:
-    """A 1024x1024 photo: slow enough for SIFT (a few hundred ms) to build a queue."""
-    return encode(cv2.resize(photo, (1024, 1024)))
+from tests.conftest import Server, start_server
 
 
 def _post(session: httpx.AsyncClient, png: bytes, deadline_ms: int | None = None) -> "asyncio.Future":
@@ -21,15 +12,6 @@ def _post(session: httpx.AsyncClient, png: bytes, deadline_ms: int | None = None
     return session.post(
         "/v1/extract", files={"image": ("x.png", png)}, data={"descriptor_encoding": "base64"}, headers=headers
     )
-
-
-@pytest.fixture(scope="module")
-def small_queue_server() -> Server:
-    server = start_server(
-        models='["sift"]', max_batch="1", queue_size="3", cpu_threads="1", reject_unmeetable_deadlines="false"
-    )
-    yield server
-    server.stop()
 
 
 def test_full_queue_answers_429_and_admitted_requests_succeed(small_queue_server: Server, big_png: bytes) -> None:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from ...models import FeatureModel, Features, KeypointOptions, ModelCard, default_conf, load_model
+from ...models import FeatureModel, Features, KeypointOptions, ModelCard, load_model_with_knobs
 from ..errors import InvalidInput, InvalidOption, ModelNotFound, Unavailable
 from ..metrics import ServiceMetrics
 from ..settings import Settings
@@ -54,9 +54,7 @@ class WorkerPool:
 
     def _load(self, name: str) -> FeatureModel:
         # Torch models take a device, OpenCV models a thread count; each gets the knob it knows.
-        knobs = {"device": self.device, "num_threads": self.settings.cpu_threads}
-        defaults = default_conf(name)
-        return load_model(name, **{k: v for k, v in knobs.items() if k in defaults})
+        return load_model_with_knobs(name, device=self.device, num_threads=self.settings.cpu_threads)
 
     async def start(self) -> None:
         """Load the configured models, warm them up, start their batchers, then report ready."""
