@@ -69,6 +69,12 @@ class DeadlineExceeded(FeatureServeError):
 
 
 class Unavailable(FeatureServeError):
-    """The service is warming up or draining."""
+    """The service is warming up or draining, or the model's worker failed while running the request."""
 
     http_status, grpc_code, code = 503, "UNAVAILABLE", "unavailable"
+
+
+class Unauthenticated(FeatureServeError):
+    """API keys are configured and the request carries none of them."""
+
+    http_status, grpc_code, code = 401, "UNAUTHENTICATED", "unauthenticated"

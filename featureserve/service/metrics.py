@@ -65,6 +65,25 @@ class ServiceMetrics:
             buckets=COUNT_BUCKETS,
             registry=r,
         )
+        self.worker_replacements = Counter(
+            "featureserve_worker_replacements",
+            "Model worker threads replaced by the watchdog, by reason (crashed: the thread died; hung: a batch "
+            "ran past FEATURESERVE_BATCH_TIMEOUT_S).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.abandoned_threads = Gauge(
+            "featureserve_abandoned_worker_threads",
+            "Hung worker threads given up on but still running (Python cannot kill a thread).",
+            ["model"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "featureserve_auth_failures",
+            "Requests refused for a missing or wrong API key, by API (rest, grpc).",
+            ["api"],
+            registry=r,
+        )
         self.stream_sessions = Gauge("featureserve_stream_sessions", "Open StreamFrames sessions.", registry=r)
         self.stream_frames = Counter(
             "featureserve_stream_frames",

@@ -71,11 +71,17 @@ async def serve_async(settings: Settings) -> int:
         # The pool starts here, not in the app's lifespan: it outlives the REST server while gRPC drains.
         lifespan="off",
         access_log=False,
+        # HTTPS when a certificate is configured (the same one gRPC uses).
+        ssl_certfile=settings.tls_cert_file,
+        ssl_keyfile=settings.tls_key_file,
     )
     rest = DrainingServer(config, pool)
     grpc_server = await start_grpc_server(pool) if settings.grpc_enabled else None
     if grpc_server is not None:
-        logger.info("gRPC listening on %s:%d", settings.host, settings.grpc_port)
+        transport = "TLS" if settings.tls_enabled else "plaintext"
+        logger.info("gRPC listening on %s:%d (%s)", settings.host, settings.grpc_port, transport)
+    if settings.all_api_keys():
+        logger.info("API keys required (REST and gRPC; health, readiness, metrics and API descriptions open)")
     rest_task = asyncio.create_task(rest.serve())
     start_task = asyncio.create_task(pool.start())
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+import re
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..models import available_models
+
+# API keys travel in HTTP headers and gRPC metadata: printable ASCII without spaces, long enough to guess badly.
+API_KEY_PATTERN = re.compile(r"[\x21-\x7e]{16,}")
 
 
 class Settings(BaseSettings):
@@ -16,7 +22,8 @@ class Settings(BaseSettings):
     List values are JSON (``FEATURESERVE_MODELS='["sift","orb"]'``). The README lists every knob.
     """
 
-    model_config = SettingsConfigDict(env_prefix="FEATURESERVE_", extra="ignore")
+    # Errors never echo the input: it may hold API keys.
+    model_config = SettingsConfigDict(env_prefix="FEATURESERVE_", extra="ignore", hide_input_in_errors=True)
 
     host: str = Field("127.0.0.1", description="Address the REST server binds (0.0.0.0 in the Docker image).")
     rest_port: int = Field(8080, ge=0, le=65535, description="REST (HTTP) port.")
@@ -59,6 +66,63 @@ class Settings(BaseSettings):
     warmup: bool = Field(True, description="Run each model once before reporting ready.")
     drain_timeout_s: float = Field(30.0, gt=0, description="Longest a SIGTERM drain waits for in-flight work.")
     log_level: str = Field("info", description="Uvicorn log level.")
+    batch_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest one model batch may run; past it the worker counts as hung and is replaced.",
+    )
+    max_request_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024, description="Largest REST request body, bytes (checked while it is read)."
+    )
+    max_in_flight_requests: int = Field(
+        256, ge=1, description="REST requests and gRPC calls handled at once (each); more get 429 / RESOURCE_EXHAUSTED."
+    )
+    api_keys: list[SecretStr] = Field(
+        [], description="Accepted API keys (JSON list); empty with no keys file = no authentication."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File with more API keys, one per line (blank lines and # comments ignored)."
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain; with tls_key_file, REST serves HTTPS and gRPC uses TLS."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    plugins: list[str] = Field(
+        [], description="module:function entry points called at start-up, before models load (test-only models)."
+    )
+
+    @field_validator("plugins")
+    @classmethod
+    def _load_plugins(cls, plugins: list[str]) -> list[str]:
+        # Runs before the model check below, so a plugin can register models that FEATURESERVE_MODELS names.
+        for plugin in plugins:
+            module_name, _, function_name = plugin.partition(":")
+            if not module_name or not function_name:
+                raise ValueError(f"plugin {plugin!r} must be written module:function")
+            try:
+                function = getattr(importlib.import_module(module_name), function_name)
+            except (ImportError, AttributeError) as error:
+                raise ValueError(f"plugin {plugin!r} cannot be loaded: {error}") from None
+            function()
+        return plugins
+
+    def all_api_keys(self) -> list[str]:
+        """The keys of ``api_keys`` and of ``api_keys_file``; raises ``ValueError`` for an unreadable file."""
+        keys = [key.get_secret_value() for key in self.api_keys]
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.read_text().splitlines()
+            except OSError as error:
+                raise ValueError(f"api_keys_file {str(self.api_keys_file)!r} cannot be read: {error}") from None
+            keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+            if not keys:
+                raise ValueError(f"api_keys_file {str(self.api_keys_file)!r} holds no key")
+        return keys
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether REST serves HTTPS and gRPC uses TLS."""
+        return self.tls_cert_file is not None
 
     @model_validator(mode="after")
     def _default_model_is_loaded(self) -> Settings:
@@ -69,4 +133,13 @@ class Settings(BaseSettings):
             raise ValueError(f"default_model {self.default_model!r} is not in models {self.models}")
         if self.default_max_keypoints > self.max_keypoints_limit:
             raise ValueError("default_max_keypoints must not exceed max_keypoints_limit")
+        for index, key in enumerate(self.all_api_keys()):
+            if not API_KEY_PATTERN.fullmatch(key):
+                # The message never shows the key itself.
+                raise ValueError(f"API key #{index + 1} must be at least 16 printable ASCII characters without spaces")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {str(path)!r} does not exist")
         return self

@@ -18,6 +18,7 @@ from ..errors import FeatureServeError, Overloaded
 from ..metrics import ServiceMetrics
 from ..workers import WorkerPool
 from . import catalog, extract, health, match
+from .guards import RequestGuard
 from .payload import describe_validation_error
 
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
@@ -118,5 +119,7 @@ def create_app(pool: WorkerPool) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    # Added first, so it runs inside RequestMetrics: refused requests are counted too.
+    app.add_middleware(RequestGuard, settings=pool.settings, metrics=pool.metrics)
     app.add_middleware(RequestMetrics, metrics=pool.metrics)
     return app

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from ..errors import InvalidInput, InvalidOption, PayloadTooLarge, UnsupportedMediaType
+from ..errors import FeatureServeError, InvalidInput, InvalidOption, PayloadTooLarge, UnsupportedMediaType
 from ..settings import Settings
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -81,7 +81,7 @@ def _base64_image(value: Any, name: str) -> bytes:
 
 async def read_payload(request: Request, settings: Settings) -> Payload:
     """Parse a JSON or multipart body; raises 413 / 415 / 400 errors for bodies we cannot take."""
-    limit = settings.max_image_bytes * settings.max_request_images + 1024 * 1024
+    limit = settings.max_request_bytes
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"request body is {length} bytes; the limit is {limit}")
@@ -98,6 +98,8 @@ async def read_payload(request: Request, settings: Settings) -> Payload:
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         try:
             form = await request.form(max_files=settings.max_request_images + 2, max_fields=100)
+        except FeatureServeError:
+            raise  # the body grew past max_request_bytes while it was read (api/guards.py)
         except Exception as error:  # Starlette/python-multipart raise several types for malformed bodies
             raise InvalidInput(f"malformed multipart body: {error}") from None
         files: dict[str, list[bytes]] = {}

@@ -8,16 +8,16 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Hashable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from ...models import FeatureModel, Features, KeypointOptions
-from ..errors import DeadlineExceeded, FeatureServeError, InvalidInput, Overloaded
+from ..errors import DeadlineExceeded, FeatureServeError, InvalidInput, Overloaded, Unavailable
 from ..metrics import ServiceMetrics
+from .thread import WorkerLost, WorkerThread
 
 logger = logging.getLogger(__name__)
 JobKind = Literal["extract", "detect", "describe"]
@@ -33,6 +33,8 @@ class BatchPolicy:
     max_delay_s: float
     queue_size: int
     reject_unmeetable_deadlines: bool
+    # Longest one call of the model may run before its thread counts as hung (None: no limit).
+    batch_timeout_s: float | None = None
 
 
 @dataclass
@@ -55,33 +57,59 @@ class ModelWorker:
     ``max_delay_s`` for more only while other requests for this model are still being decoded, so a
     lone client pays no batching delay. Images in one batch are split by job kind and size bucket
     (`FeatureModel.bucket_key`), and each group is one call of the model on the worker's thread.
+
+    Watchdog: when the model's thread dies, or one call runs past ``policy.batch_timeout_s``, the jobs of
+    that call fail at once with `Unavailable` (503 / UNAVAILABLE), the thread is replaced by a new one with
+    a freshly loaded model (``reload``; the old instance when there is none or it fails), and the queue goes
+    on to the replacement. A hung thread cannot be killed: it is abandoned and counted in
+    ``featureserve_abandoned_worker_threads`` until it returns.
     """
 
-    def __init__(self, model: FeatureModel, policy: BatchPolicy, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        model: FeatureModel,
+        policy: BatchPolicy,
+        metrics: ServiceMetrics,
+        reload: Callable[[], FeatureModel] | None = None,
+    ) -> None:
         self.model = model
         self.policy = policy
         self.metrics = metrics
+        self._reload = reload
         self._jobs: deque[Job] = deque()
         self._wakeup = asyncio.Event()
         self._incoming = 0
         self._busy = False
         self._batch_seconds = 0.0
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"worker-{model.name}")
+        self._thread: WorkerThread | None = None
+        self._generation = 0
+        self._abandoned: list[WorkerThread] = []
         self._task: asyncio.Task[None] | None = None
+        metrics.abandoned_threads.labels(model.name).set_function(
+            lambda: sum(thread.is_alive() for thread in self._abandoned)
+        )
 
     @property
     def queued(self) -> int:
         """Images waiting for a batch."""
         return len(self._jobs)
 
+    def _worker_thread(self) -> WorkerThread:
+        if self._thread is None:
+            self._generation += 1
+            self._thread = WorkerThread(f"worker-{self.model.name}-{self._generation}")
+        return self._thread
+
     async def warmup(self) -> None:
         """Run the model once on its own thread and seed the batch-time estimate."""
         start = time.monotonic()
-        await asyncio.get_running_loop().run_in_executor(self._thread, self.model.warmup)
+        # No time limit: a first call may compile kernels; a thread that dies still fails the start-up.
+        await self._worker_thread().call(self.model.warmup, timeout=None)
         self._batch_seconds = time.monotonic() - start
 
     def start(self) -> None:
         """Start the batching loop on the running event loop."""
+        self._worker_thread()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.model.name}")
 
     async def stop(self) -> None:
@@ -92,7 +120,38 @@ class ModelWorker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._thread.shutdown(wait=True)
+        if self._thread is not None:
+            self._thread.stop()
+
+    async def _replace_thread(self, lost: WorkerLost) -> None:
+        """Abandon the current thread and start a new one, with a freshly loaded model when possible."""
+        name = self.model.name
+        old = self._thread
+        self._thread = None
+        if old is not None:
+            old.stop()
+            if old.is_alive():
+                self._abandoned.append(old)
+        self._abandoned = [thread for thread in self._abandoned if thread.is_alive()]
+        self.metrics.worker_replacements.labels(name, lost.reason).inc()
+        logger.error(
+            "model %s: worker thread %s %s: %s; replacing it", name, old.name if old else "?", lost.reason, lost
+        )
+        thread = self._worker_thread()
+        if self._reload is None:
+            return
+        try:
+            # The new model loads on the new thread; a hung thread keeps the old instance to itself.
+            self.model = await thread.call(self._reload, timeout=self.policy.batch_timeout_s)
+        except WorkerLost as error:
+            logger.error("model %s: reloading failed (%s); keeping the previous instance", name, error)
+            thread.stop()
+            if thread.is_alive():
+                self._abandoned.append(thread)
+            self._thread = None
+            self._worker_thread()
+        except Exception:
+            logger.exception("model %s: reloading failed; keeping the previous instance", name)
 
     @contextlib.contextmanager
     def incoming(self) -> Iterator[None]:
@@ -110,10 +169,13 @@ class ModelWorker:
         batches_ahead = math.ceil((len(self._jobs) + 1) / self.policy.max_batch) + (1 if self._busy else 0)
         return batches_ahead * self._batch_seconds
 
-    async def submit(self, job: Job) -> Features:
-        """Queue ``job`` and wait for its features, or raise `Overloaded` / `DeadlineExceeded`."""
+    def admit(self, deadline: float) -> float:
+        """Seconds left until ``deadline`` if a new image may queue now; raises `Overloaded` / `DeadlineExceeded`.
+
+        `submit` calls it; the pool also calls it before decoding, so a full queue costs no decode.
+        """
         name = self.model.name
-        remaining = job.deadline - time.monotonic()
+        remaining = deadline - time.monotonic()
         if remaining <= 0:
             self.metrics.rejected.labels(name, "deadline").inc()
             raise DeadlineExceeded("the deadline passed before the image was queued")
@@ -131,6 +193,12 @@ class ModelWorker:
                 f"ahead and {remaining * 1000:.0f} ms remain",
                 retry_after_s=max(1.0, wait),
             )
+        return remaining
+
+    async def submit(self, job: Job) -> Features:
+        """Queue ``job`` and wait for its features, or raise `Overloaded` / `DeadlineExceeded` / `Unavailable`."""
+        name = self.model.name
+        remaining = self.admit(job.deadline)
         self._jobs.append(job)
         self.metrics.queue_depth.labels(name).set(len(self._jobs))
         self._wakeup.set()
@@ -165,7 +233,6 @@ class ModelWorker:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
             self._busy = True
@@ -174,11 +241,17 @@ class ModelWorker:
                 if live:
                     start = time.monotonic()
                     for jobs in self._groups(live).values():
-                        await self._run_group(loop, jobs)
+                        await self._run_group(jobs)
                     elapsed = time.monotonic() - start
                     self._batch_seconds += EWMA_WEIGHT * (elapsed - self._batch_seconds)
                     self.metrics.batch_size.labels(self.model.name).observe(len(live))
                     self.metrics.inference.labels(self.model.name).observe(elapsed)
+            except Exception:
+                # A bug in the batcher must not stop the queue: fail this batch, keep serving the next.
+                logger.exception("model %s: batcher failed", self.model.name)
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(FeatureServeError("internal error in the batcher"))
             finally:
                 self._busy = False
 
@@ -208,15 +281,30 @@ class ModelWorker:
             return "extract"
         return kind
 
-    async def _run_group(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
+    async def _run_group(self, jobs: list[Job]) -> None:
         results: list[Features | Exception]
         try:
-            results = list(await loop.run_in_executor(self._thread, self._call_model, jobs))
+            thread = self._worker_thread()
+            results = list(await thread.call(self._call_model, jobs, timeout=self.policy.batch_timeout_s))
+        except WorkerLost as lost:
+            # The requests of this call fail now instead of waiting out their deadlines; queued ones go to
+            # the replacement.
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(
+                        Unavailable(
+                            f"model {self.model.name}'s worker failed while running this request: {lost}; "
+                            "it was replaced, retry the request",
+                            {"reason": lost.reason},
+                        )
+                    )
+            await self._replace_thread(lost)
+            return
         except Exception as error:
             if len(jobs) > 1:
                 # Run one by one so that one bad image fails only its own request.
                 for job in jobs:
-                    await self._run_group(loop, [job])
+                    await self._run_group([job])
                 return
             results = [self._as_service_error(error)]
         for job, result in zip(jobs, results, strict=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from ...models import FeatureModel, Features, KeypointOptions, ModelCard, load_model_with_knobs
-from ..errors import InvalidInput, InvalidOption, ModelNotFound, Unavailable
+from ..errors import InvalidInput, InvalidOption, ModelNotFound, PayloadTooLarge, Unavailable
 from ..metrics import ServiceMetrics
 from ..settings import Settings
 from .batcher import BatchPolicy, Job, JobKind, ModelWorker
@@ -22,6 +23,8 @@ from .pairing import MatchOptions, PairResult, match_pair
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# Widest descriptor row an uploaded feature set may have (values per row): matching cost grows with it.
+MAX_DESCRIPTOR_WIDTH = 4096
 
 
 def resolve_device(device: str) -> str:
@@ -65,11 +68,13 @@ class WorkerPool:
             max_delay_s=self.settings.max_delay_ms / 1000.0,
             queue_size=self.settings.queue_size,
             reject_unmeetable_deadlines=self.settings.reject_unmeetable_deadlines,
+            batch_timeout_s=self.settings.batch_timeout_s,
         )
         loop = asyncio.get_running_loop()
         for name in self.settings.models:
             model = await loop.run_in_executor(self._cpu_threads, self._load, name)
-            worker = ModelWorker(model, policy, self.metrics)
+            # A worker whose thread dies or hangs gets a freshly loaded model on its replacement thread.
+            worker = ModelWorker(model, policy, self.metrics, reload=functools.partial(self._load, name))
             if self.settings.warmup:
                 await worker.warmup()
             worker.start()
@@ -150,6 +155,7 @@ class WorkerPool:
         keypoints: np.ndarray | None = None,
     ) -> Features:
         worker = self.worker(model)
+        worker.admit(deadline)  # a full queue or an unmeetable deadline is refused before decoding
         with worker.incoming():
             array = await self.decode(image) if isinstance(image, bytes) else image
         job = Job(kind, array, deadline, asyncio.get_running_loop().create_future(), options, keypoints)
@@ -176,7 +182,13 @@ class WorkerPool:
     async def match(
         self, model: str | None, features0: Features, features1: Features, options: MatchOptions
     ) -> PairResult:
-        """Match and verify a pair on the CPU threads, recording match and inlier counts."""
+        """Match and verify a pair on the CPU threads, recording match and inlier counts.
+
+        Uploaded feature sets are held to the extraction limits: at most ``max_keypoints_limit`` keypoints
+        and `MAX_DESCRIPTOR_WIDTH` values per descriptor, so one request cannot buy minutes of matching.
+        """
+        for name, features in (("features0", features0), ("features1", features1)):
+            self._check_feature_size(name, features)
         try:
             result = await self.run_cpu(match_pair, features0, features1, options)
         except ValueError as error:
@@ -186,6 +198,19 @@ class WorkerPool:
         if result.verification is not None:
             self.metrics.inliers.labels(label).observe(result.verification.num_inliers)
         return result
+
+    def _check_feature_size(self, name: str, features: Features) -> None:
+        limit = self.settings.max_keypoints_limit
+        if len(features) > limit:
+            raise PayloadTooLarge(
+                f"{name} has {len(features)} keypoints; the limit is {limit}",
+                {"keypoints": len(features), "max_keypoints": limit},
+            )
+        descriptors = features.descriptors
+        if descriptors is not None and descriptors.ndim == 2 and descriptors.shape[1] > MAX_DESCRIPTOR_WIDTH:
+            raise PayloadTooLarge(
+                f"{name}.descriptors rows hold {descriptors.shape[1]} values; the limit is {MAX_DESCRIPTOR_WIDTH}"
+            )
 
     def deadline_from(self, timeout_ms: float | None) -> float:
         """Monotonic deadline ``timeout_ms`` from now (the configured default when ``None``)."""

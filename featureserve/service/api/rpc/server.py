@@ -9,8 +9,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ....v1.service_pb2_grpc import add_FeatureServiceServicer_to_server
+from ...security import ApiKeys
 from ...settings import Settings
 from ...workers import WorkerPool
+from .guards import GuardInterceptor
 from .servicer import SERVICE_NAME, FeatureServicer
 
 # The health service reports the whole server under "" and the API under its full name.
@@ -32,14 +34,28 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from ``tls_cert_file`` and ``tls_key_file``, or ``None`` (plaintext)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    return grpc.ssl_server_credentials([pair])
+
+
 async def start_grpc_server(pool: WorkerPool) -> grpc.aio.Server:
-    """Start a gRPC server for ``pool`` on ``settings.host:grpc_port``.
+    """Start a gRPC server for ``pool`` on ``settings.host:grpc_port`` (TLS when configured).
 
     Health is NOT_SERVING until the pool is ready and for good once its drain begins; open streams then
-    answer the frames they already sent and end with UNAVAILABLE.
+    answer the frames they already sent and end with UNAVAILABLE. API keys and undecodable requests are
+    checked by `GuardInterceptor`; more than ``max_in_flight_requests`` calls at once get RESOURCE_EXHAUSTED
+    from grpcio itself.
     """
     settings = pool.settings
-    server = grpc.aio.server(options=server_options(settings))
+    server = grpc.aio.server(
+        options=server_options(settings),
+        interceptors=[GuardInterceptor(ApiKeys.from_settings(settings), pool.metrics)],
+        maximum_concurrent_rpcs=settings.max_in_flight_requests,
+    )
     servicer = FeatureServicer(pool)
     add_FeatureServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -64,7 +80,9 @@ async def start_grpc_server(pool: WorkerPool) -> grpc.aio.Server:
 
     pool.on_state_change(on_state_change)
     address = f"{settings.host}:{settings.grpc_port}"
-    if server.add_insecure_port(address) == 0:
+    credentials = server_credentials(settings)
+    port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+    if port == 0:
         raise OSError(f"gRPC could not bind {address}")
     await server.start()
     return server

@@ -9,10 +9,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from ....arrays import to_array
 from ....models import Features, intrinsics_matrix
@@ -217,11 +218,24 @@ class FrameSession:
         return message
 
 
+async def read_message(context: grpc.aio.ServicerContext) -> Any:
+    """The next ``StreamFramesRequest`` (or ``grpc.aio.EOF``); raises `InvalidInput` for bytes that are not one."""
+    try:
+        return await context.read()
+    except DecodeError as error:
+        raise InvalidInput(f"a stream message is not a valid StreamFramesRequest: {error}") from None
+
+
 async def read_frames(context: grpc.aio.ServicerContext, session: FrameSession, queue: FrameQueue) -> None:
     """Move frames from the stream into ``queue`` until the client half-closes or the queue closes."""
     try:
         while not queue.closed:
-            request = await context.read()
+            try:
+                request = await read_message(context)
+            except InvalidInput as error:
+                # One bad message fails as a frame (its sequence is unknown); the messages after it still count.
+                await queue.put(FrameJob(0, 0.0, time.monotonic(), error=error))
+                continue
             if request is grpc.aio.EOF:
                 break
             if request.WhichOneof("message") == "frame":
@@ -235,7 +249,7 @@ async def read_frames(context: grpc.aio.ServicerContext, session: FrameSession, 
 
 async def run_session(pool: WorkerPool, context: grpc.aio.ServicerContext, sessions: set[FrameQueue]) -> None:
     """Serve one StreamFrames call: answer every frame in order; raise `Unavailable` when cut by a drain."""
-    first = await context.read()
+    first = await read_message(context)
     if first is grpc.aio.EOF:
         return
     session = FrameSession(pool, first.session if first.WhichOneof("message") == "session" else None)
