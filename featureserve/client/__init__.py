@@ -1,23 +1,40 @@
-"""Python clients of featureserve; results come back as numpy arrays."""
+"""Python clients of featureserve, REST and gRPC, sync and asyncio; results come back as numpy arrays.
 
-from .grpc_client import (
-    AsyncGrpcClient,
+`RestClient` and `GrpcClient` (and `AsyncRestClient`, `AsyncGrpcClient`) share their methods
+(``list_models``, ``extract``, ``extract_batch``, ``match``), keyword options and result types, so
+switching transports is changing the constructor. gRPC adds ``describe`` and ``stream_frames``; REST adds
+``draw=True`` on ``match``. ``featureserve.client.local.LocalClient`` runs the models in process.
+"""
+
+from .grpc_client import AsyncGrpcClient, GrpcClient
+from .rest_client import AsyncRestClient, RestClient, RestError
+from .results import (
+    DescriptorInfo,
     FeatureSet,
     Frame,
     FrameMatches,
     FrameResult,
     Geometry,
-    GrpcClient,
+    ImageInput,
     MatchResult,
+    ModelCard,
+    ModelList,
 )
 
 __all__ = [
     "AsyncGrpcClient",
+    "AsyncRestClient",
+    "DescriptorInfo",
     "FeatureSet",
     "Frame",
     "FrameMatches",
     "FrameResult",
     "Geometry",
     "GrpcClient",
+    "ImageInput",
     "MatchResult",
+    "ModelCard",
+    "ModelList",
+    "RestClient",
+    "RestError",
 ]

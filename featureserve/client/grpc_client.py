@@ -9,98 +9,34 @@ Example:
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 
 from ..arrays import to_array, unpack
 from ..v1 import features_pb2 as pb
 from ..v1 import service_pb2 as service
 from ..v1.service_pb2_grpc import FeatureServiceStub
+from .options import DRAW_OPTION, EXTRACT_OPTIONS, MATCH_OPTIONS, check_options, intrinsics_tuple
+from .results import (
+    DescriptorInfo,
+    FeatureSet,
+    Frame,
+    FrameMatches,
+    FrameResult,
+    Geometry,
+    ImageInput,
+    MatchResult,
+    ModelCard,
+    ModelList,
+    inlier_ratio,
+)
 
-ImageInput = bytes | str | Path | np.ndarray
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-EXTRACT_FIELDS = frozenset(pb.ExtractOptions.DESCRIPTOR.fields_by_name)
-MATCH_FIELDS = frozenset(pb.MatchOptions.DESCRIPTOR.fields_by_name)
-
-
-@dataclass
-class FeatureSet:
-    """Features of one image: keypoints ``(N, 2)`` (x, y) pixels, scores ``(N,)``, descriptors ``(N, D)``."""
-
-    keypoints: np.ndarray
-    scores: np.ndarray
-    descriptors: np.ndarray | None
-    descriptor: dict[str, Any]
-    image_size: tuple[int, int]
-    model: str = ""
-
-
-@dataclass
-class Geometry:
-    """The fitted model: ``matrix`` (3, 3) or None, and for essential matrices ``rotation`` and ``translation``."""
-
-    geometry: str
-    matrix: np.ndarray | None
-    num_inliers: int
-    inlier_ratio: float
-    rotation: np.ndarray | None
-    translation: np.ndarray | None
-    message: str
-
-
-@dataclass
-class MatchResult:
-    """Matches ``(M, 2)`` (index in image 0, index in image 1), their points and distances, and verification."""
-
-    model: str
-    matches: np.ndarray
-    points0: np.ndarray
-    points1: np.ndarray
-    distances: np.ndarray
-    inliers: np.ndarray | None
-    geometry: Geometry | None
-    features0: FeatureSet | None
-    features1: FeatureSet | None
-
-
-@dataclass
-class Frame:
-    """A camera frame for `GrpcClient.stream_frames`; ``intrinsics`` is ``(fx, fy, cx, cy)``."""
-
-    image: ImageInput
-    sequence: int
-    timestamp: float = 0.0
-    intrinsics: Sequence[float] | None = None
-    keyframe: bool = False
-
-
-@dataclass
-class FrameMatches:
-    """Matches of a frame (index 0) to an earlier frame ``sequence`` (index 1)."""
-
-    sequence: int
-    matches: np.ndarray
-    inliers: np.ndarray | None
-    geometry: Geometry | None
-
-
-@dataclass
-class FrameResult:
-    """The answer to one frame: ``status`` is ``"ok"``, ``"dropped"`` or ``"failed"`` (then ``error`` says why)."""
-
-    sequence: int
-    timestamp: float
-    status: str
-    error: str | None
-    features: FeatureSet | None
-    to_previous: FrameMatches | None
-    to_keyframe: FrameMatches | None
-    keyframe: bool
-    latency_ms: float
+GRPC_OPTIONS = EXTRACT_OPTIONS | MATCH_OPTIONS
 
 
 def image_message(image: ImageInput) -> pb.Image:
@@ -113,18 +49,17 @@ def image_message(image: ImageInput) -> pb.Image:
 
 
 def _intrinsics(value: Sequence[float] | np.ndarray) -> pb.Intrinsics:
-    array = np.asarray(value, np.float64)
-    fx, fy, cx, cy = (array[0, 0], array[1, 1], array[0, 2], array[1, 2]) if array.shape == (3, 3) else array
+    fx, fy, cx, cy = intrinsics_tuple(value)
     return pb.Intrinsics(fx=fx, fy=fy, cx=cx, cy=cy)
 
 
 def split_options(options: dict[str, Any]) -> tuple[pb.ExtractOptions, pb.MatchOptions]:
     """Keyword options -> the two option messages; raises ``TypeError`` on an unknown name."""
-    unknown = set(options) - EXTRACT_FIELDS - MATCH_FIELDS
-    if unknown:
-        raise TypeError(f"unknown options {sorted(unknown)}")
-    extract = {k: v for k, v in options.items() if k in EXTRACT_FIELDS and v is not None}
-    match = {k: v for k, v in options.items() if k in MATCH_FIELDS and v is not None}
+    if options.get(DRAW_OPTION):
+        raise TypeError("draw is not part of the gRPC API; use RestClient or featureserve.draw.draw_matches")
+    options = check_options({k: v for k, v in options.items() if k != DRAW_OPTION}, GRPC_OPTIONS)
+    extract = {k: v for k, v in options.items() if k in EXTRACT_OPTIONS}
+    match = {k: v for k, v in options.items() if k in MATCH_OPTIONS}
     for name in ("intrinsics0", "intrinsics1"):
         if name in match:
             match[name] = _intrinsics(match[name])
@@ -148,8 +83,12 @@ def _optional(message: Any, field: str) -> np.ndarray | None:
     return unpack(getattr(message, field)) if message.HasField(field) else None
 
 
-def geometry(message: Any) -> Geometry | None:
-    """The ``geometry`` field of a match message, if set."""
+def geometry(message: Any, num_matches: int) -> Geometry | None:
+    """The ``geometry`` field of a match message, if set.
+
+    The inlier ratio is recomputed from the counts, as the service computes it: the message carries it
+    as float32, REST as float64, and both clients give the same value.
+    """
     if not message.HasField("geometry"):
         return None
     g = message.geometry
@@ -157,7 +96,7 @@ def geometry(message: Any) -> Geometry | None:
         g.geometry,
         _optional(g, "matrix"),
         g.num_inliers,
-        g.inlier_ratio,
+        inlier_ratio(g.num_inliers, num_matches),
         _optional(g, "rotation"),
         _optional(g, "translation"),
         g.message,
@@ -167,24 +106,28 @@ def geometry(message: Any) -> Geometry | None:
 def match_result(response: service.MatchResponse) -> MatchResult:
     """A ``MatchResponse`` as numpy arrays."""
     inliers = _optional(response, "inliers")
+    model = response.model
     return MatchResult(
-        model=response.model,
+        model=model,
         matches=unpack(response.matches),
         points0=unpack(response.points0),
         points1=unpack(response.points1),
         distances=unpack(response.distances),
         inliers=None if inliers is None else inliers.astype(bool),
-        geometry=geometry(response),
-        features0=feature_set(response.features0) if response.HasField("features0") else None,
-        features1=feature_set(response.features1) if response.HasField("features1") else None,
+        geometry=geometry(response, response.num_matches),
+        features0=feature_set(response.features0, model) if response.HasField("features0") else None,
+        features1=feature_set(response.features1, model) if response.HasField("features1") else None,
+        num_keypoints0=response.num_keypoints0,
+        num_keypoints1=response.num_keypoints1,
     )
 
 
 def frame_matches(message: service.FrameMatches) -> FrameMatches:
     """A ``FrameMatches`` message as numpy arrays."""
     inliers = _optional(message, "inliers")
+    matches = unpack(message.matches)
     return FrameMatches(
-        message.sequence, unpack(message.matches), None if inliers is None else inliers.astype(bool), geometry(message)
+        message.sequence, matches, None if inliers is None else inliers.astype(bool), geometry(message, len(matches))
     )
 
 
@@ -254,6 +197,24 @@ def match_request(image0: ImageInput, image1: ImageInput, options: dict[str, Any
     )
 
 
+def model_list(response: service.ListModelsResponse) -> ModelList:
+    """A ``ListModelsResponse`` as `ModelList` (``details`` as a dict; its numbers are floats)."""
+    cards = [
+        ModelCard(
+            name=card.name,
+            version=card.version,
+            method=card.method,
+            descriptor=DescriptorInfo(card.descriptor.kind, card.descriptor.dim, card.descriptor.metric),
+            keypoints=card.keypoints,
+            licence=card.licence,
+            description=card.description,
+            details=json_format.MessageToDict(card.details),
+        )
+        for card in response.models
+    ]
+    return ModelList(response.default_model, cards)
+
+
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     """Client channel arguments: message limits matching the server's default."""
     return [
@@ -279,9 +240,9 @@ class GrpcClient:
         """Close the channel."""
         self.channel.close()
 
-    def list_models(self, timeout: float | None = None) -> service.ListModelsResponse:
+    def list_models(self, timeout: float | None = None) -> ModelList:
         """The loaded models and their cards."""
-        return self.stub.ListModels(service.ListModelsRequest(), timeout=timeout)
+        return model_list(self.stub.ListModels(service.ListModelsRequest(), timeout=timeout))
 
     def extract(self, image: ImageInput, timeout: float | None = None, **options: Any) -> FeatureSet:
         """Features of one image."""
@@ -331,9 +292,9 @@ class AsyncGrpcClient:
         """Close the channel."""
         await self.channel.close()
 
-    async def list_models(self, timeout: float | None = None) -> service.ListModelsResponse:
+    async def list_models(self, timeout: float | None = None) -> ModelList:
         """The loaded models and their cards."""
-        return await self.stub.ListModels(service.ListModelsRequest(), timeout=timeout)
+        return model_list(await self.stub.ListModels(service.ListModelsRequest(), timeout=timeout))
 
     async def extract(self, image: ImageInput, timeout: float | None = None, **options: Any) -> FeatureSet:
         """Features of one image."""

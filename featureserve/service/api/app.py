@@ -17,7 +17,7 @@ from ... import __version__
 from ..errors import FeatureServeError, Overloaded
 from ..metrics import ServiceMetrics
 from ..workers import WorkerPool
-from . import catalog, extract, health, match
+from . import catalog, extract, health, match, web
 from .guards import RequestGuard
 from .payload import describe_validation_error
 
@@ -113,7 +113,7 @@ def create_app(pool: WorkerPool) -> FastAPI:
     )
     app.state.pool = pool
     app.state.metrics = pool.metrics
-    for router in (extract.router, match.router, catalog.router, health.router):
+    for router in (extract.router, match.router, catalog.router, health.router, web.router):
         app.include_router(router)
     app.add_exception_handler(FeatureServeError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+import numpy as np
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 
+from ...draw import match_picture
 from ...models import Features
 from ..errors import InvalidInput
 from ..workers import PairResult, WorkerPool
@@ -20,6 +24,12 @@ from .schemas import FeatureSet, MatchOptions, MatchResponse
 
 router = APIRouter(prefix="/v1", tags=["matching"])
 SIDES = ("0", "1")
+PNG_RESPONSE = {
+    200: {
+        "content": {"image/png": {}},
+        "description": "JSON; or, for `Accept: image/png`, the picture alone (counts in X-Num-Matches, X-Num-Inliers).",
+    }
+}
 
 
 def uploaded_features(payload: Payload, side: str) -> Features | None:
@@ -67,10 +77,21 @@ def match_response(model: str | None, features: list[Features], result: PairResu
     return body
 
 
+def accepts_png(request: Request) -> bool:
+    """Whether the client asked for the picture alone (``Accept: image/png`` without JSON)."""
+    types = {part.split(";")[0].strip().lower() for part in request.headers.get("accept", "").split(",")}
+    return "image/png" in types and "application/json" not in types
+
+
+def server_timing(phases: dict[str, float]) -> str:
+    """A ``Server-Timing`` header value: each phase's duration in milliseconds."""
+    return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in phases.items())
+
+
 @router.post(
     "/match",
     response_model=MatchResponse,
-    responses=ERRORS,
+    responses={**ERRORS, **PNG_RESPONSE},
     summary="Match two images (or two feature sets) and verify the matches",
     openapi_extra=request_body(
         MatchOptions,
@@ -81,10 +102,17 @@ def match_response(model: str | None, features: list[Features], result: PairResu
         {"image0": EXAMPLE_IMAGE, "image1": EXAMPLE_IMAGE, "model": "sift", "geometry": "homography"},
     ),
 )
-async def match(request: Request, pool: WorkerPool = Depends(get_pool)) -> FastJSONResponse:
-    """Mutual-NN (or NN, ratio, distance) matches, their pixel coordinates, and MAGSAC++ verification."""
+async def match(request: Request, pool: WorkerPool = Depends(get_pool)) -> Response:
+    """Mutual-NN (or NN, ratio, distance) matches, their pixel coordinates, and MAGSAC++ verification.
+
+    With ``draw`` (or ``Accept: image/png``) also a PNG of the matches. ``Server-Timing`` gives the
+    milliseconds of each phase (extract, including decoding and queueing; match; draw).
+    """
+    started = time.perf_counter()
     payload = await read_payload(request, pool.settings)
     options = payload.options(MatchOptions, exclude={"image0", "image1", "features0", "features1"})
+    png_only = accepts_png(request)
+    draw = options.draw or png_only
     pool.check_max_keypoints(options.max_keypoints)
     worker_options = options.pair_options()
     deadline = pool.deadline_from(deadline_ms(request))
@@ -95,12 +123,40 @@ async def match(request: Request, pool: WorkerPool = Depends(get_pool)) -> FastJ
         model = pool.worker(options.model).model.name
         request.state.model = model
 
+    images: dict[str, bytes | np.ndarray] = {}
+    if draw:
+        missing = [f"image{side}" for side in SIDES if not payload.images(f"image{side}")]
+        if missing:
+            raise InvalidInput(f"draw needs both images (features are matched, images drawn); missing {missing}")
+        # Decoded once, for the model and for the picture.
+        decoded = await asyncio.gather(*(pool.decode(payload.image(f"image{side}")) for side in SIDES))
+        images = dict(zip(SIDES, decoded, strict=True))
+
     async def side_features(side: str) -> Features:
         features = uploaded[side]
         if features is not None:
             return features
-        return await pool.extract(model, payload.image(f"image{side}"), keypoint_options, deadline)
+        image = images[side] if draw else payload.image(f"image{side}")
+        return await pool.extract(model, image, keypoint_options, deadline)
 
     features = list(await asyncio.gather(*(side_features(side) for side in SIDES)))
+    extracted = time.perf_counter()
     result = await pool.match(model, features[0], features[1], worker_options)
-    return FastJSONResponse(match_response(model, features, result, options))
+    phases = {"extract": extracted - started, "match": time.perf_counter() - extracted}
+    body = match_response(model, features, result, options)
+    if not draw:
+        return FastJSONResponse(body, headers={"Server-Timing": server_timing(phases)})
+    drawing_started = time.perf_counter()
+    inliers = None if result.verification is None else result.verification.inliers
+    png = await pool.run_cpu(
+        match_picture, images["0"], images["1"], result.points0, result.points1, inliers, model or ""
+    )
+    phases["draw"] = time.perf_counter() - drawing_started
+    headers = {"Server-Timing": server_timing(phases)}
+    if png_only:
+        counts = {"X-Num-Matches": str(body["num_matches"])}
+        if body["num_inliers"] is not None:
+            counts["X-Num-Inliers"] = str(body["num_inliers"])
+        return Response(png, media_type="image/png", headers={**headers, **counts})
+    body["drawing"] = base64.b64encode(png).decode("ascii")
+    return FastJSONResponse(body, headers=headers)

@@ -56,6 +56,12 @@ class MatchOptions(ExtractOptions):
     ransac_confidence: float = Field(0.9999, gt=0, lt=1, description="RANSAC confidence.")
     ransac_max_iterations: int = Field(10000, ge=1, le=1_000_000, description="RANSAC iteration cap.")
     include_features: bool = Field(False, description="Also return both images' full feature sets.")
+    draw: bool = Field(
+        False,
+        description="Also return `drawing`: a PNG (base64) of both images side by side with the matches drawn, "
+        "inliers green, outliers red (blue when not verified). Needs image0 and image1. "
+        "Or send `Accept: image/png` to get the PNG alone.",
+    )
 
     def pair_options(self) -> PairOptions:
         """The worker-side matching options; raises `InvalidOption` for unusable intrinsics."""
@@ -155,6 +161,7 @@ class MatchResponse(BaseModel):
     geometry: GeometryResult | None
     features0: FeatureSet | None = None
     features1: FeatureSet | None = None
+    drawing: str | None = Field(None, description="With draw: base64 of the PNG picture of the matches.")
 
 
 class ErrorBody(BaseModel):

@@ -1,0 +1,407 @@
+"""The ``featureserve`` commands other than ``serve``: models, extract, match, eval, train.
+
+``extract`` and ``match`` run the models in this process (`LocalClient`) unless given ``--url`` (a REST
+server) or ``--grpc`` (a gRPC server); all three give the same results. ``eval`` and ``train`` run the
+offline ``training`` package in a subprocess (``python -m training ...``): the ``featureserve`` package
+never imports ``training``, which the Docker image leaves out. Tables go to stdout (``--json`` for
+machine-readable output), progress bars to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .client.results import FeatureSet, MatchResult, ModelList
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False)
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed without a traceback, exit status 2."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors printed as one line (exit status 1): files, options, and answers of a server or the models."""
+    import grpc
+    import httpx
+
+    from .client import RestError
+    from .service.errors import FeatureServeError
+
+    return (OSError, ValueError, TypeError, RestError, grpc.RpcError, httpx.TransportError, FeatureServeError)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Clients and options
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """``--url`` / ``--grpc``: where the models run (default: in this process)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", help="a REST server, e.g. http://127.0.0.1:8080 (default: run the models here)")
+    where.add_argument("--grpc", metavar="TARGET", help="a gRPC server, e.g. 127.0.0.1:50051")
+
+
+def add_extract_options(parser: argparse.ArgumentParser) -> None:
+    """Extraction options, named as in the API."""
+    parser.add_argument("--model", help="model name (default: the default model)")
+    parser.add_argument("--max-keypoints", type=int, help="keep at most this many keypoints (default 2048)")
+    parser.add_argument("--uniform", choices=["none", "grid", "anms"], help="spread keypoints over the image")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@contextmanager
+def open_client(args: argparse.Namespace) -> Iterator[Any]:
+    """The client ``--url`` / ``--grpc`` ask for, else the in-process one."""
+    if args.url:
+        from .client import RestClient
+
+        with RestClient(args.url) as client:
+            yield client
+    elif args.grpc:
+        from .client import GrpcClient
+
+        with GrpcClient(args.grpc) as client:
+            yield client
+    else:
+        from .client.local import LocalClient
+
+        with LocalClient() as client:
+            client.model(getattr(args, "model", None))  # loaded before any timing starts
+            yield client
+
+
+def extract_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The extraction keyword options set on the command line."""
+    options = {"model": args.model, "max_keypoints": args.max_keypoints, "uniform": args.uniform}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def progress() -> Progress:
+    """A progress bar on stderr (drawn only on a terminal)."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+    )
+
+
+def image_name(path: str) -> str:
+    """The name an image gets in exported files: its path as given, with ``/`` separators."""
+    return Path(path).as_posix()
+
+
+# ---------------------------------------------------------------------------------------------------
+# models
+
+
+def models_command(args: argparse.Namespace) -> int:
+    """List the models: a server's loaded models, or those this installation can run."""
+    with open_client(args) as client:
+        listing: ModelList = client.list_models()
+    if args.json:
+        print(json.dumps({"default_model": listing.default_model, "models": [_card_json(c) for c in listing.models]}))
+        return 0
+    table = Table(title="models (* = default; --json for the full cards)")
+    rows = [
+        (
+            card.name + (" *" if card.name == listing.default_model else ""),
+            f"{card.descriptor.kind} {card.descriptor.dim}",
+            card.descriptor.metric,
+            card.version,
+            card.method,
+        )
+        for card in listing.models
+    ]
+    columns = ("name", "descriptor", "metric", "version", "method")
+    widths = [max(len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(columns)]
+    widths[3] = min(widths[3], 20)
+    # One line per model: the method (a citation) gets what the terminal has left, and is cut with "…".
+    widths[4] = max(16, min(widths[4], stdout.width - sum(widths[:4]) - 3 * len(columns) - 1))
+    for column, width in zip(columns, widths, strict=True):
+        table.add_column(column, no_wrap=True, width=width)
+    for row in rows:
+        table.add_row(*(_cut(text, width) for text, width in zip(row, widths, strict=True)))
+    stdout.print(table)
+    return 0
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _card_json(card: Any) -> dict[str, Any]:
+    return {
+        "name": card.name,
+        "version": card.version,
+        "method": card.method,
+        "descriptor": vars(card.descriptor),
+        "licence": card.licence,
+        "description": card.description,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# extract
+
+
+def save_features(out: Path, names: Sequence[str], features: Sequence[FeatureSet]) -> None:
+    """``.npz`` (one image: keypoints, scores, descriptors, image_size, model) or ``.h5`` (hloc, any number)."""
+    if out.suffix == ".npz":
+        if len(features) != 1:
+            raise CommandError(f"{out}: an .npz file holds one image's features; use .h5 for {len(features)} images")
+        f = features[0]
+        arrays = {"keypoints": f.keypoints, "scores": f.scores, "image_size": np.asarray(f.image_size, np.int32)}
+        if f.descriptors is not None:
+            arrays["descriptors"] = f.descriptors
+        np.savez(out, model=np.asarray(f.model), **arrays)
+    elif out.suffix in (".h5", ".hdf5"):
+        from .interop import write_hloc_features
+
+        write_hloc_features(out, dict(zip(names, features, strict=True)))
+    else:
+        raise CommandError(f"{out}: write features to a .npz (one image) or .h5 (hloc layout) file")
+
+
+def extract_command(args: argparse.Namespace) -> int:
+    """Features of each image; a table (or JSON), optionally saved to ``--out``."""
+    if args.out is not None and args.out.suffix not in (".npz", ".h5", ".hdf5"):
+        raise CommandError(f"{args.out}: write features to a .npz (one image) or .h5 (hloc layout) file")
+    options = extract_options(args)
+    results: list[FeatureSet] = []
+    seconds: list[float] = []
+    with open_client(args) as client, progress() as bar:
+        task = bar.add_task("extracting", total=len(args.images))
+        for path in args.images:
+            started = time.perf_counter()
+            results.append(client.extract(path, **options))
+            seconds.append(time.perf_counter() - started)
+            bar.advance(task)
+    names = [image_name(p) for p in args.images]
+    if args.out is not None:
+        save_features(args.out, names, results)
+    if args.json:
+        rows = [
+            {
+                "image": name,
+                "model": f.model,
+                "image_size": list(f.image_size),
+                "num_keypoints": len(f.keypoints),
+                "descriptor": f.descriptor,
+                "ms": round(s * 1000, 1),
+            }
+            for name, f, s in zip(names, results, seconds, strict=True)
+        ]
+        print(json.dumps({"results": rows, "out": None if args.out is None else str(args.out)}))
+        return 0
+    table = Table(title="features" + (f" -> {args.out}" if args.out else ""))
+    for column in ("image", "model", "size", "keypoints", "descriptor", "ms"):
+        table.add_column(column, justify="right" if column in ("keypoints", "ms") else "left")
+    for name, f, s in zip(names, results, seconds, strict=True):
+        descriptor = f"{f.descriptor['kind']} {f.descriptor['dim']} {f.descriptor['metric']}"
+        size = f"{f.image_size[0]}x{f.image_size[1]}"
+        table.add_row(name, f.model, size, str(len(f.keypoints)), descriptor, f"{s * 1000:.1f}")
+    stdout.print(table)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# match
+
+
+def match_command(args: argparse.Namespace) -> int:
+    """Matches of two images: counts and timing, ``--draw`` picture, ``--hloc`` export."""
+    options: dict[str, Any] = {**extract_options(args), "geometry": args.geometry, "matcher": args.matcher}
+    if args.ratio is not None:
+        options["ratio"] = args.ratio
+    if args.hloc is not None:
+        options["include_features"] = True
+    # REST draws on the server and the in-process client here, with the same function; gRPC does not draw,
+    # so with --grpc the picture is drawn here from the answer.
+    server_draws = args.draw is not None and not args.grpc
+    with open_client(args) as client:
+        started = time.perf_counter()
+        with stderr.status("matching", spinner="dots") if stderr.is_terminal else _nothing():
+            result: MatchResult = client.match(args.image0, args.image1, draw=server_draws or None, **options)
+        elapsed = time.perf_counter() - started
+    if args.draw is not None:
+        picture = result.drawing if server_draws else _draw_here(args, result)
+        args.draw.write_bytes(picture)
+    if args.hloc is not None:
+        _write_hloc(args, result)
+    num_inliers = None if result.inliers is None else int(result.inliers.sum())
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": result.model,
+                    "num_keypoints0": result.num_keypoints0,
+                    "num_keypoints1": result.num_keypoints1,
+                    "num_matches": len(result.matches),
+                    "num_inliers": num_inliers,
+                    "geometry": None if result.geometry is None else result.geometry.geometry,
+                    "matrix": None
+                    if result.geometry is None or result.geometry.matrix is None
+                    else result.geometry.matrix.tolist(),
+                    "ms": round(elapsed * 1000, 1),
+                    "draw": None if args.draw is None else str(args.draw),
+                }
+            )
+        )
+        return 0
+    table = Table(title=f"{image_name(args.image0)} <-> {image_name(args.image1)}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("model", result.model)
+    table.add_row("keypoints", f"{result.num_keypoints0} / {result.num_keypoints1}")
+    table.add_row("matches", str(len(result.matches)))
+    if result.geometry is not None:
+        table.add_row(f"inliers ({result.geometry.geometry})", f"{num_inliers} ({result.geometry.inlier_ratio:.0%})")
+    table.add_row("time", f"{elapsed * 1000:.1f} ms")
+    if args.draw is not None:
+        table.add_row("picture", str(args.draw))
+    if args.hloc is not None:
+        table.add_row("hloc files", f"{args.hloc}/features.h5, {args.hloc}/matches.h5")
+    stdout.print(table)
+    return 0
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _draw_here(args: argparse.Namespace, result: MatchResult) -> bytes:
+    from .client.local import LocalClient
+    from .draw import match_picture
+
+    decode = LocalClient().decode
+    return match_picture(
+        decode(args.image0), decode(args.image1), result.points0, result.points1, result.inliers, result.model
+    )
+
+
+def _write_hloc(args: argparse.Namespace, result: MatchResult) -> None:
+    from .interop import write_hloc_features, write_hloc_matches
+
+    args.hloc.mkdir(parents=True, exist_ok=True)
+    name0, name1 = image_name(args.image0), image_name(args.image1)
+    assert result.features0 is not None and result.features1 is not None  # include_features was asked for
+    write_hloc_features(args.hloc / "features.h5", {name0: result.features0, name1: result.features1})
+    write_hloc_matches(args.hloc / "matches.h5", {(name0, name1): result})
+
+
+# ---------------------------------------------------------------------------------------------------
+# eval and train: the training package, in a subprocess
+
+
+def training_command(arguments: Sequence[str]) -> list[str]:
+    """``python -m training ARGUMENTS`` with this interpreter."""
+    return [sys.executable, "-m", "training", *arguments]
+
+
+def _run_training(arguments: Sequence[str], capture: bool) -> subprocess.CompletedProcess[str]:
+    try:
+        completed = subprocess.run(training_command(arguments), capture_output=capture, text=True, check=False)
+    except KeyboardInterrupt:
+        raise CommandError("interrupted") from None
+    if completed.returncode != 0:
+        detail = (completed.stderr or "")[-3000:] if capture else ""
+        if "No module named training" in detail:
+            raise CommandError("the training package is not installed here (it is not in the Docker image)")
+        raise CommandError(f"python -m training {arguments[0]} failed ({completed.returncode})\n{detail}")
+    return completed
+
+
+def count_sequences(dataset: Path) -> int:
+    """Sequence folders (HPatches or Oxford layout) under ``dataset``; raises `CommandError` when none."""
+    if not dataset.is_dir():
+        raise CommandError(f"{dataset} is not a folder")
+    names = ("1.ppm", "1.png", "1.jpg", "img1.ppm", "img1.png", "img1.pgm", "img1.jpg")
+    count = sum(1 for p in dataset.iterdir() if p.is_dir() and any((p / n).exists() for n in names))
+    if not count:
+        raise CommandError(f"{dataset} holds no HPatches-layout sequences (folders with 1.ppm, 2.ppm, H_1_2, ...)")
+    return count
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    """HPatches-layout evaluation of each model, one ``python -m training evaluate`` run per model."""
+    sequences = count_sequences(args.dataset)
+    reports: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="featureserve-eval-") as folder, progress() as bar:
+        task = bar.add_task(f"evaluating on {sequences} sequences", total=len(args.models))
+        for model in args.models:
+            bar.update(task, description=f"{model} on {sequences} sequences")
+            out = Path(folder) / f"{model}.json"
+            arguments = ["evaluate", "--models", model, "--homography", str(args.dataset), "--posed"]
+            arguments += ["--max-keypoints", str(args.max_keypoints), "--out", str(out)]
+            _run_training(arguments, capture=True)
+            reports[model] = json.loads(out.read_text())["homography"][model]
+            bar.advance(task)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        summary = {"dataset": str(args.dataset), "max_keypoints": args.max_keypoints, "homography": reports}
+        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    if args.json:
+        print(json.dumps({m: _eval_row(r) for m, r in reports.items()}))
+        return 0
+    table = Table(title=f"{args.dataset}: {sequences} sequences, {args.max_keypoints} keypoints, mutual NN")
+    columns = [*(f"MMA@{t}" for t in (1, 3, 5, 10)), *(f"Hacc@{t}" for t in (1, 3, 5))]
+    for column in ("model", *columns, "features/img", "matches/pair", "ms/img"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for model, report in reports.items():
+        row = _eval_row(report)
+        cells = [f"{row[c]:.3f}" for c in columns]
+        cells += [f"{row['features/img']:.0f}", f"{row['matches/pair']:.0f}", f"{row['ms/img']:.1f}"]
+        table.add_row(model, *cells)
+    stdout.print(table)
+    if args.out is not None:
+        stdout.print(f"full report: {args.out}")
+    return 0
+
+
+def _eval_row(report: dict[str, Any]) -> dict[str, float]:
+    """The headline figures of one model's homography report."""
+    row: dict[str, float] = {}
+    for t, value in zip(report["thresholds"], report["mma"]["overall"], strict=True):
+        row[f"MMA@{t:g}"] = value
+    for t, value in zip(report["homography_thresholds"], report["homography_accuracy"]["overall"], strict=True):
+        row[f"Hacc@{t:g}"] = value
+    row["features/img"] = report["features_per_image"]
+    row["matches/pair"] = report["matches_per_pair"]
+    row["ms/img"] = 1000 * report["extract_seconds_per_image"]
+    return row
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """``python -m training train CONFIG ...``; its own progress line and summary pass through."""
+    if not args.config.is_file():
+        raise CommandError(f"{args.config}: no such config file")
+    arguments = ["train", str(args.config)]
+    if args.run_dir is not None:
+        arguments += ["--run-dir", str(args.run_dir)]
+    if args.resume:
+        arguments.append("--resume")
+    if args.steps is not None:
+        arguments += ["--steps", str(args.steps)]
+    _run_training(arguments, capture=False)
+    return 0
