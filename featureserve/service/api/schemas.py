@@ -71,7 +71,8 @@ class MatchOptions(ExtractOptions):
                 intrinsics.append(None if value is None else intrinsics_matrix(value))
             except ValueError as error:
                 raise InvalidOption(f"intrinsics{side}: {error}") from None
-        if self.geometry == "essential" and None in intrinsics:
+        # Not `None in intrinsics`: that compares the matrices with None element-wise and raises.
+        if self.geometry == "essential" and any(k is None for k in intrinsics):
             raise InvalidOption("geometry essential needs intrinsics0 and intrinsics1 ([fx, fy, cx, cy] or 3x3)")
         return PairOptions(
             matcher=self.matcher,
