@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,7 @@ from rich.table import Table
 
 from .client.results import FeatureSet, MatchResult, ModelList
 
+API_KEY_VARIABLE = "FEATURESERVE_CLIENT_API_KEY"
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False)
 
@@ -55,6 +58,12 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--url", help="a REST server, e.g. http://127.0.0.1:8080 (default: run the models here)")
     where.add_argument("--grpc", metavar="TARGET", help="a gRPC server, e.g. 127.0.0.1:50051")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_VARIABLE),
+        help=f"API key for a server that needs one (default: ${API_KEY_VARIABLE})",
+    )
+    parser.add_argument("--ca-cert", type=Path, help="PEM CA certificate of a TLS server (gRPC: implies TLS)")
 
 
 def add_extract_options(parser: argparse.ArgumentParser) -> None:
@@ -71,12 +80,14 @@ def open_client(args: argparse.Namespace) -> Iterator[Any]:
     if args.url:
         from .client import RestClient
 
-        with RestClient(args.url) as client:
+        verify: Any = ssl.create_default_context(cafile=str(args.ca_cert)) if args.ca_cert else True
+        with RestClient(args.url, api_key=args.api_key, verify=verify) as client:
             yield client
     elif args.grpc:
         from .client import GrpcClient
 
-        with GrpcClient(args.grpc) as client:
+        roots = args.ca_cert.read_bytes() if args.ca_cert else None
+        with GrpcClient(args.grpc, api_key=args.api_key, root_certificates=roots) as client:
             yield client
     else:
         from .client.local import LocalClient

@@ -215,6 +215,18 @@ def model_list(response: service.ListModelsResponse) -> ModelList:
     return ModelList(response.default_model, cards)
 
 
+def call_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
+    """The metadata every call carries: the API key, when the server needs one."""
+    return None if api_key is None else (("authorization", f"Bearer {api_key}"),)
+
+
+def credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCredentials | None:
+    """TLS credentials (``root_certificates``: PEM CA bundle; None: the system's), or None for plaintext."""
+    if not tls and root_certificates is None:
+        return None
+    return grpc.ssl_channel_credentials(root_certificates=root_certificates)
+
+
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     """Client channel arguments: message limits matching the server's default."""
     return [
@@ -224,11 +236,29 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 
 class GrpcClient:
-    """Blocking client. Options are keyword arguments named as in REST (``model``, ``max_keypoints``, ...)."""
+    """Blocking client. Options are keyword arguments named as in REST (``model``, ``max_keypoints``, ...).
 
-    def __init__(self, target: str = "127.0.0.1:50051", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        self.channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+    ``api_key`` is sent as ``authorization: Bearer <key>`` metadata; ``tls=True`` (or ``root_certificates``,
+    PEM bytes of the CA that signed the server's certificate) opens a TLS channel.
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+    ) -> None:
+        options = channel_options(max_message_bytes)
+        secure = credentials(tls, root_certificates)
+        self.channel = (
+            grpc.insecure_channel(target, options=options)
+            if secure is None
+            else grpc.secure_channel(target, secure, options=options)
+        )
         self.stub = FeatureServiceStub(self.channel)
+        self.metadata = call_metadata(api_key)
 
     def __enter__(self) -> GrpcClient:
         return self
@@ -242,45 +272,65 @@ class GrpcClient:
 
     def list_models(self, timeout: float | None = None) -> ModelList:
         """The loaded models and their cards."""
-        return model_list(self.stub.ListModels(service.ListModelsRequest(), timeout=timeout))
+        return model_list(self.stub.ListModels(service.ListModelsRequest(), timeout=timeout, metadata=self.metadata))
 
     def extract(self, image: ImageInput, timeout: float | None = None, **options: Any) -> FeatureSet:
         """Features of one image."""
-        response = self.stub.Extract(extract_request(image, options), timeout=timeout)
+        response = self.stub.Extract(extract_request(image, options), timeout=timeout, metadata=self.metadata)
         return feature_set(response.features, response.model)
 
     def extract_batch(
         self, images: Sequence[ImageInput], timeout: float | None = None, **options: Any
     ) -> list[FeatureSet]:
         """Features of several images, in order."""
-        response = self.stub.ExtractBatch(extract_batch_request(images, options), timeout=timeout)
+        response = self.stub.ExtractBatch(
+            extract_batch_request(images, options), timeout=timeout, metadata=self.metadata
+        )
         return [feature_set(r.features, r.model) for r in response.results]
 
     def describe(
         self, image: ImageInput, keypoints: np.ndarray, timeout: float | None = None, **options: Any
     ) -> FeatureSet:
         """Descriptors of one image at ``(N, 2)`` pixel keypoints."""
-        response = self.stub.Describe(describe_request(image, keypoints, options), timeout=timeout)
+        response = self.stub.Describe(
+            describe_request(image, keypoints, options), timeout=timeout, metadata=self.metadata
+        )
         return feature_set(response.features, response.model)
 
     def match(
         self, image0: ImageInput, image1: ImageInput, timeout: float | None = None, **options: Any
     ) -> MatchResult:
         """Matches of two images and, with ``geometry=...``, their verification."""
-        return match_result(self.stub.Match(match_request(image0, image1, options), timeout=timeout))
+        return match_result(
+            self.stub.Match(match_request(image0, image1, options), timeout=timeout, metadata=self.metadata)
+        )
 
     def stream_frames(self, frames: Iterable[Frame], **session: Any) -> Iterator[FrameResult]:
         """One result per frame, in order; ``session`` takes extract/match options, ``backpressure``, ..."""
-        for message in self.stub.StreamFrames(stream_requests(frames, session)):
+        for message in self.stub.StreamFrames(stream_requests(frames, session), metadata=self.metadata):
             yield frame_result(message)
 
 
 class AsyncGrpcClient:
-    """asyncio client with the same methods as `GrpcClient`, as coroutines."""
+    """asyncio client with the same methods and constructor as `GrpcClient`, as coroutines."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+    ) -> None:
+        options = channel_options(max_message_bytes)
+        secure = credentials(tls, root_certificates)
+        self.channel = (
+            grpc.aio.insecure_channel(target, options=options)
+            if secure is None
+            else grpc.aio.secure_channel(target, secure, options=options)
+        )
         self.stub = FeatureServiceStub(self.channel)
+        self.metadata = call_metadata(api_key)
 
     async def __aenter__(self) -> AsyncGrpcClient:
         return self
@@ -294,32 +344,40 @@ class AsyncGrpcClient:
 
     async def list_models(self, timeout: float | None = None) -> ModelList:
         """The loaded models and their cards."""
-        return model_list(await self.stub.ListModels(service.ListModelsRequest(), timeout=timeout))
+        return model_list(
+            await self.stub.ListModels(service.ListModelsRequest(), timeout=timeout, metadata=self.metadata)
+        )
 
     async def extract(self, image: ImageInput, timeout: float | None = None, **options: Any) -> FeatureSet:
         """Features of one image."""
-        response = await self.stub.Extract(extract_request(image, options), timeout=timeout)
+        response = await self.stub.Extract(extract_request(image, options), timeout=timeout, metadata=self.metadata)
         return feature_set(response.features, response.model)
 
     async def extract_batch(
         self, images: Sequence[ImageInput], timeout: float | None = None, **options: Any
     ) -> list[FeatureSet]:
         """Features of several images, in order."""
-        response = await self.stub.ExtractBatch(extract_batch_request(images, options), timeout=timeout)
+        response = await self.stub.ExtractBatch(
+            extract_batch_request(images, options), timeout=timeout, metadata=self.metadata
+        )
         return [feature_set(r.features, r.model) for r in response.results]
 
     async def describe(
         self, image: ImageInput, keypoints: np.ndarray, timeout: float | None = None, **options: Any
     ) -> FeatureSet:
         """Descriptors of one image at ``(N, 2)`` pixel keypoints."""
-        response = await self.stub.Describe(describe_request(image, keypoints, options), timeout=timeout)
+        response = await self.stub.Describe(
+            describe_request(image, keypoints, options), timeout=timeout, metadata=self.metadata
+        )
         return feature_set(response.features, response.model)
 
     async def match(
         self, image0: ImageInput, image1: ImageInput, timeout: float | None = None, **options: Any
     ) -> MatchResult:
         """Matches of two images and, with ``geometry=...``, their verification."""
-        return match_result(await self.stub.Match(match_request(image0, image1, options), timeout=timeout))
+        return match_result(
+            await self.stub.Match(match_request(image0, image1, options), timeout=timeout, metadata=self.metadata)
+        )
 
     async def stream_frames(
         self, frames: Iterable[Frame] | AsyncIterable[Frame], **session: Any
@@ -335,5 +393,5 @@ class AsyncGrpcClient:
                 for frame in frames:
                     yield frame_request(frame)
 
-        async for message in self.stub.StreamFrames(requests()):
+        async for message in self.stub.StreamFrames(requests(), metadata=self.metadata):
             yield frame_result(message)

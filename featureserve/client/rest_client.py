@@ -208,13 +208,27 @@ def model_list(body: dict[str, Any]) -> ModelList:
     return ModelList(body["default_model"], cards)
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """``Authorization: Bearer <key>`` when the server needs an API key."""
+    return {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
+
+
 class RestClient:
-    """Blocking client. Options are keyword arguments named as in the API (``model``, ``max_keypoints``, ...)."""
+    """Blocking client. Options are keyword arguments named as in the API (``model``, ``max_keypoints``, ...).
+
+    ``api_key`` is sent as ``Authorization: Bearer <key>``. Other keyword arguments go to `httpx.Client`,
+    e.g. ``verify="ca.pem"`` for a server whose TLS certificate your CA signed.
+    """
 
     def __init__(
-        self, base_url: str = "http://127.0.0.1:8080", timeout: float = DEFAULT_TIMEOUT_S, **httpx_options: Any
+        self,
+        base_url: str = "http://127.0.0.1:8080",
+        timeout: float = DEFAULT_TIMEOUT_S,
+        api_key: str | None = None,
+        **httpx_options: Any,
     ) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=timeout, **httpx_options)
+        headers = {**auth_headers(api_key), **httpx_options.pop("headers", {})}
+        self.http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers, **httpx_options)
 
     def __enter__(self) -> RestClient:
         return self
@@ -257,12 +271,17 @@ class RestClient:
 
 
 class AsyncRestClient:
-    """asyncio client with the same methods as `RestClient`, as coroutines."""
+    """asyncio client with the same methods and constructor as `RestClient`, as coroutines."""
 
     def __init__(
-        self, base_url: str = "http://127.0.0.1:8080", timeout: float = DEFAULT_TIMEOUT_S, **httpx_options: Any
+        self,
+        base_url: str = "http://127.0.0.1:8080",
+        timeout: float = DEFAULT_TIMEOUT_S,
+        api_key: str | None = None,
+        **httpx_options: Any,
     ) -> None:
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout, **httpx_options)
+        headers = {**auth_headers(api_key), **httpx_options.pop("headers", {})}
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers, **httpx_options)
 
     async def __aenter__(self) -> AsyncRestClient:
         return self
