@@ -117,8 +117,13 @@ def progress() -> Progress:
 
 
 def image_name(path: str) -> str:
-    """The name an image gets in exported files: its path as given, with ``/`` separators."""
-    return Path(path).as_posix()
+    """An image's name in exported files: its path relative to the working directory (as hloc names images
+    relative to its image folder); a path elsewhere without its leading ``/`` (HDF5 would drop it anyway)."""
+    given = Path(path)
+    try:
+        return given.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return given.as_posix().lstrip("/")
 
 
 # ---------------------------------------------------------------------------------------------------

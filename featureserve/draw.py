@@ -80,8 +80,7 @@ def draw_matches(
         inliers = np.asarray(inliers, bool).reshape(-1)
         if len(inliers) != len(points0):
             raise ValueError(f"inliers has {len(inliers)} values for {len(points0)} matches")
-    width = left.shape[1] + GAP_PX + right.shape[1]
-    scale = min(1.0, max_width / width)
+    scale = min(1.0, (max_width - GAP_PX) / (left.shape[1] + right.shape[1]))
     if scale < 1.0:
         left = cv2.resize(left, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         right = cv2.resize(right, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)

@@ -1,0 +1,94 @@
+"""The web page at ``/``, in a real headless Chromium (Debian's, driven by playwright) against a real server."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from featureserve.client import RestClient
+from tests.conftest import Server
+
+# Debian's chromium package; scripts/install.sh installs it (apt-get, as root) when the test extra is installed.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# This machine's network is closed: without these, Chromium keeps trying to reach Google's services.
+# playwright adds --headless and a fresh --user-data-dir of its own.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(
+            "Debian's chromium is not installed and could not be: scripts/install.sh test installs it with "
+            "apt-get when it runs as root with the Debian archive reachable"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def test_the_page_is_served_with_no_outside_resources(client: httpx.Client) -> None:
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert 'href="/docs"' in page and "/v1/match" in page and "/v1/models" in page
+    assert "http://" not in page and "https://" not in page  # no CDN: it works on a closed network
+
+
+def test_matching_two_images_in_the_browser(
+    browser: object, server: Server, image_files: list[Path], rest: RestClient, tmp_path: Path
+) -> None:
+    page = browser.new_page()  # type: ignore[attr-defined]
+    failed_requests: list[str] = []
+    page.on("requestfailed", lambda request: failed_requests.append(request.url))
+    page.goto(server.url + "/")
+    assert page.title().startswith("featureserve")
+    assert page.get_attribute("a[href='/docs']", "href") == "/docs"
+    page.wait_for_selector("#model option[value='orb']", state="attached")
+    assert page.locator("#model").input_value() == "sift"  # the server's default model is preselected
+
+    page.click("#submit")  # nothing chosen yet
+    assert page.text_content("#error") == "choose two images first"
+
+    page.set_input_files("#image0", str(image_files[0]))
+    page.set_input_files("#image1", str(image_files[1]))
+    page.select_option("#model", "orb")
+    page.select_option("#geometry", "homography")
+    page.fill("#max_keypoints", "1000")
+    page.click("#submit")
+    page.wait_for_selector("#result", state="visible", timeout=60_000)
+
+    expected = rest.match(*image_files, model="orb", geometry="homography", max_keypoints=1000)
+    assert page.text_content("#num-matches") == str(len(expected.matches))
+    assert page.text_content("#num-inliers") == str(int(expected.inliers.sum()))
+    assert page.text_content("#num-keypoints") == f"{expected.num_keypoints0} / {expected.num_keypoints1}"
+    assert page.text_content("#round-trip").endswith(" ms")
+    assert page.text_content("#server-timing").count(" ms") == 3  # extract / match / draw
+    # The picture arrived and was decoded by the browser: two 512 px images side by side plus the caption.
+    size = page.eval_on_selector("#drawing", "img => [img.complete, img.naturalWidth, img.naturalHeight]")
+    assert size == [True, 512 + 8 + 512, 26 + 512]
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    assert not failed_requests and page.text_content("#error") == ""
+
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+    page.set_input_files("#image0", str(not_an_image))  # the service's error is shown
+    page.click("#submit")
+    page.wait_for_function("document.getElementById('error').textContent.length > 0")
+    assert page.text_content("#error").startswith("400 invalid_input: ")
+    page.close()
