@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -66,8 +67,11 @@ class Server:
             return self.process.wait()
 
 
-def start_server(**settings: str) -> Server:
-    """Start ``python -m featureserve serve`` (REST and gRPC) with ``FEATURESERVE_*`` settings; wait until ready."""
+def start_server(ca: str | None = None, **settings: str) -> Server:
+    """Start ``python -m featureserve serve`` (REST and gRPC) with ``FEATURESERVE_*`` settings; wait until ready.
+
+    ``ca``: a PEM file that signed the server's certificate (``tls_cert_file``); the server then speaks HTTPS.
+    """
     port, grpc_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -79,13 +83,14 @@ def start_server(**settings: str) -> Server:
     process = subprocess.Popen(
         [sys.executable, "-m", "featureserve", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    server = Server(process, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
+    server = Server(process, f"{'https' if ca else 'http'}://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
+    verify = ssl.create_default_context(cafile=ca) if ca else True
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}: {process.stderr.read().decode()[-2000:]}")
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{server.url}/readyz", timeout=1, verify=verify).status_code == 200:
                 return server
         except httpx.TransportError:
             pass

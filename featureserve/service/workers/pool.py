@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # Widest descriptor row an uploaded feature set may have (values per row): matching cost grows with it.
 MAX_DESCRIPTOR_WIDTH = 4096
+# Smallest image side served. Fuzzing found OpenCV 4.14 corrupting the heap (the process aborts) on AKAZE
+# images one row high, and ORB failing on images one pixel wide; no detector finds features in fewer pixels.
+MIN_IMAGE_SIDE = 16
 
 
 def resolve_device(device: str) -> str:
@@ -158,6 +161,12 @@ class WorkerPool:
         worker.admit(deadline)  # a full queue or an unmeetable deadline is refused before decoding
         with worker.incoming():
             array = await self.decode(image) if isinstance(image, bytes) else image
+        height, width = array.shape[:2]
+        if min(height, width) < MIN_IMAGE_SIDE:
+            raise InvalidInput(
+                f"image is {width}x{height} pixels; each side must be at least {MIN_IMAGE_SIDE}",
+                {"width": width, "height": height, "min_side": MIN_IMAGE_SIDE},
+            )
         job = Job(kind, array, deadline, asyncio.get_running_loop().create_future(), options, keypoints)
         return await worker.submit(job)
 

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 
 from ....arrays import from_array, to_array
 from ....models import Features
@@ -162,6 +163,8 @@ class FeatureServicer(FeatureServiceServicer):
             keypoints = from_array(request.keypoints, "keypoints", ("float32",), (None, 2))
         except ValueError as error:
             raise InvalidInput(str(error)) from None
+        if not np.all(np.isfinite(keypoints)):
+            raise InvalidInput("keypoints contains non-finite values")
         self.pool.check_max_keypoints(len(keypoints))
         features = await self.pool.describe(model, image, keypoints.copy(), self._deadline(context))
         return service.DescribeResponse(
