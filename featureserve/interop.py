@@ -267,7 +267,8 @@ def write_colmap_database(
     with our features; with ``two_view_geometries=False`` run ``pycolmap.verify_matches`` first.
 
     Args:
-        path: The database file (created if missing; an image already in it keeps its id, is not rewritten).
+        path: The database file (created if missing; an image already in it keeps its id and is not rewritten;
+            a pair's matches and two-view geometry are replaced).
         features: Image name (relative to the image folder COLMAP will read) -> feature set.
         matches: ``(name0, name1)`` -> `MatchResult` whose indices refer to those feature sets.
         camera_model: COLMAP camera model of new cameras; the focal length prior is 1.2 x the larger
@@ -307,6 +308,10 @@ def write_colmap_database(
         for (name0, name1), result in (matches or {}).items():
             id0, id1 = image_ids[name0], image_ids[name1]
             pairs = np.asarray(result.matches, np.uint32).reshape(-1, 2)
+            if database.exists_matches(id0, id1):  # written again: the new matches replace the old
+                database.delete_matches(id0, id1)
+            if database.exists_two_view_geometry(id0, id1):
+                database.delete_two_view_geometry(id0, id1)
             database.write_matches(id0, id1, pairs)
             if two_view_geometries and result.inliers is not None and result.geometry is not None:
                 geometry = pycolmap.TwoViewGeometry()

@@ -114,9 +114,18 @@ def test_colmap_database(image_files: list[Path], photo: np.ndarray, rest: RestC
         assert database.read_matches(ids[names[1]], ids[names[2]]).shape == unverified.matches.shape
     finally:
         database.close()
-    # Writing again adds matches for new pairs and leaves the images as they are.
-    again = write_colmap_database(tmp_path / "database.db", features)
+    # Writing again leaves the images as they are and replaces a pair's matches.
+    inliers_only = rest.match(image_files[0], image_files[1], model="sift", max_keypoints=400, geometry="homography")
+    again = write_colmap_database(tmp_path / "database.db", features, {(names[0], names[1]): inliers_only})
     assert again == ids
+    database = pycolmap.Database.open(str(tmp_path / "database.db"))
+    try:
+        assert database.num_images() == 3
+        geometry = database.read_two_view_geometry(ids[names[0]], ids[names[1]])
+        assert geometry.config == pycolmap.TwoViewGeometryConfiguration.PLANAR_OR_PANORAMIC
+        np.testing.assert_array_equal(geometry.inlier_matches, inliers_only.matches[inliers_only.inliers])
+    finally:
+        database.close()
 
 
 def test_colmap_descriptors_scale_sift_as_colmap_does(photo: np.ndarray) -> None:
