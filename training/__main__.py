@@ -5,6 +5,7 @@ Examples:
     torchrun --nproc_per_node 2 -m training train CONFIG                  # DDP (gloo on CPU, nccl on GPU)
     python -m training export runs/caps-lite --evaluation runs/eval/caps-lite.json
     python -m training evaluate --models caps sift orb --out runs/eval/caps-lite.json
+    python -m training train training/configs/hndesc_lite.yaml           # -> runs/hndesc-lite/
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _export(args: argparse.Namespace) -> None:
     from .evaluation.report import card_summary
     from .export import export
 
-    evaluation = card_summary(json.loads(args.evaluation.read_text())) if args.evaluation else None
+    method = load_config(args.run_dir / "config.yaml").method
+    evaluation = card_summary(json.loads(args.evaluation.read_text()), method) if args.evaluation else None
     kwargs = {"out_dir": args.out_dir} if args.out_dir else {}
     print(export(args.run_dir, args.name, dtype=args.dtype, evaluation=evaluation, **kwargs))
 
@@ -57,7 +59,9 @@ def main(argv: list[str] | None = None) -> None:
 
     evaluate = commands.add_parser("evaluate", help="homography and posed-pair evaluation of registry models")
     evaluate.add_argument("--models", nargs="+", default=["caps", "sift", "orb"])
-    evaluate.add_argument("--card", type=Path, default=None, help="caps model card (default: the committed one)")
+    evaluate.add_argument(
+        "--card", type=Path, default=None, help="model card for the first of --models (default: its committed one)"
+    )
     evaluate.add_argument("--homography", type=Path, default=DATA / "oxford_affine", help="HPatches-layout folder")
     evaluate.add_argument(
         "--posed",

@@ -11,9 +11,11 @@ from typing import Any
 
 import yaml
 
+from .data.homographic import BagConfig, CropConfig
 from .data.pairs import QueryConfig
 from .data.photometric import PhotometricConfig
 from .data.synthetic import SceneConfig
+from .descriptor_losses import APConfig, RatioConfig
 from .losses import LossConfig
 
 
@@ -28,7 +30,8 @@ class RealSet:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Training data: synthetic scenes (default) or the CAPS MegaDepth layout (``megadepth_root``)."""
+    """Training data: CAPS uses synthetic scenes (or the MegaDepth layout, ``megadepth_root``); HNDesc
+    (``crops``) and the patch descriptor (``bags``) use single photos from ``textures``."""
 
     textures: tuple[str, ...] = ("../shared/data/bsds500/images", "../shared/data/urban100/images")
     megadepth_root: str | None = None
@@ -37,6 +40,8 @@ class DataConfig:
     scene: SceneConfig = field(default_factory=SceneConfig)
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
     queries: QueryConfig = field(default_factory=QueryConfig)
+    crops: CropConfig = field(default_factory=CropConfig)
+    bags: BagConfig = field(default_factory=BagConfig)
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ class TrainConfig:
     """A whole run; ``name`` becomes the run folder and the exported checkpoint's name."""
 
     name: str = "caps-lite"
-    size: str = "lite"
+    method: str = "caps"  # caps, hndesc or orb-patch (training/methods)
+    size: str = "lite"  # network size of the dense methods (caps, hndesc)
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when available
     amp: bool = True  # mixed precision on CUDA only
@@ -79,7 +85,9 @@ class TrainConfig:
     checkpoint_every: int = 250
     log_every: int = 10
     data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossConfig = field(default_factory=LossConfig)  # CAPS
+    ap_loss: APConfig = field(default_factory=APConfig)  # HNDesc
+    ratio_loss: RatioConfig = field(default_factory=RatioConfig)  # patch descriptor
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 

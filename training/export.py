@@ -12,18 +12,10 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from featureserve.models.caps import CHECKPOINT_DIR, GREY_MEAN, GREY_STD, SIZES, CAPSNetwork
+from featureserve.models.caps import CHECKPOINT_DIR
 
-from .data.synthetic import GENERATOR_VERSION
-
-METHOD = (
-    "CAPS: descriptors learned from camera-pose supervision (Wang, Zhou, Hariharan, Snavely, ECCV 2020, "
-    "arXiv 2004.13324), re-implemented; epipolar + cycle losses, coarse-to-fine soft-argmax"
-)
-PIXEL_CONVENTION = (
-    "pixel centres at integer coordinates; pixel u sits at map coordinate (u + 0.5) / s - 0.5 on a stride-s map; "
-    "bilinear grid_sample with align_corners=False"
-)
+from .config import TrainConfig, build
+from .methods import method_for
 
 
 def build_card(
@@ -32,52 +24,21 @@ def build_card(
     """The JSON model card of the run in ``run_dir`` (its ``config.yaml`` and ``last.pt``)."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
-    size = config["size"]
-    network = CAPSNetwork(size)
-    data = config["data"]
+    method = method_for(build(TrainConfig, config))
+    fields = method.card(method.network())
     return {
-        "name": "caps",
+        "name": fields.pop("name"),
         "version": f"{name}-step{state['step']}",
-        "method": METHOD,
-        "description": "Pose-supervised dense descriptors (coarse + fine, 256-D) at SIFT keypoints.",
-        "licence": "MIT (this re-implementation; the CAPS reference code qianqianwang68/caps is MIT)",
+        "method": fields.pop("method"),
+        "description": fields.pop("description"),
+        "licence": fields.pop("licence"),
         "weights": weights_file,
         "weights_dtype": dtype,
-        "architecture": {
-            "size": size,
-            "layers": SIZES[size],
-            "parameters": sum(p.numel() for p in network.parameters()),
-            "normalisation_layers": "GroupNorm (not BatchNorm: CPU batches hold 4 pairs)",
-            "strides": {"coarse": CAPSNetwork.strides[0], "fine": CAPSNetwork.strides[1]},
-        },
-        "input": {
-            "colour": "grey (OpenCV RGB->grey)",
-            "scale": "uint8 / 255",
-            "normalisation": {"mean": GREY_MEAN, "std": GREY_STD},
-            "padding": "zeros at the bottom and right up to a multiple of 64 pixels (size buckets)",
-        },
-        "pixel_convention": PIXEL_CONVENTION,
-        "descriptor": {
-            "dim": 256,
-            "dtype": "float32",
-            "layout": "coarse 128-D (stride 16) then fine 128-D (stride 4)",
-            "normalisation": "each half L2-normalised, concatenated, L2-normalised again",
-            "matcher": "mutual nearest neighbour on cosine similarity",
-        },
-        "keypoints": {
-            "source": "sift",
-            "description": "OpenCV SIFT (contrastThreshold 0.04, edgeThreshold 10), top-k by response",
-            "params": {"contrast_threshold": 0.04, "edge_threshold": 10.0},
-        },
+        **{k: v for k, v in fields.items() if k != "data"},
         "training": {
             "command": f"python -m training train training/configs/{name.replace('-', '_')}.yaml",
             "config": config,
-            "data": {
-                "generator": f"synthetic piecewise-planar posed pairs, version {GENERATOR_VERSION}",
-                "seed": data["seed"],
-                "textures": data["textures"] + ["procedural"],
-                "resolution": [data["scene"]["width"], data["scene"]["height"]],
-            },
+            "data": fields["data"],
             "steps": state["step"],
             "batch_pairs": config["optim"]["batch_size"] * state["world_size"],
             "optimiser": (

@@ -26,15 +26,8 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from featureserve.models.caps import CAPSNetwork
-
 from .config import TrainConfig
-from .data.pairs import RealPairs, SyntheticPairs
-from .data.posed import load_kapture, load_megadepth, load_strecha, nearby_pairs
-from .data.synthetic import SceneGenerator, texture_paths
-from .losses import CAPSLoss
-
-VALIDATION_SEED_OFFSET = 1_000_003  # validation pairs come from a stream the training stream never reaches
+from .methods import Method, method_for
 
 
 class StepBatches(Sampler[list[int]]):
@@ -52,41 +45,10 @@ class StepBatches(Sampler[list[int]]):
         return max(self.steps - self.start, 0)
 
 
-def training_set(config: TrainConfig) -> Dataset:
-    """The training stream: synthetic pairs, or MegaDepth pairs when ``data.megadepth_root`` is set."""
-    data = config.data
-    if data.megadepth_root:
-        images, pairs = load_megadepth(data.megadepth_root)
-        size = (data.scene.width, data.scene.height)
-        return RealPairs(images, pairs * 1000, size, data.seed, data.queries, data.photometric)
-    generator = SceneGenerator(texture_paths(list(data.textures)), data.scene)
-    return SyntheticPairs(generator, 2**62, data.seed, data.queries, data.photometric)
-
-
-def validation_sets(config: TrainConfig) -> dict[str, Dataset]:
-    """Held-out synthetic pairs (no augmentation) and each configured real posed set, at the training size."""
-    data, validation = config.data, config.validation
-    size = (data.scene.width, data.scene.height)
-    sets: dict[str, Dataset] = {}
-    if validation.synthetic_pairs:
-        generator = SceneGenerator(texture_paths(list(data.textures)), data.scene)
-        sets["synthetic"] = SyntheticPairs(
-            generator, validation.synthetic_pairs, data.seed + VALIDATION_SEED_OFFSET, data.queries, None
-        )
-    loaders = {"strecha": load_strecha, "kapture": load_kapture}
-    for real in validation.real:
-        if real.format == "megadepth":
-            images, pairs = load_megadepth(real.path)
-        else:
-            images = loaders[real.format](real.path)
-            pairs = nearby_pairs(len(images), real.gaps)
-        sets[Path(real.path).name] = RealPairs(images, pairs, size, data.seed, data.queries)
-    return sets
-
-
 def _init_worker(_: int) -> None:
-    """Keep OpenCV single-threaded in data workers: the trainer's torch threads already use the cores."""
+    """Keep OpenCV and torch single-threaded in data workers: the trainer's torch threads already use the cores."""
     cv2.setNumThreads(1)
+    torch.set_num_threads(1)
 
 
 def _device(config: TrainConfig, local_rank: int) -> torch.device:
@@ -101,16 +63,6 @@ def learning_rate(config: TrainConfig, progress: float, step: int) -> float:
     if step < optim.warmup:
         return optim.lr * (step + 1) / optim.warmup
     return optim.final_lr + (optim.lr - optim.final_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def forward_pair(network: torch.nn.Module, loss: CAPSLoss, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Loss terms of a batch: both images go through the network in one forward pass."""
-    images = torch.cat([batch["image1"], batch["image2"]])
-    outputs = network(images)
-    n = batch["image1"].shape[0]
-    outputs1 = {k: outputs[k][:n] for k in ("coarse", "fine")}
-    outputs2 = {k: outputs[k][n:] for k in ("coarse", "fine")}
-    return loss(outputs1, outputs2, batch)
 
 
 class Progress:
@@ -158,7 +110,7 @@ def _batches(loader: DataLoader, device: torch.device) -> Iterator[dict[str, tor
 
 @torch.no_grad()
 def validate(
-    network: torch.nn.Module, loss: CAPSLoss, sets: dict[str, Dataset], device: torch.device
+    network: torch.nn.Module, method: Method, sets: dict[str, Dataset], device: torch.device
 ) -> dict[str, float]:
     """Mean loss terms on each validation set, keys ``<set>/<term>``."""
     was_training = network.training
@@ -167,7 +119,7 @@ def validate(
     for name, dataset in sets.items():
         totals: dict[str, list[float]] = {}
         for batch in _batches(DataLoader(dataset, batch_size=4), device):
-            for key, value in forward_pair(network, loss, batch).items():
+            for key, value in method.loss_terms(network, batch).items():
                 totals.setdefault(key, []).append(float(value))
         results.update({f"{name}/{k}": float(np.mean(v)) for k, v in totals.items()})
     network.train(was_training)
@@ -175,7 +127,7 @@ def validate(
 
 
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train CAPS as configured; returns a summary (final step, losses, wall time). Handles ``torchrun``."""
+    """Train ``config.method`` as configured; returns a summary (step, losses, wall time). Handles ``torchrun``."""
     run_dir = Path(run_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -186,8 +138,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    network = CAPSNetwork(config.size).to(device)
-    loss = CAPSLoss(config.loss, CAPSNetwork.strides)
+    method = method_for(config)
+    network = method.network().to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -205,10 +157,10 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     train_log, validation_log = CSVLog(run_dir / "train.csv"), CSVLog(run_dir / "validation.csv")
-    val_sets = validation_sets(config) if is_main and config.validation.every else {}
+    val_sets = method.validation_sets() if is_main and config.validation.every else {}
     steps = config.optim.steps
     loader = DataLoader(
-        training_set(config),
+        method.training_set(),
         batch_sampler=StepBatches(start, steps, config.optim.batch_size, rank, world),
         num_workers=config.data.workers,
         worker_init_fn=_init_worker,
@@ -250,7 +202,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            terms = forward_pair(model, loss, batch)
+            terms = method.loss_terms(model, batch)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(terms["loss"]).backward()
         scaler.unscale_(optimizer)
@@ -266,7 +218,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
                 row = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "steps_per_s": rate}
                 train_log.write(row | {k: v.item() for k, v in terms.items()})
             if val_sets and (step % config.validation.every == 0 or done):
-                validation_log.write({"step": step} | validate(network, loss, val_sets, device))
+                validation_log.write({"step": step} | validate(network, method, val_sets, device))
             if step % config.checkpoint_every == 0 or done:
                 save()
         if done:

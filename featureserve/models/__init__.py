@@ -7,8 +7,10 @@ from .classical import AKAZE, ORB, SIFT
 from .dense import DenseFeatureModel, sample_descriptors
 from .features import DescriptorSpec, Features, KeypointOptions
 from .geometry import Verification, homography_corner_error, intrinsics_matrix, verify
+from .hndesc import HNDesc
 from .keypoints import select_keypoints
 from .matching import Matches, match_batch, match_descriptors
+from .orb_patch import OrbPatch
 from .registry import available_models, default_conf, load_model, load_model_with_knobs
 from .tiny_cnn import TinyCNN
 
@@ -21,9 +23,11 @@ __all__ = [
     "DescriptorSpec",
     "FeatureModel",
     "Features",
+    "HNDesc",
     "KeypointOptions",
     "Matches",
     "ModelCard",
+    "OrbPatch",
     "TinyCNN",
     "Verification",
     "available_models",

@@ -7,6 +7,7 @@ from typing import Any
 from .base import FeatureModel
 from .caps import CAPS
 from .classical import AKAZE, ORB, SIFT
+from .hndesc import HNDesc
 from .tiny_cnn import TinyCNN
 
 MODELS: dict[str, type[FeatureModel]] = {
@@ -14,6 +15,7 @@ MODELS: dict[str, type[FeatureModel]] = {
     "sift": SIFT,
     "akaze": AKAZE,
     "caps": CAPS,
+    "hndesc": HNDesc,
     "tiny-cnn": TinyCNN,
 }
 

@@ -15,12 +15,14 @@ import torch
 
 from featureserve.models import KeypointOptions, load_model
 from featureserve.models.caps import CAPSNetwork
+from featureserve.models.orb_patch import OrbPatch
 from training.config import load_config
 from training.data.pairs import QueryConfig, SyntheticPairs
 from training.data.synthetic import SceneConfig, SceneGenerator
 from training.export import export
 from training.losses import CAPSLoss
-from training.trainer import forward_pair, train
+from training.methods.caps import forward_pair
+from training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "training" / "configs" / "caps_tiny.yaml"
@@ -79,3 +81,17 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert state["world_size"] == 2 and state["step"] == 3
+
+
+@pytest.mark.parametrize(("config", "method"), [("hndesc_tiny.yaml", "hndesc"), ("orb_patch_tiny.yaml", "orb-patch")])
+def test_descriptor_methods_train_export_and_serve(tmp_path: Path, photo: np.ndarray, config: str, method: str) -> None:
+    summary = train(load_config(ROOT / "training" / "configs" / config), tmp_path / "run")
+    assert summary["step"] == 3 and np.isfinite(summary["final"]["loss"])
+    card_path = export(tmp_path / "run", method, tmp_path / "export", dtype="float32")
+    card = json.loads(card_path.read_text())
+    assert card["name"] == method and card["training"]["config"]["method"] == method
+    # The model class of the same name loads the export (orb-patch is not registered until it has a checkpoint).
+    model = OrbPatch(card=str(card_path)) if method == "orb-patch" else load_model(method, card=str(card_path))
+    [features] = model.extract([photo], [KeypointOptions(max_keypoints=100)])
+    assert features.descriptors.shape == (100, 128)
+    np.testing.assert_allclose(np.linalg.norm(features.descriptors, axis=1), 1, atol=1e-5)

@@ -34,12 +34,15 @@ def evaluate_models(
     max_keypoints: int,
     out: Path,
 ) -> str:
-    """Evaluate each model with the same matcher and data; write ``out`` (JSON) and ``out.md``; return the Markdown."""
+    """Evaluate each model with the same matcher and data; write ``out`` (JSON) and ``out.md``; return the Markdown.
+
+    ``card``, when given, is the model card the first model loads (a run exported outside the checkpoints).
+    """
     homography: dict[str, HomographyEvaluation] = {}
     posed: dict[str, dict[str, PosedEvaluation]] = {}
     cards: dict[str, Any] = {}
     for name in models:
-        model = load_model(name, card=str(card)) if name == "caps" and card else load_model(name)
+        model = load_model(name, card=str(card)) if name == models[0] and card else load_model(name)
         cards[name] = model.card.to_dict()
         extract = model_extractor(model, max_keypoints)
         if homography_root is not None:

@@ -1,0 +1,22 @@
+"""Training methods: what the trainer needs from each of them (network, data, loss terms, card fields)."""
+
+from __future__ import annotations
+
+from ..config import TrainConfig
+from .base import Method
+from .caps import CAPSMethod
+from .hndesc import HNDescMethod
+from .patch import PatchMethod
+
+METHODS: dict[str, type[Method]] = {"caps": CAPSMethod, "hndesc": HNDescMethod, "orb-patch": PatchMethod}
+
+
+def method_for(config: TrainConfig) -> Method:
+    """The `Method` named by ``config.method``."""
+    try:
+        return METHODS[config.method](config)
+    except KeyError:
+        raise ValueError(f"unknown method {config.method!r}; known: {sorted(METHODS)}") from None
+
+
+__all__ = ["METHODS", "CAPSMethod", "HNDescMethod", "Method", "PatchMethod", "method_for"]
