@@ -102,7 +102,32 @@ async def serve_async(settings: Settings) -> int:
     if failed:
         logger.error("start-up failed", exc_info=start_task.exception())
     await pool.stop()
+    log_final_counts(pool.metrics)
     return 1 if failed or not rest.started else 0
+
+
+def log_final_counts(metrics: ServiceMetrics) -> None:
+    """One line at exit: requests answered over the process's life, and any still in flight (0 after a drain).
+
+    Tests and ``benchmarks/overload.py`` compare it with what their clients received, which shows that a
+    call a client saw cancelled during shutdown never reached the service.
+    """
+    answered = {"rest": 0, "grpc": 0}
+    for family in metrics.requests.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                endpoint = sample.labels["endpoint"]
+                if endpoint.startswith("grpc:"):
+                    answered["grpc"] += int(sample.value)
+                elif endpoint.startswith("/v1/"):
+                    answered["rest"] += int(sample.value)
+    in_flight = sum(int(sample.value) for family in metrics.in_flight.collect() for sample in family.samples)
+    logger.info(
+        "stopped: answered %d REST /v1 requests and %d gRPC calls; %d still in flight",
+        answered["rest"],
+        answered["grpc"],
+        in_flight,
+    )
 
 
 def serve(settings: Settings) -> int:

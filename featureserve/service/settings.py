@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     default_deadline_ms: float = Field(
         30000, gt=0, description="Deadline of a request that sends no X-Deadline-Ms header."
     )
+    max_queue_delay_ms: float | None = Field(
+        None,
+        ge=0,
+        description="Longest expected wait before a new image's batch starts; more gets 429 (unset: no limit).",
+    )
     reject_unmeetable_deadlines: bool = Field(
         True, description="Answer 429 at once when the queue ahead cannot finish before the deadline."
     )

@@ -35,6 +35,8 @@ class BatchPolicy:
     reject_unmeetable_deadlines: bool
     # Longest one call of the model may run before its thread counts as hung (None: no limit).
     batch_timeout_s: float | None = None
+    # Longest expected wait before a new image's batch starts; more is refused (None: no limit).
+    max_queue_delay_s: float | None = None
 
 
 @dataclass
@@ -80,6 +82,7 @@ class ModelWorker:
         self._wakeup = asyncio.Event()
         self._incoming = 0
         self._busy = False
+        self._batch_started = 0.0
         self._batch_seconds = 0.0
         self._thread: WorkerThread | None = None
         self._generation = 0
@@ -169,6 +172,12 @@ class ModelWorker:
         batches_ahead = math.ceil((len(self._jobs) + 1) / self.policy.max_batch) + (1 if self._busy else 0)
         return batches_ahead * self._batch_seconds
 
+    def expected_start_delay(self) -> float:
+        """Seconds before a newly queued image's batch would start: what is left of the running batch and
+        the full batches queued ahead, from the moving average of batch time."""
+        left = max(0.0, self._batch_seconds - (time.monotonic() - self._batch_started)) if self._busy else 0.0
+        return left + (len(self._jobs) // self.policy.max_batch) * self._batch_seconds
+
     def admit(self, deadline: float) -> float:
         """Seconds left until ``deadline`` if a new image may queue now; raises `Overloaded` / `DeadlineExceeded`.
 
@@ -184,6 +193,15 @@ class ModelWorker:
             raise Overloaded(
                 f"model {name} has {len(self._jobs)} images queued (the limit is {self.policy.queue_size})",
                 retry_after_s=max(1.0, self.estimated_wait()),
+            )
+        limit = self.policy.max_queue_delay_s
+        if limit is not None and (delay := self.expected_start_delay()) > limit:
+            # Bounds the latency of accepted requests under overload: at most a batch time plus this.
+            self.metrics.rejected.labels(name, "queue_delay").inc()
+            raise Overloaded(
+                f"model {name} would start this image in about {delay * 1000:.0f} ms; the limit is "
+                f"{limit * 1000:.0f} ms",
+                retry_after_s=max(1.0, delay),
             )
         wait = self.estimated_wait()
         if self.policy.reject_unmeetable_deadlines and wait > remaining:
@@ -236,6 +254,7 @@ class ModelWorker:
         while True:
             batch = await self._next_batch()
             self._busy = True
+            self._batch_started = time.monotonic()
             try:
                 live = self._drop_expired(batch)
                 if live:

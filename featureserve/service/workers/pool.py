@@ -72,6 +72,9 @@ class WorkerPool:
             queue_size=self.settings.queue_size,
             reject_unmeetable_deadlines=self.settings.reject_unmeetable_deadlines,
             batch_timeout_s=self.settings.batch_timeout_s,
+            max_queue_delay_s=None
+            if self.settings.max_queue_delay_ms is None
+            else self.settings.max_queue_delay_ms / 1000,
         )
         loop = asyncio.get_running_loop()
         for name in self.settings.models:

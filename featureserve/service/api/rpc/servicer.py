@@ -52,6 +52,8 @@ def rpc(
     async def handler(self: FeatureServicer, request: RequestT, context: grpc.aio.ServicerContext) -> ResponseT:
         start = time.perf_counter()
         status, model = "OK", "none"
+        in_flight = self.pool.metrics.in_flight.labels(endpoint)
+        in_flight.inc()
         try:
             self.pool.require_started()
             response = await method(self, request, context)
@@ -73,6 +75,7 @@ def rpc(
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
             raise
         finally:
+            in_flight.dec()
             metrics = self.pool.metrics
             metrics.requests.labels(endpoint, model, status).inc()
             metrics.request_latency.labels(endpoint, model, status).observe(time.perf_counter() - start)
