@@ -38,6 +38,7 @@ KINDS = ("ok", "wrong", "shed", "refused", "failed", "lost")
 # Words in an UNAVAILABLE status that say the call never reached a server that was listening.
 NOT_CONNECTED = ("connection refused", "failed to connect", "goaway", "connect failed", "no connection")
 CALL_TIMEOUT_S = 120.0
+IDLE_REUSE_S = 1.0
 
 
 @dataclass
@@ -144,7 +145,7 @@ class RestTarget:
             f"content-length: {len(body)}\r\nconnection: {'keep-alive' if keepalive else 'close'}\r\n\r\n"
         )
         self.request = head.encode() + body
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self.reference: str | None = None
 
     @staticmethod
@@ -152,9 +153,19 @@ class RestTarget:
         """Fingerprint of an extract answer: keypoints, scores, descriptors."""
         return _digest(repr(body["keypoints"]), repr(body["scores"]), body["descriptors"]["data"])
 
+    def _idle_connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        # The server closes a connection idle for 5 s (uvicorn's keep-alive timeout); a request written
+        # into one it is closing is never read. So connections idle for over a second are not reused.
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if time.monotonic() - since < IDLE_REUSE_S and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return None
+
     async def _exchange(self) -> tuple[int, dict[str, str], bytes]:
-        if self.idle:
-            reader, writer = self.idle.pop()
+        if (connection := self._idle_connection()) is not None:
+            reader, writer = connection
         else:
             try:
                 reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -173,7 +184,7 @@ class RestTarget:
             writer.close()
             raise
         if self.keepalive and headers.get("connection", "").lower() != "close":
-            self.idle.append((reader, writer))
+            self.idle.append((reader, writer, time.monotonic()))
         else:
             writer.close()
         return int(status_line.split()[1]), headers, body
@@ -200,7 +211,7 @@ class RestTarget:
 
     async def close(self) -> None:
         """Close the connections."""
-        for _, writer in self.idle:
+        for _, writer, _ in self.idle:
             writer.close()
         self.idle.clear()
 
