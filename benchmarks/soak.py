@@ -210,20 +210,25 @@ async def soak(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any
 
 
 def memory_trend(samples: list[dict[str, float]]) -> dict[str, float]:
-    """Median RSS over the first and the last minute, the least-squares slope after the first minute, the peak."""
+    """Median RSS over the first and the last minute, least-squares slopes after the first minute and over the
+    second half (glibc keeps freed memory here, so RSS climbs to a high-water mark first), the peak."""
     first = [s["rss_mib"] for s in samples if s["t_s"] <= 60]
     end = samples[-1]["t_s"]
     last = [s["rss_mib"] for s in samples if s["t_s"] >= end - 60]
-    later = [s for s in samples if s["t_s"] >= 60]
-    slope = float("nan")
-    if len(later) >= 3:
+
+    def slope(after_s: float) -> float:
+        later = [s for s in samples if s["t_s"] >= after_s]
+        if len(later) < 3:
+            return float("nan")
         t = np.array([s["t_s"] / 60 for s in later])
-        slope = float(np.polyfit(t, np.array([s["rss_mib"] for s in later]), 1)[0])
+        return float(np.polyfit(t, np.array([s["rss_mib"] for s in later]), 1)[0])
+
     return {
         "first_minute_median_mib": float(np.median(first)),
         "last_minute_median_mib": float(np.median(last)),
         "peak_mib": max(s["rss_mib"] for s in samples),
-        "slope_after_first_minute_mib_per_min": slope,
+        "slope_after_first_minute_mib_per_min": slope(60),
+        "slope_second_half_mib_per_min": slope(end / 2),
         "threads_first": samples[0]["threads"],
         "threads_last": samples[-1]["threads"],
         "open_files_first": samples[0]["open_files"],
@@ -258,14 +263,28 @@ def markdown(report: dict[str, Any]) -> str:
                 "",
                 f"Server memory (RSS): {memory['first_minute_median_mib']:.1f} MiB over the first minute, "
                 f"{memory['last_minute_median_mib']:.1f} MiB over the last, peak {memory['peak_mib']:.1f} MiB; "
-                f"trend after the first minute {memory['slope_after_first_minute_mib_per_min']:+.2f} MiB/min. "
+                f"trend after the first minute {memory['slope_after_first_minute_mib_per_min']:+.2f} MiB/min, over "
+                f"the second half {memory['slope_second_half_mib_per_min']:+.2f} MiB/min. "
                 f"Threads {memory['threads_first']} -> {memory['threads_last']} (each hang leaves its thread "
                 f"running, abandoned, for 10 minutes), open files {memory['open_files_first']} -> "
                 f"{memory['open_files_last']}.",
+                "",
+                minute_table(report["samples"]),
             ]
         )
         + "\n"
     )
+
+
+def minute_table(samples: list[dict[str, float]]) -> str:
+    """RSS (median and peak) and threads, minute by minute."""
+    rows = []
+    for minute in range(int(samples[-1]["t_s"] // 60) + 1):
+        inside = [s for s in samples if minute * 60 <= s["t_s"] < (minute + 1) * 60]
+        if inside:
+            rss = [s["rss_mib"] for s in inside]
+            rows.append([minute, float(np.median(rss)), max(rss), inside[-1]["threads"], inside[-1]["open_files"]])
+    return markdown_table(["minute", "RSS median MiB", "RSS peak MiB", "threads", "open files"], rows)
 
 
 def main() -> None:
