@@ -82,10 +82,16 @@ def hardest_negative_ap_loss(
 
 @dataclass(frozen=True)
 class RatioConfig:
-    """The smoothed ratio loss (§4.2): similarity ``s = (1 + cos) / 2`` matches above ``threshold``."""
+    """The smoothed ratio loss (§4.2): similarity ``s = (1 + cos) / 2`` matches above ``threshold``.
+
+    ``slope`` defaults to the reference's (s = 1 maps to 0.99). ``random_negative_steps``: for that many first
+    steps the negatives are one other bag, not the hardest patches of all other bags (the paper's earlier
+    version); training/configs/orb_patch.yaml explains why its run needs both a gentler slope and this warm-up.
+    """
 
     threshold: float = 0.8
-    slope: float = math.log(99) / 0.2  # s = 1 maps to 0.99
+    slope: float = math.log(99) / 0.2
+    random_negative_steps: int = 0
 
 
 def bag_match_score(

@@ -110,16 +110,16 @@ def _batches(loader: DataLoader, device: torch.device) -> Iterator[dict[str, tor
 
 @torch.no_grad()
 def validate(
-    network: torch.nn.Module, method: Method, sets: dict[str, Dataset], device: torch.device
+    network: torch.nn.Module, method: Method, sets: dict[str, Dataset], device: torch.device, step: int
 ) -> dict[str, float]:
-    """Mean loss terms on each validation set, keys ``<set>/<term>``."""
+    """Mean loss terms on each validation set at training ``step``, keys ``<set>/<term>``."""
     was_training = network.training
     network.eval()
     results: dict[str, float] = {}
     for name, dataset in sets.items():
         totals: dict[str, list[float]] = {}
         for batch in _batches(DataLoader(dataset, batch_size=4), device):
-            for key, value in method.loss_terms(network, batch).items():
+            for key, value in method.loss_terms(network, batch, step).items():
                 totals.setdefault(key, []).append(float(value))
         results.update({f"{name}/{k}": float(np.mean(v)) for k, v in totals.items()})
     network.train(was_training)
@@ -202,7 +202,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            terms = method.loss_terms(model, batch)
+            terms = method.loss_terms(model, batch, step)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(terms["loss"]).backward()
         scaler.unscale_(optimizer)
@@ -218,7 +218,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
                 row = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "steps_per_s": rate}
                 train_log.write(row | {k: v.item() for k, v in terms.items()})
             if val_sets and (step % config.validation.every == 0 or done):
-                validation_log.write({"step": step} | validate(network, method, val_sets, device))
+                validation_log.write({"step": step} | validate(network, method, val_sets, device, step))
             if step % config.checkpoint_every == 0 or done:
                 save()
         if done:

@@ -34,8 +34,8 @@ class Method(ABC):
         """Held-out sets by name; the trainer logs each one's mean loss terms."""
 
     @abstractmethod
-    def loss_terms(self, network: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Loss terms of a batch; ``"loss"`` is what is optimised, the rest are diagnostics."""
+    def loss_terms(self, network: nn.Module, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """Loss terms of a batch at optimiser ``step``; ``"loss"`` is what is optimised, the rest are diagnostics."""
 
     @abstractmethod
     def card(self, network: nn.Module) -> dict[str, Any]:

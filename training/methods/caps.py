@@ -96,7 +96,7 @@ class CAPSMethod(Method):
             sets[Path(real.path).name] = RealPairs(images, pairs, size, data.seed, data.queries)
         return sets
 
-    def loss_terms(self, network: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss_terms(self, network: nn.Module, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         """Epipolar and cycle terms (`CAPSLoss`)."""
         return forward_pair(network, CAPSLoss(self.config.loss, CAPSNetwork.strides), batch)
 

@@ -51,7 +51,7 @@ class HNDescMethod(Method):
         data, count = self.config.data, self.config.validation.synthetic_pairs
         return {"crops": CropPairs(self.photos(), count, data.seed + VALIDATION_SEED_OFFSET, data.crops, None)}
 
-    def loss_terms(self, network: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss_terms(self, network: nn.Module, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         """``1 - AP`` against the hardest in-batch negatives."""
         return crop_pair_terms(network, batch, self.config.ap_loss)
 

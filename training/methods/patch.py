@@ -26,8 +26,11 @@ from .caps import VALIDATION_SEED_OFFSET
 MIN_BAG = 8  # fewest valid patches a bag needs to enter the loss
 
 
-def triplet_terms(network: nn.Module, batch: dict[str, torch.Tensor], config: RatioConfig) -> dict[str, torch.Tensor]:
-    """Mean ratio loss of the batch's triplets, with hardest-patch negatives mined without gradients."""
+def triplet_terms(
+    network: nn.Module, batch: dict[str, torch.Tensor], config: RatioConfig, hardest: bool = True
+) -> dict[str, torch.Tensor]:
+    """Mean ratio loss of the batch's triplets: hardest-patch negatives mined without gradients, or with
+    ``hardest=False`` the bags of the next other photo of the batch."""
     pairs, bag = batch["anchor"].shape[:2]
     patches = torch.cat([batch["anchor"], batch["positive"]]).flatten(0, 1)  # (2 B N, 3, 32, 32) uint8
     descriptors = network(patches.float() / 255.0).reshape(2, pairs, bag, -1)
@@ -39,17 +42,23 @@ def triplet_terms(network: nn.Module, batch: dict[str, torch.Tensor], config: Ra
         anchor = descriptors[0, b][masks[0, b]]
         positive, positive_mask = descriptors[1, b], masks[1, b]
         others = (labels != labels[b]).nonzero().flatten()
+        if not hardest and len(others):
+            others = others[(others > b).long().argmax() if (others > b).any() else 0].reshape(1)
         pool = descriptors[:, others].reshape(-1, descriptors.shape[-1])
         pool_mask = masks[:, others].reshape(-1)
         if len(anchor) < MIN_BAG or int(positive_mask.sum()) < MIN_BAG or not bool(pool_mask.any()):
             continue  # a bag of a few corners says little about its photo (the reference drops bags under 16)
-        hardest = hardest_patches(anchor.detach(), pool.detach(), pool_mask)
-        negative = pool[hardest]
-        losses.append(bag_ratio_loss(anchor, positive, positive_mask, negative, pool_mask[hardest], config))
+        if hardest:
+            picked = hardest_patches(anchor.detach(), pool.detach(), pool_mask)
+            negative, negative_mask = pool[picked], pool_mask[picked]
+        else:
+            negative, negative_mask = pool, pool_mask
+        losses.append(bag_ratio_loss(anchor, positive, positive_mask, negative, negative_mask, config))
         with torch.no_grad():  # diagnostics: hard-threshold matches per anchor keypoint
             positive_cos = (anchor @ positive.T).masked_fill(~positive_mask[None], -2)
             positive_hits.append((positive_cos.max(1).values > cos_threshold).float().mean())
-            negative_hits.append(((anchor * negative).sum(1) > cos_threshold).float().mean())
+            negative_cos = (anchor @ negative.T).masked_fill(~negative_mask[None], -2)
+            negative_hits.append((negative_cos.max(1).values > cos_threshold).float().mean())
     if not losses:  # no usable triplet: a zero loss that still reaches every parameter
         zero = descriptors.sum() * 0
         return {"loss": zero, "positive_match_fraction": zero.detach(), "negative_match_fraction": zero.detach()}
@@ -77,9 +86,10 @@ class PatchMethod(Method):
         data, count = self.config.data, self.config.validation.synthetic_pairs
         return {"bags": PhotoBagPairs(self.photos(), count, data.seed + VALIDATION_SEED_OFFSET, data.bags, None)}
 
-    def loss_terms(self, network: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss_terms(self, network: nn.Module, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         """The smoothed ratio loss and match-fraction diagnostics."""
-        return triplet_terms(network, batch, self.config.ratio_loss)
+        config = self.config.ratio_loss
+        return triplet_terms(network, batch, config, hardest=step >= config.random_negative_steps)
 
     def card(self, network: nn.Module) -> dict[str, Any]:
         """Patch-descriptor card fields."""
