@@ -11,7 +11,7 @@ from .settings import Settings
 # Requests to these answer without a key: probes and scrapers carry none, and the API's description is
 # public (it is the repository's proto/ and the OpenAPI schema), so hiding it protects nothing.
 OPEN_REST_PATHS = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {"/", "/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 )
 OPEN_GRPC_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"})
 API_KEY_HEADER = "x-api-key"

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from featureserve.client import RestClient
-from tests.conftest import Server
+from tests.conftest import Server, start_server
 
 # Debian's chromium package; scripts/install.sh installs it (apt-get, as root) when the test extra is installed.
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -92,3 +92,25 @@ def test_matching_two_images_in_the_browser(
     page.wait_for_function("document.getElementById('error').textContent.length > 0")
     assert page.text_content("#error").startswith("400 invalid_input: ")
     page.close()
+
+
+def test_the_page_sends_the_api_key_it_is_given(browser: object, image_files: list[Path]) -> None:
+    keyed = start_server(models='["orb"]', default_model="orb", api_keys='["page-key-0123456789"]', warmup="false")
+    try:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(keyed.url + "/")  # the page itself is open: it holds no data
+        page.wait_for_function("document.getElementById('error').textContent.length > 0")
+        assert page.text_content("#error").startswith("401 unauthenticated: ")
+        page.fill("#api_key", "page-key-0123456789")
+        page.press("#api_key", "Tab")  # leaving the field fires its change event: the models are listed again
+        page.wait_for_selector("#model option[value='orb']", state="attached")
+        page.set_input_files("#image0", str(image_files[0]))
+        page.set_input_files("#image1", str(image_files[1]))
+        page.click("#submit")
+        page.wait_for_function(
+            "!document.getElementById('result').hidden || document.getElementById('error').textContent", timeout=60_000
+        )
+        assert page.text_content("#error") == "" and int(page.text_content("#num-matches")) > 0
+        page.close()
+    finally:
+        keyed.stop()
