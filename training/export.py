@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from featureserve.models.caps import CHECKPOINT_DIR
+from featureserve.models.cards import CHECKPOINT_DIR
 
 from .config import TrainConfig, build
 from .methods import method_for

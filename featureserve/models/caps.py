@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,15 +25,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
-from .cards import ModelCard
+from .cards import CHECKPOINT_DIR, ModelCard, read_checkpoint
 from .classical import SIFT
 from .dense import DenseFeatureModel
 from .features import DescriptorSpec, Features, KeypointOptions
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_CARD = CHECKPOINT_DIR / "caps-lite.json"
 
 # Named network sizes. "lite" is the CPU configuration of METHODS.md §6.5 (four stride-2 stages of 3x3
@@ -198,11 +195,8 @@ def _upsample_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def load_checkpoint(card_path: str | Path, device: str | torch.device = "cpu") -> tuple[CAPSNetwork, dict[str, Any]]:
     """The network and the JSON card of a checkpoint: ``card_path`` names the card, the card the weights file."""
-    card_path = Path(card_path)
-    card = json.loads(card_path.read_text())
-    weights_path = card_path.parent / card["weights"]
+    state, card = read_checkpoint(card_path)
     network = CAPSNetwork(card["architecture"]["size"])
-    state = {k: v.float() for k, v in load_file(str(weights_path)).items()}  # weights may be stored in fp16
     network.load_state_dict(state)
     return network.eval().to(device), card
 
@@ -232,17 +226,7 @@ class CAPS(DenseFeatureModel):
     @property
     def card(self) -> ModelCard:
         """The model card: the JSON card of the checkpoint, served conf included."""
-        card = self._card
-        return ModelCard(
-            name=self.name,
-            version=card["version"],
-            method=card["method"],
-            descriptor=self.descriptor,
-            keypoints=card["keypoints"]["description"],
-            licence=card["licence"],
-            description=card["description"],
-            details={**card, "conf": dict(self.conf)},
-        )
+        return ModelCard.from_checkpoint(self.name, self.descriptor, self._card, self.conf)
 
     def extract(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
         """SIFT keypoints (OpenCV, threaded) with CAPS descriptors from one tensor batch per size bucket."""

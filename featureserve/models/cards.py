@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file
+
 from .features import DescriptorSpec
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"  # committed weights and their JSON cards
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,31 @@ class ModelCard:
     description: str
     details: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_checkpoint(
+        cls, name: str, descriptor: DescriptorSpec, card: dict[str, Any], conf: dict[str, Any]
+    ) -> ModelCard:
+        """The card of a learned model: its checkpoint's JSON card, with the served ``conf`` in ``details``."""
+        return cls(
+            name=name,
+            version=card["version"],
+            method=card["method"],
+            descriptor=descriptor,
+            keypoints=card["keypoints"]["description"],
+            licence=card["licence"],
+            description=card["description"],
+            details={**card, "conf": dict(conf)},
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""
         return asdict(self)
+
+
+def read_checkpoint(card_path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The float32 weights and the JSON card of a checkpoint: ``card_path`` names the card, the card the weights."""
+    card_path = Path(card_path)
+    card = json.loads(card_path.read_text())
+    # Weights may be stored in fp16; every network here computes in float32.
+    state = {k: v.float() for k, v in load_file(str(card_path.parent / card["weights"])).items()}
+    return state, card

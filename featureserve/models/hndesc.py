@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from .caps import CAPS, CHECKPOINT_DIR, CAPSNetwork
+from .caps import CAPS, CAPSNetwork
+from .cards import CHECKPOINT_DIR
 from .dense import sample_descriptors
 from .features import DescriptorSpec
 

@@ -234,20 +234,6 @@ class BagConfig:
     view: ViewConfig = ViewConfig(zoom=(0.6, 1.0), max_rotation=30.0, wide_rotation_fraction=0.2)
 
 
-def jitter_rgb(rng: np.random.Generator, image: np.ndarray, config: PhotometricConfig) -> np.ndarray:
-    """RGB photometric jitter: per-channel gain, gamma, contrast, brightness, blur and noise (colour kept)."""
-    rgb = image.astype(np.float32) / 255
-    rgb *= 1 + rng.uniform(-config.channel_gain, config.channel_gain, size=3).astype(np.float32)
-    rgb = np.clip(rgb, 0, 1) ** np.exp(rng.uniform(-config.gamma, config.gamma))
-    mean = float(rgb.mean())
-    rgb = (rgb - mean) * (1 + rng.uniform(-config.contrast, config.contrast)) + mean
-    rgb += rng.uniform(-config.brightness, config.brightness) * 0.5
-    if rng.random() < config.blur_probability:
-        rgb = cv2.GaussianBlur(rgb, (0, 0), rng.uniform(0.5, config.max_blur))
-    rgb += rng.normal(0, rng.uniform(0, config.noise) / 255, size=rgb.shape).astype(np.float32)
-    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
 class PhotoBagPairs(Dataset):
     """Matching bag pairs: ``anchor``/``positive`` ``(N, 3, 32, 32)`` uint8 patches, their masks, and ``label``.
 
@@ -286,7 +272,7 @@ class PhotoBagPairs(Dataset):
             homography = view_homography(rng, centre, side, (c.width, c.height), c.view)
             view = cv2.warpPerspective(photo, homography, (c.width, c.height), flags=cv2.INTER_LINEAR)
             if self.photometric is not None:
-                view = jitter_rgb(rng, view, self.photometric)
+                view = augment(rng, view, self.photometric, keep_colour=True)
             keypoints = cv2.ORB_create(nfeatures=c.keypoints).detect(cv2.cvtColor(view, cv2.COLOR_RGB2GRAY), None)
             if len(keypoints) >= c.keypoints // 2:
                 break

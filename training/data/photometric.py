@@ -46,16 +46,23 @@ class PhotometricConfig:
     max_blur: float = 2.5  # max Gaussian blur sigma, pixels
 
 
-def augment(rng: np.random.Generator, image: np.ndarray, config: PhotometricConfig = PhotometricConfig()) -> np.ndarray:
-    """Grey ``(H, W)`` uint8 from an RGB view after colour, tone, noise and blur changes."""
-    rgb = image.astype(np.float32) / 255
-    rgb *= 1 + rng.uniform(-config.channel_gain, config.channel_gain, size=3).astype(np.float32)
-    grey = cv2.cvtColor(np.clip(rgb, 0, 1), cv2.COLOR_RGB2GRAY)
-    grey = np.clip(grey, 0, 1) ** np.exp(rng.uniform(-config.gamma, config.gamma))
-    mean = float(grey.mean())
-    grey = (grey - mean) * (1 + rng.uniform(-config.contrast, config.contrast)) + mean
-    grey += rng.uniform(-config.brightness, config.brightness) * 0.5
+def augment(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    config: PhotometricConfig = PhotometricConfig(),
+    keep_colour: bool = False,
+) -> np.ndarray:
+    """An RGB view after colour, tone, noise and blur changes: grey ``(H, W)`` uint8, or RGB with ``keep_colour``."""
+    view = image.astype(np.float32) / 255
+    view *= 1 + rng.uniform(-config.channel_gain, config.channel_gain, size=3).astype(np.float32)
+    view = np.clip(view, 0, 1)
+    if not keep_colour:
+        view = cv2.cvtColor(view, cv2.COLOR_RGB2GRAY)
+    view = view ** np.exp(rng.uniform(-config.gamma, config.gamma))
+    mean = float(view.mean())
+    view = (view - mean) * (1 + rng.uniform(-config.contrast, config.contrast)) + mean
+    view += rng.uniform(-config.brightness, config.brightness) * 0.5
     if rng.random() < config.blur_probability:
-        grey = cv2.GaussianBlur(grey, (0, 0), rng.uniform(0.5, config.max_blur))
-    grey += rng.normal(0, rng.uniform(0, config.noise) / 255, size=grey.shape).astype(np.float32)
-    return (np.clip(grey, 0, 1) * 255 + 0.5).astype(np.uint8)
+        view = cv2.GaussianBlur(view, (0, 0), rng.uniform(0.5, config.max_blur))
+    view += rng.normal(0, rng.uniform(0, config.noise) / 255, size=view.shape).astype(np.float32)
+    return (np.clip(view, 0, 1) * 255 + 0.5).astype(np.uint8)

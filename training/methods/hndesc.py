@@ -16,14 +16,14 @@ from featureserve.models.caps import CAPSNetwork
 from featureserve.models.dense import sample_descriptors
 
 from ..data.homographic import CropPairs
-from ..descriptor_losses import hardest_negative_ap_loss
+from ..descriptor_losses import APConfig, hardest_negative_ap_loss
 from .base import Method
 from .caps import VALIDATION_SEED_OFFSET, dense_card_fields
 
 FINE_STRIDE = CAPSNetwork.strides[1]
 
 
-def crop_pair_terms(network: nn.Module, batch: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+def crop_pair_terms(network: nn.Module, batch: dict[str, torch.Tensor], config: APConfig) -> dict[str, torch.Tensor]:
     """AP loss terms of a batch of crop pairs (both crops of every pair in one forward pass)."""
     n = batch["image1"].shape[0]
     fine = network(torch.cat([batch["image1"], batch["image2"]]))["fine"].float()
