@@ -24,6 +24,8 @@ from training.evaluation import (
     sequence_category,
     sequence_markdown_table,
 )
+from training.evaluation.hpatches import repeatability
+from training.evaluation.report import card_summary
 
 MAX_KEYPOINTS = 512
 
@@ -183,6 +185,8 @@ def test_wrong_homography_gives_near_zero_mma(tmp_path: Path, astronaut: np.ndar
     assert result.matches_per_pair > 50
     assert max(result.mma["overall"]) < 0.05
     assert result.homography_accuracy_at(5) == 0.0
+    # Detections are as repeatable as before, but judged against the wrong truth they rarely coincide.
+    assert result.repeatability["overall"] < 0.2
 
 
 def test_keypoint_cap_keeps_the_strongest_and_extractor_sees_rgb(root: Path) -> None:
@@ -202,9 +206,146 @@ def test_keypoint_cap_keeps_the_strongest_and_extractor_sees_rgb(root: Path) -> 
 def test_markdown_tables(sift_result: HomographyEvaluation) -> None:
     results = {"sift": sift_result, "sift again": sift_result}
     table = markdown_table(results).splitlines()
-    assert table[0].startswith("| model | MMA@1 | MMA@3 | MMA@5 | MMA@10 | Hacc@1 | Hacc@3 | Hacc@5 |")
+    assert table[0].startswith("| model | MMA@1 | MMA@3 | MMA@5 | MMA@10 | Hacc@1 | Hacc@3 | Hacc@5 | Rep@3 |")
     assert len(table) == 4
     assert table[2].startswith(f"| sift | {sift_result.mma_at(1):.3f} | {sift_result.mma_at(3):.3f} |")
+    hacc = " | ".join(f"{sift_result.homography_accuracy_at(t):.3f}" for t in (1, 3, 5))
+    assert f" | {hacc} | {sift_result.repeatability['overall']:.3f} | " in table[2]
     per_sequence = sequence_markdown_table(results, threshold=3)
     assert f"| v_astro (v) | {sift_result.sequence_mma(3)['v_astro']:.3f} |" in per_sequence
     assert f"| overall | {sift_result.mma_at(3):.3f} | {sift_result.mma_at(3):.3f} |" in per_sequence
+
+
+# Detector repeatability (SuperPoint protocol) on exact synthetic keypoints: image 1 is 320x240, image N 300x260.
+SIZE0, SIZE1 = (320, 240), (300, 260)
+
+
+def warp(points: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """``H @ points[i]`` in pixels, written out here so the tests do not lean on the module's own warp."""
+    mapped = np.c_[points, np.ones(len(points))] @ h.T
+    return mapped[:, :2] / mapped[:, 2:]
+
+
+@pytest.fixture
+def pair_homography() -> np.ndarray:
+    """A rotation, scale, shift and perspective that keeps the centre of image 1 inside image N."""
+    return mild_homography(7, 0.95, (-5, 12), 2e-5, size=240)
+
+
+def interior_grid(h: np.ndarray) -> np.ndarray:
+    """Image-1 keypoints 20 px apart whose warps by ``h`` lie at least 15 px inside image N."""
+    xs, ys = np.meshgrid(np.arange(20.0, 300.0, 20.0), np.arange(20.0, 230.0, 20.0))
+    points = np.c_[xs.ravel(), ys.ravel()]
+    mapped = warp(points, h)
+    inside = np.all((mapped >= 15) & (mapped <= np.array(SIZE1) - 16), axis=1)
+    assert inside.sum() > 40
+    return points[inside]
+
+
+@pytest.fixture
+def grid0(pair_homography: np.ndarray) -> np.ndarray:
+    """`interior_grid` of the pair's homography."""
+    return interior_grid(pair_homography)
+
+
+def test_repeatability_of_exactly_warped_keypoints_is_one(pair_homography: np.ndarray, grid0: np.ndarray) -> None:
+    grid1 = warp(grid0, pair_homography)
+    assert repeatability(grid0, grid1, pair_homography, SIZE0, SIZE1) == 1.0
+    # The same image-N keypoints judged against a wrong homography are not repeated.
+    wrong = np.array([[1, 0, 9], [0, 1, 0], [0, 0, 1]], np.float64) @ pair_homography
+    assert repeatability(grid0, grid1, wrong, SIZE0, SIZE1) < 0.2
+
+
+def test_repeatability_threshold_decides_a_5px_offset(pair_homography: np.ndarray, grid0: np.ndarray) -> None:
+    moved = warp(grid0, pair_homography) + np.array([3.0, 4.0])  # 5 px from the true position
+    assert repeatability(grid0, moved, pair_homography, SIZE0, SIZE1, threshold=3) == 0.0
+    assert repeatability(grid0, moved, pair_homography, SIZE0, SIZE1, threshold=6) == 1.0
+    assert repeatability(grid0, moved, pair_homography, SIZE0, SIZE1, threshold=5.0 + 1e-9) == 1.0
+
+
+def test_repeatability_counts_only_the_shared_view() -> None:
+    # Image 1 seen 60 px further right in image N: image N's left strip and image 1's right strip are not shared.
+    h = np.array([[1, 0, 60], [0, 1, 0], [0, 0, 1]], np.float64) @ mild_homography(3, 1.0, (0, 0), 1e-5, size=240)
+    grid0 = interior_grid(h)
+    grid1 = warp(grid0, h)
+    # Every other image-N keypoint is 10 px off (and 10 px from any other grid point): about 0.5 before extras.
+    grid1[::2] += np.array([6.0, 8.0])
+    base = repeatability(grid0, grid1, h, SIZE0, SIZE1)
+    assert base == pytest.approx(0.5, abs=0.02)
+    # Image-N points whose inverse warp lies left of or below image 1 (240 rows, image N has 260), and
+    # image-1 points that land right of image N.
+    extra1 = np.array([[5.0, 50.0], [20.0, 120.0], [10.0, 200.0], [30.0, 30.0], [150.0, 257.0], [200.0, 258.0]])
+    back = warp(extra1, np.linalg.inv(h))
+    assert np.all((back[:, 0] < -0.5) | (back[:, 1] > SIZE0[1] - 0.5))
+    assert np.all((back[4:, 0] > 0) & (back[4:, 0] < SIZE0[0]))
+    extra0 = np.array([[300.0, 120.0], [310.0, 10.0], [280.0, 200.0]])
+    assert np.all(warp(extra0, h)[:, 0] > SIZE1[0])
+    with_extras = repeatability(np.r_[grid0, extra0], np.r_[grid1, extra1], h, SIZE0, SIZE1)
+    assert with_extras == pytest.approx(base, abs=1e-12)
+
+
+def test_repeatability_of_half_repeated_keypoints_is_half(pair_homography: np.ndarray, grid0: np.ndarray) -> None:
+    grid1 = warp(grid0, pair_homography)
+    half = len(grid0) // 2
+    grid1[half:] += np.array([0.0, 10.0])
+    # Image 1 repeats `half` points, image N repeats `half` points, out of 2 * len(grid0).
+    expected = 2 * half / (2 * len(grid0))
+    assert repeatability(grid0, grid1, pair_homography, SIZE0, SIZE1) == pytest.approx(expected, abs=1e-12)
+    assert expected == pytest.approx(0.5, abs=0.01)
+
+
+def test_repeatability_leaves_out_points_at_the_horizon() -> None:
+    # w = 1 - x / 300: image-1 x = 300 goes to infinity; (100, 50) goes to (150, 75).
+    horizon = np.array([[1, 0, 0], [0, 1, 0], [-1 / 300, 0, 1]], np.float64)
+    points0 = np.array([[100.0, 50.0], [300.0, 50.0]])
+    points1 = np.array([[150.0, 75.0]])
+    assert repeatability(points0, points1, horizon, SIZE0, SIZE1) == 1.0
+    assert repeatability(points0[1:], np.zeros((0, 2)), horizon, SIZE0, SIZE1) == 0.0
+    assert repeatability(np.zeros((0, 2)), np.zeros((0, 2)), np.eye(3), SIZE0, SIZE1) == 0.0
+
+
+def test_sift_repeatability_per_pair_and_group(root: Path, sift_result: HomographyEvaluation) -> None:
+    assert sift_result.repeatability_threshold == 3.0
+    assert set(sift_result.repeatability) == set(sift_result.mma) == {"overall", "i", "v"}
+    values = [p.repeatability for p in sift_result.pairs]
+    assert all(0 <= v <= 1 for v in values)
+    # SIFT finds most of its corners again under mild warps and gamma changes.
+    assert sift_result.repeatability["overall"] > 0.5
+    assert sift_result.repeatability["overall"] == pytest.approx(np.mean(values))
+    for group in ("i", "v"):
+        in_group = [p.repeatability for p in sift_result.pairs if p.category == group]
+        assert sift_result.repeatability[group] == pytest.approx(np.mean(in_group))
+    loaded = json.loads(json.dumps(sift_result.to_dict(), allow_nan=False))
+    assert loaded["repeatability"] == sift_result.repeatability
+    assert loaded["repeatability_threshold"] == 3.0
+    assert [p["repeatability"] for p in loaded["pairs"]] == values
+    # A looser threshold repeats at least as much, pair by pair, and the table says which threshold.
+    loose = evaluate_homography_sequences(
+        model_extractor(load_model("sift"), MAX_KEYPOINTS),
+        root,
+        max_keypoints=MAX_KEYPOINTS,
+        repeatability_threshold=6,
+    )
+    assert all(p.repeatability >= v for p, v in zip(loose.pairs, values, strict=True))
+    assert loose.repeatability["overall"] > sift_result.repeatability["overall"]
+    assert "| Rep@6 |" in markdown_table({"sift": loose}).splitlines()[0]
+    with pytest.raises(ValueError, match="one threshold"):
+        markdown_table({"sift": sift_result, "loose": loose})
+
+
+def test_card_summary_keeps_repeatability(sift_result: HomographyEvaluation) -> None:
+    report = {
+        "max_keypoints": MAX_KEYPOINTS,
+        "matcher": "mutual nearest neighbour",
+        "homography_data": "synthetic",
+        "homography": {"sift": sift_result.to_dict()},
+        "posed": {},
+    }
+    summary = card_summary(report, "sift")["homography"]["sift"]
+    assert summary["repeatability"] == sift_result.repeatability
+    assert summary["repeatability_threshold"] == 3.0
+    assert "pairs" not in summary
+    # A report written before repeatability was measured still summarises.
+    old = {k: v for k, v in sift_result.to_dict().items() if not k.startswith("repeatability")}
+    report["homography"] = {"sift": old}
+    assert "repeatability" not in card_summary(report, "sift")["homography"]["sift"]

@@ -1,4 +1,4 @@
-"""Homography-sequence evaluation (HPatches layout, D2-Net protocol): MMA and homography accuracy.
+"""Homography-sequence evaluation (HPatches layout, D2-Net protocol): MMA, homography accuracy, repeatability.
 
 A sequence is a folder with six images of one planar scene, ``1.ppm`` .. ``6.ppm`` (HPatches) or
 ``img1.png`` .. ``img6.png`` (Oxford), and ground-truth homographies ``H_1_N`` (HPatches) or ``H1toNp``
@@ -7,6 +7,18 @@ integer coordinates, the same convention as `Features.keypoints`. Every pair (1,
 mutual nearest neighbours. The protocol follows the D2-Net HPatches notebook: a match is correct at ``t``
 pixels when the image-1 keypoint mapped by the true H lies within ``t`` px of its matched image-N keypoint;
 the MMA of a pair is correct / matches (0 without matches) and MMA@t is the mean over pairs.
+
+Detector repeatability follows the SuperPoint protocol (DeTone, Malisiewicz and Rabinovich, "SuperPoint:
+Self-Supervised Interest Point Detection and Description", CVPR Workshops 2018, section "Detector
+repeatability"; the same measure is reported by D2-Net and R2D2). For pair (1, N) with true homography H, the
+shared keypoints are those of image 1 whose H-warped position falls inside image N and those of image N whose
+H^-1-warped position falls inside image 1; a point warped to or beyond the horizon (non-finite position) is
+not shared. "Inside" is the pixel area ``-0.5 <= x <= W - 0.5``, ``-0.5 <= y <= H - 0.5``. Both shared sets
+are compared in image N's frame: a shared keypoint is repeated when the nearest shared keypoint of the other
+image lies within ``eps`` px (``<=``, as for MMA). Repeatability = (repeated in image 1 + repeated in image N)
+/ (shared in image 1 + shared in image N), 0 when nothing is shared; it is computed at ``eps`` = 3 px by
+default on the same capped keypoint sets as the MMA (the ``max_keypoints`` strongest by score) and averaged
+over pairs like the MMA.
 """
 
 from __future__ import annotations
@@ -160,14 +172,73 @@ def load_sequences(
     return [load_sequence(folder, categories) for folder in folders.values()]
 
 
+def warp_points(points: np.ndarray, homography: np.ndarray) -> np.ndarray:
+    """``(M, 2)`` float64 positions ``H @ points[i]`` in pixels (``inf`` / ``nan`` at the horizon)."""
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    mapped = np.concatenate([p, np.ones((len(p), 1))], axis=1) @ np.asarray(homography, np.float64).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return mapped[:, :2] / mapped[:, 2:]
+
+
 def reprojection_errors(points0: np.ndarray, points1: np.ndarray, homography: np.ndarray) -> np.ndarray:
     """``(M,)`` pixel distance between ``H @ points0[i]`` and ``points1[i]`` (``inf`` at the horizon)."""
-    p0 = np.asarray(points0, np.float64).reshape(-1, 2)
     p1 = np.asarray(points1, np.float64).reshape(-1, 2)
-    mapped = np.concatenate([p0, np.ones((len(p0), 1))], axis=1) @ np.asarray(homography, np.float64).T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        errors = np.linalg.norm(mapped[:, :2] / mapped[:, 2:] - p1, axis=1)
+    with np.errstate(invalid="ignore"):
+        errors = np.linalg.norm(warp_points(points0, homography) - p1, axis=1)
     return np.where(np.isfinite(errors), errors, np.inf)
+
+
+def inside_image(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(M,)`` bool: finite and within the pixel area of an image of ``size`` = ``(width, height)``."""
+    width, height = size
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    with np.errstate(invalid="ignore"):
+        x_in = (points[:, 0] >= -0.5) & (points[:, 0] <= width - 0.5)
+        y_in = (points[:, 1] >= -0.5) & (points[:, 1] <= height - 0.5)
+    return np.all(np.isfinite(points), axis=1) & x_in & y_in
+
+
+def _nearest_distances(points: np.ndarray, others: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """``(M,)`` distance from each of ``points`` to its nearest neighbour in ``others`` (``inf`` if none)."""
+    if len(others) == 0:
+        return np.full(len(points), np.inf)
+    # Chunked so that uncapped keypoint sets (max_keypoints=None) do not build one huge distance matrix.
+    nearest = [
+        np.sqrt(((points[i : i + chunk, None, :] - others[None, :, :]) ** 2).sum(axis=2).min(axis=1))
+        for i in range(0, len(points), chunk)
+    ]
+    return np.concatenate(nearest) if nearest else np.zeros(0)
+
+
+def repeatability(
+    keypoints0: np.ndarray,
+    keypoints1: np.ndarray,
+    homography: np.ndarray,
+    size0: tuple[int, int],
+    size1: tuple[int, int],
+    threshold: float = 3.0,
+) -> float:
+    """SuperPoint detector repeatability of a pair at ``threshold`` px (see the module docstring).
+
+    Args:
+        keypoints0: ``(M0, 2)`` keypoints ``(x, y)`` of image 1 in pixels, pixel centres at integers.
+        keypoints1: ``(M1, 2)`` keypoints of image N.
+        homography: ``(3, 3)`` true homography mapping image-1 pixels to image N.
+        size0: ``(width, height)`` of image 1.
+        size1: ``(width, height)`` of image N.
+        threshold: ``eps`` in pixels of image N.
+    """
+    homography = np.asarray(homography, np.float64)
+    warped0 = warp_points(keypoints0, homography)
+    shared0 = warped0[inside_image(warped0, size1)]
+    points1 = np.asarray(keypoints1, np.float64).reshape(-1, 2)
+    shared1 = points1[inside_image(warp_points(points1, np.linalg.inv(homography)), size0)]
+    total = len(shared0) + len(shared1)
+    if total == 0:
+        return 0.0
+    repeated0 = int((_nearest_distances(shared0, shared1) <= threshold).sum())
+    repeated1 = int((_nearest_distances(shared1, shared0) <= threshold).sum())
+    return (repeated0 + repeated1) / total
 
 
 def matching_accuracy(errors: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
@@ -191,6 +262,8 @@ class PairResult:
         num_inliers: Inliers of the estimated homography (0 when none was found).
         corner_error: Mean corner distance in pixels (image-1 corners) between the estimated and true H,
             or ``None`` when no homography could be estimated.
+        repeatability: Detector repeatability at the evaluation's ``repeatability_threshold`` (see
+            `repeatability`), in [0, 1].
     """
 
     sequence: str
@@ -201,6 +274,7 @@ class PairResult:
     mma: list[float]
     num_inliers: int
     corner_error: float | None
+    repeatability: float
 
 
 @dataclass
@@ -215,6 +289,8 @@ class HomographyEvaluation:
         mma: MMA per threshold for ``"overall"`` (all pairs) and for each category present (``"i"``, ``"v"``).
         homography_accuracy: Fraction of pairs with corner error within each homography threshold, same keys;
             a pair without an estimate counts as inaccurate.
+        repeatability_threshold: ``eps`` in pixels of the detector repeatability.
+        repeatability: Mean detector repeatability over the pairs of each group, same keys as ``mma``.
         features_per_image: Mean keypoints per extracted image (image 1 of a sequence counted once).
         matches_per_pair: Mean matches per pair.
         extract_seconds_per_image: Mean wall time of ``extract_fn`` per image.
@@ -227,6 +303,8 @@ class HomographyEvaluation:
     ransac_threshold: float
     mma: dict[str, list[float]]
     homography_accuracy: dict[str, list[float]]
+    repeatability_threshold: float
+    repeatability: dict[str, float]
     features_per_image: float
     matches_per_pair: float
     extract_seconds_per_image: float
@@ -289,8 +367,10 @@ def _evaluate_pair(
     features0: Features,
     features1: Features,
     reference_size: tuple[int, int],
+    target_size: tuple[int, int],
     thresholds: Sequence[float],
     ransac_threshold: float,
+    repeatability_threshold: float,
 ) -> PairResult:
     metric = features0.descriptor.metric
     if features1.descriptor.metric != metric:
@@ -313,6 +393,14 @@ def _evaluate_pair(
         mma=[float(a) for a in accuracy],
         num_inliers=verification.num_inliers,
         corner_error=corner_error,
+        repeatability=repeatability(
+            features0.keypoints,
+            features1.keypoints,
+            pair.homography,
+            reference_size,
+            target_size,
+            repeatability_threshold,
+        ),
     )
 
 
@@ -325,8 +413,9 @@ def evaluate_homography_sequences(
     ransac_threshold: float = 3.0,
     categories: Mapping[str, str] = OXFORD_CATEGORIES,
     sequences: Iterable[str] | None = None,
+    repeatability_threshold: float = 3.0,
 ) -> HomographyEvaluation:
-    """MMA, homography accuracy, features and matches of ``extract_fn`` on the sequences under ``root``.
+    """MMA, homography accuracy, repeatability, features and matches of ``extract_fn`` on the sequences.
 
     Args:
         extract_fn: Features of one ``(H, W, 3)`` uint8 RGB image (an in-process model, see
@@ -338,6 +427,7 @@ def evaluate_homography_sequences(
         ransac_threshold: Inlier threshold in pixels of the MAGSAC++ homography estimate.
         categories: Category (``"i"`` / ``"v"``) of sequences not named ``i_*`` / ``v_*``.
         sequences: Evaluate only these sequence names.
+        repeatability_threshold: ``eps`` in pixels of the detector repeatability (SuperPoint protocol).
     """
     thresholds = [float(t) for t in thresholds]
     homography_thresholds = [float(t) for t in homography_thresholds]
@@ -350,12 +440,21 @@ def evaluate_homography_sequences(
         feature_counts.append(len(features0))
         seconds += elapsed
         for pair in sequence.pairs:
-            features1, elapsed = extract_capped(extract_fn, load_image(pair.image_path), max_keypoints)
+            target = load_image(pair.image_path)
+            features1, elapsed = extract_capped(extract_fn, target, max_keypoints)
             feature_counts.append(len(features1))
             seconds += elapsed
             pairs.append(
                 _evaluate_pair(
-                    sequence, pair, features0, features1, image_size(reference), thresholds, ransac_threshold
+                    sequence,
+                    pair,
+                    features0,
+                    features1,
+                    image_size(reference),
+                    image_size(target),
+                    thresholds,
+                    ransac_threshold,
+                    float(repeatability_threshold),
                 )
             )
     groups = {"overall": pairs}
@@ -370,6 +469,8 @@ def evaluate_homography_sequences(
         homography_accuracy={
             g: [_accurate_fraction(group, t) for t in homography_thresholds] for g, group in groups.items()
         },
+        repeatability_threshold=float(repeatability_threshold),
+        repeatability={g: float(np.mean([p.repeatability for p in group])) for g, group in groups.items()},
         features_per_image=float(np.mean(feature_counts)),
         matches_per_pair=float(np.mean([p.num_matches for p in pairs])),
         extract_seconds_per_image=seconds / len(feature_counts),
@@ -386,9 +487,13 @@ def markdown_table(
     mma_thresholds: Sequence[float] = (1, 3, 5, 10),
     homography_thresholds: Sequence[float] = (1, 3, 5),
 ) -> str:
-    """Markdown table with one row per named result: MMA, homography accuracy, features and matches."""
+    """Markdown table with one row per named result: MMA, homography accuracy, repeatability, features, matches."""
+    rep_thresholds = {r.repeatability_threshold for r in results.values()}
+    if len(rep_thresholds) > 1:
+        raise ValueError(f"one repeatability column needs one threshold, got {sorted(rep_thresholds)}")
+    rep_threshold = rep_thresholds.pop() if rep_thresholds else 3.0
     columns = [f"MMA@{t:g}" for t in mma_thresholds] + [f"Hacc@{t:g}" for t in homography_thresholds]
-    columns += ["features/img", "matches/pair"]
+    columns += [f"Rep@{rep_threshold:g}", "features/img", "matches/pair"]
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [markdown_row(name, r, mma_thresholds, homography_thresholds) for name, r in results.items()]
     return "\n".join(lines)
@@ -400,9 +505,10 @@ def markdown_row(
     mma_thresholds: Sequence[float] = (1, 3, 5, 10),
     homography_thresholds: Sequence[float] = (1, 3, 5),
 ) -> str:
-    """One `markdown_table` row: overall MMA and homography accuracy as fractions, then the counts."""
+    """One `markdown_table` row: overall MMA, homography accuracy and repeatability as fractions, then counts."""
     cells = [f"{result.mma_at(t):.3f}" for t in mma_thresholds]
     cells += [f"{result.homography_accuracy_at(t):.3f}" for t in homography_thresholds]
+    cells += [f"{result.repeatability['overall']:.3f}"]
     cells += [f"{result.features_per_image:.0f}", f"{result.matches_per_pair:.0f}"]
     return f"| {name} | " + " | ".join(cells) + " |"
 

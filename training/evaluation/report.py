@@ -75,11 +75,17 @@ def card_summary(report: dict[str, Any], model: str = "caps") -> dict[str, Any]:
     """The headline figures of ``model`` (and of the other models, for comparison) for a model card."""
     summary: dict[str, Any] = {"max_keypoints": report["max_keypoints"], "matcher": report["matcher"]}
     keep_h = ("thresholds", "mma", "homography_thresholds", "homography_accuracy", "features_per_image")
+    keep_h += ("matches_per_pair", "repeatability_threshold", "repeatability")
+    # Reports written before repeatability was measured lack its two keys; they still summarise.
+    optional_h = {"repeatability_threshold", "repeatability"}
     keep_p = ("auc_thresholds", "auc", "epipolar_thresholds", "epipolar_precision", "features_per_image")
     if report["homography"]:
         summary["homography"] = {
             "data": report["homography_data"],
-            **{name: {k: r[k] for k in (*keep_h, "matches_per_pair")} for name, r in report["homography"].items()},
+            **{
+                name: {k: r[k] for k in keep_h if k in r or k not in optional_h}
+                for name, r in report["homography"].items()
+            },
         }
     summary["posed"] = {
         set_name: {name: {k: r[k] for k in (*keep_p, "matches_per_pair")} for name, r in results.items()}
