@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import ssl
@@ -27,6 +28,16 @@ def encode(image: np.ndarray, ext: str = ".png", params: list[int] | None = None
     ok, buffer = cv2.imencode(ext, bgr, params or [])
     assert ok
     return buffer.tobytes()
+
+
+def decode_features(body: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints and descriptors of a REST extract answer, in either descriptor encoding."""
+    descriptors = body["descriptors"]
+    if descriptors["encoding"] == "base64":
+        raw = base64.b64decode(descriptors["data"])
+        array = np.frombuffer(raw, {"float32": "<f4", "float16": "<f2", "uint8": "u1"}[descriptors["dtype"]])
+        return np.array(body["keypoints"]), array.reshape(descriptors["shape"])
+    return np.array(body["keypoints"]), np.array(descriptors["data"])
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from .data.photometric import PhotometricConfig
 from .data.synthetic import SceneConfig
 from .descriptor_losses import APConfig, RatioConfig
 from .losses import LossConfig
+from .scfeat_losses import SCFeatConfig
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,9 @@ class TrainConfig:
     """A whole run; ``name`` becomes the run folder and the exported checkpoint's name."""
 
     name: str = "caps-lite"
-    method: str = "caps"  # caps, hndesc or orb-patch (training/methods)
-    size: str = "lite"  # network size of the dense methods (caps, hndesc)
+    method: str = "caps"  # caps, hndesc, orb-patch or scfeat (training/methods)
+    size: str = "lite"  # network size of the dense methods (caps, hndesc, scfeat)
+    init_from: str | None = None  # a run's last.pt or a card: its weights that match by name and shape start the run
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when available
     amp: bool = True  # mixed precision on CUDA only
@@ -88,6 +90,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)  # CAPS
     ap_loss: APConfig = field(default_factory=APConfig)  # HNDesc
     ratio_loss: RatioConfig = field(default_factory=RatioConfig)  # patch descriptor
+    scfeat: SCFeatConfig = field(default_factory=SCFeatConfig)  # SCFeat stages and losses
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 

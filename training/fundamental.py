@@ -171,8 +171,12 @@ def _grid(image_size: tuple[int, int], grid: int) -> Tensor:
     return torch.stack([x, y], dim=-1).reshape(-1, 2)
 
 
-def _clip_to_image(lines: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Midpoint ``(..., 2)`` of each line ``(..., 3)`` clipped to the image, and whether the line crosses it."""
+def clip_lines(lines: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Where lines ``(..., 3)`` cross a ``(W, H)`` image: both ends ``(..., 2)`` and whether they cross it at all.
+
+    The image is the pixel area ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``; lines that miss it get both ends at the
+    point of the line closest to the image centre (or anywhere, for the line at infinity).
+    """
     width, height = image_size
     low = lines.new_tensor([-0.5, -0.5])
     high = lines.new_tensor([width - 0.5, height - 0.5])
@@ -196,8 +200,8 @@ def _clip_to_image(lines: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, 
     start = torch.where(moving, torch.minimum(to_low, to_high), -unbounded).amax(dim=-1)
     end = torch.where(moving, torch.maximum(to_low, to_high), unbounded).amin(dim=-1)
     crosses = finite_line & (start < end)
-    middle = torch.where(crosses, (start + end) / 2, 0.0)
-    return foot + middle[..., None] * direction, crosses
+    start, end = torch.where(crosses, start, 0.0), torch.where(crosses, end, 0.0)
+    return foot + start[..., None] * direction, foot + end[..., None] * direction, crosses
 
 
 def fundamental_distance(estimate: Tensor, truth: Tensor, image_size: tuple[int, int], grid: int = 10) -> Tensor:
@@ -232,7 +236,8 @@ def fundamental_distance(estimate: Tensor, truth: Tensor, image_size: tuple[int,
         # Backward, the roles of the images swap: F^T maps image-2 points to image-1 lines.
         generator = truth if forward else truth.transpose(-1, -2)
         lines = _homogeneous(points) @ generator.transpose(-1, -2)
-        partners, crosses = _clip_to_image(lines, image_size)
+        first, last, crosses = clip_lines(lines, image_size)
+        partners = (first + last) / 2
         pair = (points, partners) if forward else (partners, points)
         errors = sampson_error(estimate, *pair)
         count = crosses.sum(dim=-1)

@@ -26,6 +26,8 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from featureserve.models.cards import read_checkpoint
+
 from .config import TrainConfig
 from .methods import Method, method_for
 
@@ -55,6 +57,21 @@ def _device(config: TrainConfig, local_rank: int) -> torch.device:
     if config.device == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(config.device)
+
+
+def load_matching_weights(network: torch.nn.Module, path: str | Path) -> int:
+    """Copy the weights of ``path`` (a run's ``last.pt`` or a model card) whose names and shapes match; their count."""
+    path = Path(path)
+    if path.suffix == ".json":
+        state, _ = read_checkpoint(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=False)["network"]
+    own = network.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise ValueError(f"{path}: no weight matches the network by name and shape")
+    network.load_state_dict(matching, strict=False)
+    return len(matching)
 
 
 def learning_rate(config: TrainConfig, progress: float, step: int) -> float:
@@ -139,12 +156,16 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     method = method_for(config)
-    network = method.network().to(device)
+    network = method.network()
+    checkpoint_path = run_dir / "last.pt"
+    if config.init_from and not (resume and checkpoint_path.exists()):
+        count = load_matching_weights(network, config.init_from)
+        print(f"initialised {count} tensors from {config.init_from}", file=sys.stderr)
+    network = network.to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start, elapsed_before = 0, 0.0
-    checkpoint_path = run_dir / "last.pt"
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         network.load_state_dict(state["network"])

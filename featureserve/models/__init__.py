@@ -12,6 +12,7 @@ from .keypoints import select_keypoints
 from .matching import Matches, match_batch, match_descriptors
 from .orb_patch import OrbPatch
 from .registry import available_models, default_conf, load_model, load_model_with_knobs
+from .scfeat import SCFeat
 from .tiny_cnn import TinyCNN
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Matches",
     "ModelCard",
     "OrbPatch",
+    "SCFeat",
     "TinyCNN",
     "Verification",
     "available_models",

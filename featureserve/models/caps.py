@@ -150,7 +150,40 @@ class ResNetTrunk(nn.Module):
         return outputs
 
 
-class CAPSNetwork(nn.Module):
+class UNetBackbone(nn.Module):
+    """The CAPS encoder-decoder without heads: a trunk (strides 4, 8, 16) and a U-Net decoder (strides 8, 4).
+
+    CAPS and HNDesc put 1x1 heads on it (`CAPSNetwork`); SCFeat fuses its three levels (`scfeat.py`). The
+    attribute names are the checkpoint keys, so a backbone trained by one method can start another.
+    """
+
+    def __init__(self, size: str = "lite") -> None:
+        super().__init__()
+        if size not in SIZES:
+            raise ValueError(f"unknown backbone size {size!r}; known: {sorted(SIZES)}")
+        conf = SIZES[size]
+        self.size = size
+        if conf["trunk"] == "lite":
+            self.trunk: nn.Module = LiteTrunk(conf["channels"])
+        else:
+            self.trunk = ResNetTrunk(conf["channels"], conf["blocks"])
+        c4, c8, c16 = self.trunk.out_channels
+        d8, d4 = conf["decoder"]
+        # U-Net decoder as in CAPS: upsample, 3x3 conv, concatenate the skip, 3x3 conv; at strides 8 and 4.
+        self.up8, self.merge8 = conv_block(c16, d8), conv_block(d8 + c8, d8)
+        self.up4, self.merge4 = conv_block(d8, d4), conv_block(d4 + c4, d4)
+
+    def levels(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Trunk features ``"trunk4"``, ``"trunk8"``, ``"trunk16"`` and decoder maps ``"decoder8"``, ``"decoder4"``."""
+        if images.shape[1] != 1:
+            raise ValueError(f"{type(self).__name__} takes grey images (B, 1, H, W), got {tuple(images.shape)}")
+        x4, x8, x16 = self.trunk((images - GREY_MEAN) / GREY_STD)
+        y8 = self.merge8(torch.cat([self.up8(_upsample_to(x16, x8)), x8], dim=1))
+        y4 = self.merge4(torch.cat([self.up4(_upsample_to(y8, x4)), x4], dim=1))
+        return {"trunk4": x4, "trunk8": x8, "trunk16": x16, "decoder8": y8, "decoder4": y4}
+
+
+class CAPSNetwork(UNetBackbone):
     """Grey ``(B, 1, H, W)`` in [0, 1] -> coarse ``(B, Dc, H/16, W/16)`` and fine ``(B, Df, H/4, W/4)`` maps.
 
     ``forward`` returns the raw maps under ``"coarse"`` and ``"fine"`` (training normalises them itself) and,
@@ -160,32 +193,20 @@ class CAPSNetwork(nn.Module):
     strides: ClassVar[tuple[int, int]] = (16, 4)
 
     def __init__(self, size: str = "lite") -> None:
-        super().__init__()
-        if size not in SIZES:
-            raise ValueError(f"unknown CAPS size {size!r}; known: {sorted(SIZES)}")
+        super().__init__(size)
         conf = SIZES[size]
-        self.size = size
-        if conf["trunk"] == "lite":
-            self.trunk: nn.Module = LiteTrunk(conf["channels"])
-        else:
-            self.trunk = ResNetTrunk(conf["channels"], conf["blocks"])
-        c4, c8, c16 = self.trunk.out_channels
-        d8, d4 = conf["decoder"]
-        self.coarse_head = nn.Conv2d(c16, conf["coarse_dim"], 1)
-        # U-Net decoder as in CAPS: upsample, 3x3 conv, concatenate the skip, 3x3 conv; at strides 8 and 4.
-        self.up8, self.merge8 = conv_block(c16, d8), conv_block(d8 + c8, d8)
-        self.up4, self.merge4 = conv_block(d8, d4), conv_block(d4 + c4, d4)
-        self.fine_head = nn.Conv2d(d4, conf["fine_dim"], 1)
+        self.coarse_head = nn.Conv2d(self.trunk.out_channels[2], conf["coarse_dim"], 1)
+        self.fine_head = nn.Conv2d(conf["decoder"][1], conf["fine_dim"], 1)
+        # Registration order is parameter order, on which a resumed run's optimiser state depends: keep the order
+        # of runs written before the backbone was shared (trunk, coarse head, decoder, fine head).
+        order = ("trunk", "coarse_head", "up8", "merge8", "up4", "merge4", "fine_head")
+        self._modules = {name: self._modules[name] for name in order}
 
     def forward(self, images: torch.Tensor) -> dict[str, Any]:
         """Raw ``"coarse"`` and ``"fine"`` maps and their normalised ``"descriptors"`` list."""
-        if images.shape[1] != 1:
-            raise ValueError(f"CAPSNetwork takes grey images (B, 1, H, W), got {tuple(images.shape)}")
-        x4, x8, x16 = self.trunk((images - GREY_MEAN) / GREY_STD)
-        coarse = self.coarse_head(x16)
-        y8 = self.merge8(torch.cat([self.up8(_upsample_to(x16, x8)), x8], dim=1))
-        y4 = self.merge4(torch.cat([self.up4(_upsample_to(y8, x4)), x4], dim=1))
-        fine = self.fine_head(y4)
+        levels = self.levels(images)
+        coarse = self.coarse_head(levels["trunk16"])
+        fine = self.fine_head(levels["decoder4"])
         return {"coarse": coarse, "fine": fine, "descriptors": [F.normalize(coarse, dim=1), F.normalize(fine, dim=1)]}
 
 

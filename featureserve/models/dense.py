@@ -51,6 +51,24 @@ def nms_mask(scores: torch.Tensor, radius: int) -> torch.Tensor:
     return scores == pooled
 
 
+def refine_subpixel(scores: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+    """``(N, 2)`` sub-pixel ``(x, y)``: the score-weighted mean position of each keypoint's 3x3 neighbourhood.
+
+    Args:
+        scores: ``(H, W)`` non-negative score map.
+        keypoints: ``(N, 2)`` integer ``(x, y)`` pixels (NMS peaks).
+    """
+    height, width = scores.shape
+    patches = F.pad(scores[None, None], (1, 1, 1, 1))[0, 0].unfold(0, 3, 1).unfold(1, 3, 1)  # (H, W, 3, 3)
+    xs, ys = keypoints[:, 0].long(), keypoints[:, 1].long()
+    weights = patches[ys.clamp(0, height - 1), xs.clamp(0, width - 1)].clamp_min(0).reshape(-1, 9)
+    offsets = torch.tensor([-1.0, 0.0, 1.0], device=scores.device)
+    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+    total = weights.sum(dim=1).clamp_min(1e-12)
+    shift = torch.stack([(weights * dx.reshape(1, 9)).sum(1), (weights * dy.reshape(1, 9)).sum(1)], dim=1)
+    return keypoints.float() + shift / total[:, None]
+
+
 class DenseFeatureModel(FeatureModel):
     """A torch network with a full-resolution score map and one or more descriptor maps.
 
@@ -67,6 +85,7 @@ class DenseFeatureModel(FeatureModel):
         "pad_multiple": 64,
         "nms_radius": 2,
         "detection_threshold": 0.0,
+        "subpixel": False,  # refine NMS peaks to the score-weighted mean of their 3x3 neighbourhood
         "grey": True,
     }
     descriptor_strides: ClassVar[Sequence[int]]
@@ -137,6 +156,8 @@ class DenseFeatureModel(FeatureModel):
         keep = select_keypoints(keypoints.cpu().numpy(), values.cpu().numpy(), (width, height), options)
         keep_t = torch.from_numpy(keep).to(keypoints.device)
         keypoints, values = keypoints[keep_t], values[keep_t]
+        if self.conf["subpixel"]:
+            keypoints = refine_subpixel(scores, keypoints)
         single = {"descriptors": [m[b : b + 1] for m in outputs["descriptors"]]}
         descriptors = self._describe_at(single, keypoints[None])[0]
         return Features(

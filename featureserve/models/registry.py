@@ -8,6 +8,7 @@ from .base import FeatureModel
 from .caps import CAPS
 from .classical import AKAZE, ORB, SIFT
 from .hndesc import HNDesc
+from .scfeat import SCFeat
 from .tiny_cnn import TinyCNN
 
 MODELS: dict[str, type[FeatureModel]] = {
@@ -16,6 +17,7 @@ MODELS: dict[str, type[FeatureModel]] = {
     "akaze": AKAZE,
     "caps": CAPS,
     "hndesc": HNDesc,
+    "scfeat": SCFeat,
     "tiny-cnn": TinyCNN,
 }
 

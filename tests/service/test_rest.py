@@ -8,16 +8,7 @@ import numpy as np
 import pytest
 
 from featureserve.models import homography_corner_error
-from tests.conftest import TEST_HOMOGRAPHY, Server, encode
-
-
-def _features(body: dict) -> tuple[np.ndarray, np.ndarray]:
-    descriptors = body["descriptors"]
-    if descriptors["encoding"] == "base64":
-        raw = base64.b64decode(descriptors["data"])
-        array = np.frombuffer(raw, {"float32": "<f4", "float16": "<f2", "uint8": "u1"}[descriptors["dtype"]])
-        return np.array(body["keypoints"]), array.reshape(descriptors["shape"])
-    return np.array(body["keypoints"]), np.array(descriptors["data"])
+from tests.conftest import TEST_HOMOGRAPHY, Server, decode_features, encode
 
 
 @pytest.mark.parametrize("model", ["sift", "orb"])
@@ -42,8 +33,8 @@ def test_extract_json_and_multipart_agree(client: httpx.Client, photo: np.ndarra
         json={"image": base64.b64encode(png).decode(), "max_keypoints": 200, "descriptor_encoding": "base64"},
     ).json()
     assert multipart["model"] == "sift" and multipart["num_keypoints"] == 200
-    k0, d0 = _features(multipart)
-    k1, d1 = _features(as_json)
+    k0, d0 = decode_features(multipart)
+    k1, d1 = decode_features(as_json)
     assert np.array_equal(k0, k1) and np.array_equal(d0, d1)
     assert multipart["descriptor"] == {"kind": "float", "dim": 128, "metric": "l2"}
     assert multipart["image_size"] == {"width": 512, "height": 512}
@@ -56,7 +47,7 @@ def test_extract_options(client: httpx.Client, photo: np.ndarray) -> None:
         files={"image": ("a.png", png)},
         data={"model": "orb", "max_keypoints": "300", "uniform": "grid", "border_margin": "40"},
     ).json()
-    keypoints, descriptors = _features(body)
+    keypoints, descriptors = decode_features(body)
     assert len(keypoints) == 300 and descriptors.shape == (300, 32)
     assert keypoints.min() >= 40 and keypoints.max() <= 511 - 40
     half = client.post(
@@ -120,8 +111,8 @@ def test_concurrent_requests_get_the_same_answers_as_sequential(
 
     together = asyncio.run(concurrent())
     for alone, batched in zip(sequential, together, strict=True):
-        k0, d0 = _features(alone)
-        k1, d1 = _features(batched)
+        k0, d0 = decode_features(alone)
+        k1, d1 = decode_features(batched)
         assert np.array_equal(k0, k1)
         assert np.allclose(d0.astype(float), d1.astype(float), atol=1e-5)
     metrics = client.get("/metrics").text

@@ -7,8 +7,14 @@ from .base import Method
 from .caps import CAPSMethod
 from .hndesc import HNDescMethod
 from .patch import PatchMethod
+from .scfeat import SCFeatMethod
 
-METHODS: dict[str, type[Method]] = {"caps": CAPSMethod, "hndesc": HNDescMethod, "orb-patch": PatchMethod}
+METHODS: dict[str, type[Method]] = {
+    "caps": CAPSMethod,
+    "hndesc": HNDescMethod,
+    "orb-patch": PatchMethod,
+    "scfeat": SCFeatMethod,
+}
 
 
 def method_for(config: TrainConfig) -> Method:
@@ -19,4 +25,4 @@ def method_for(config: TrainConfig) -> Method:
         raise ValueError(f"unknown method {config.method!r}; known: {sorted(METHODS)}") from None
 
 
-__all__ = ["METHODS", "CAPSMethod", "HNDescMethod", "Method", "PatchMethod", "method_for"]
+__all__ = ["METHODS", "CAPSMethod", "HNDescMethod", "Method", "PatchMethod", "SCFeatMethod", "method_for"]

@@ -1,0 +1,190 @@
+"""`scfeat`: SCFeat keypoints and descriptors (Sun et al., "Shared Coupling-bridge for Weakly Supervised Local
+Feature Learning", 2022; METHODS.md §2), re-implemented.
+
+The CAPS encoder-decoder (`caps.UNetBackbone`) is fused at stride 4 from three levels (F2R: the 1/4 decoder map,
+the 1/8 decoder map and the 1/16 trunk map, each resized and projected to 128 channels, then a 1x1 conv): that
+map ``D`` is the served descriptor. The shared coupling-bridge normalisation blends a position-wise and a
+channel-wise normalisation of ``D`` with learnable weights; its output feeds the descriptor loss and, detached,
+the detector. The detector turns peakiness priors on the features and on the image into a full-resolution,
+non-negative score map. Inference: 3x3 NMS, score threshold, top-k (or uniform selection), sub-pixel refinement,
+descriptors bilinear from ``D``. Deviations from the reference code (docs/MODELS.md): grey input, no ImageNet
+initialisation, the CPU "lite" trunk, a narrower detector for that size, and peakiness of the image divided by
+its largest magnitude (normalised grey can be negative everywhere).
+
+Example:
+    >>> from featureserve.models import load_model, KeypointOptions
+    >>> from skimage import data
+    >>> model = load_model("scfeat")
+    >>> [features] = model.extract([data.astronaut()], [KeypointOptions(max_keypoints=500)])
+    >>> features.descriptors.shape[1]
+    128
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .caps import GREY_MEAN, GREY_STD, SIZES, UNetBackbone, conv_block
+from .cards import CHECKPOINT_DIR, ModelCard, read_checkpoint
+from .dense import DenseFeatureModel
+from .features import DescriptorSpec
+
+DEFAULT_CARD = CHECKPOINT_DIR / "scfeat-lite.json"
+DESCRIPTOR_DIM = 128
+# Detector widths (feature branch, image branch, joint branch). The reference's (192, 64, 128) runs its
+# full-resolution 3x3 convolutions for 2.2 s per 640x480 image on a CPU (METHODS.md §2.1); "lite" is narrower.
+DETECTOR_WIDTHS: dict[str, tuple[int, int, int]] = {"lite": (32, 16, 16), "resnet18": (192, 64, 128)}
+DETECTOR_WIDTHS["resnet34"] = DETECTOR_WIDTHS["resnet18"]
+
+
+def peakiness(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, H, W)`` ASLFeat-style peakiness of ``(B, C, H, W)``: spatial times channel peakiness, max over C.
+
+    Each sample is divided by its largest magnitude first, so the prior does not depend on the feature scale.
+    """
+    x = x / x.abs().flatten(1).amax(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1)
+    spatial = F.softplus(x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1))
+    channel = F.softplus(x - x.mean(dim=1, keepdim=True))
+    return (spatial * channel).amax(dim=1, keepdim=True)
+
+
+class CouplingBridgeNorm(nn.Module):
+    """Learnable blend of position-wise and channel-wise normalisation of a ``(B, C, h, w)`` map (METHODS.md §2.1).
+
+    Position-wise: normalise across channels at every pixel, then an affine map whose scale and shift are 7x7
+    convolutions of the per-pixel channel mean. Channel-wise: instance normalisation without affine or running
+    statistics. The blend weights start at 0.7 and 0.3 as in the reference; the affine convolutions start as the
+    identity (scale 1, shift 0) so that training starts from the plain normalisation.
+    """
+
+    def __init__(self, kernel: int = 7) -> None:
+        super().__init__()
+        self.scale = nn.Conv2d(1, 1, kernel, padding=kernel // 2)
+        self.shift = nn.Conv2d(1, 1, kernel, padding=kernel // 2)
+        for conv, bias in ((self.scale, 1.0), (self.shift, 0.0)):
+            nn.init.zeros_(conv.weight)
+            nn.init.constant_(conv.bias, bias)
+        self.weights = nn.Parameter(torch.tensor([0.7, 0.3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised map, same shape as ``x``."""
+        mean = x.mean(dim=1, keepdim=True)
+        position = (x - mean) / (x.var(dim=1, keepdim=True) + 1e-5).sqrt() * self.scale(mean) + self.shift(mean)
+        channel = F.instance_norm(x, eps=1e-5)
+        w_position, w_channel = self.weights
+        return (w_position * position + w_channel * channel) / (w_position + w_channel)
+
+
+class Detector(nn.Module):
+    """Full-resolution keypoint scores from detached features at stride 4 and the image (METHODS.md §2.1).
+
+    ``S = up(P(X)) * P(I) * o`` where ``P`` is `peakiness`, ``X`` the features, ``I`` the normalised image and
+    ``o`` a small convolutional head on both; every factor is non-negative.
+    """
+
+    def __init__(self, feature_channels: int, widths: tuple[int, int, int]) -> None:
+        super().__init__()
+        features, image, joint = widths
+        self.feature_conv = nn.Conv2d(feature_channels, features, 3, padding=1)
+        self.image_conv = nn.Conv2d(1, image, 3, padding=1)
+        self.joint_conv = nn.Conv2d(features + image, joint, 3, padding=1)
+        self.out_conv = nn.Conv2d(joint, 1, 1)
+        self.activation = nn.PReLU()  # one slope shared by the three branches, as in the reference
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` non-negative scores for ``(B, C, H/4, W/4)`` features and a ``(B, 1, H, W)`` image."""
+        feature_prior, image_prior = peakiness(features), peakiness(image)
+        size = image.shape[-2:]
+        h = self.activation(F.instance_norm(self.feature_conv(feature_prior * features)))
+        h = F.interpolate(h, size=size, mode="bilinear", align_corners=False)
+        g = self.activation(F.instance_norm(self.image_conv(image_prior * image)))
+        z = self.activation(F.instance_norm(self.joint_conv(torch.cat([h, g], dim=1))))
+        o = F.softplus(F.instance_norm(self.out_conv(z)))
+        return F.interpolate(feature_prior, size=size, mode="bilinear", align_corners=False) * image_prior * o
+
+
+class SCFeatNetwork(UNetBackbone):
+    """Grey ``(B, 1, H, W)`` in [0, 1] -> descriptor map ``D`` (128-D, stride 4) and a full-resolution score map.
+
+    `descriptor_maps` is what the descriptor stage trains (``"raw"`` ``D`` and its coupling-bridge
+    normalisation ``"normalised"``); ``forward`` adds the detector's ``"scores"`` and, for `DenseFeatureModel`,
+    ``"descriptors"``: ``[D / |D|]``. H and W must be multiples of 16.
+    """
+
+    stride: ClassVar[int] = 4
+
+    def __init__(self, size: str = "lite") -> None:
+        super().__init__(size)
+        c4, _, c16 = self.trunk.out_channels
+        d8, d4 = SIZES[size]["decoder"]
+        self.fuse4 = conv_block(d4, DESCRIPTOR_DIM, kernel=1)
+        self.fuse8 = conv_block(d8, DESCRIPTOR_DIM)
+        self.fuse16 = conv_block(c16, DESCRIPTOR_DIM)
+        self.fuse = nn.Conv2d(3 * DESCRIPTOR_DIM, DESCRIPTOR_DIM, 1)
+        self.bridge = CouplingBridgeNorm()
+        self.detector = Detector(DESCRIPTOR_DIM + c4, DETECTOR_WIDTHS[size])
+
+    def descriptor_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``"raw"`` map ``D``, its ``"normalised"`` coupling-bridge map and the detector's ``"detector_input"``."""
+        levels = self.levels(images)
+        y4 = levels["decoder4"]
+        fused = [
+            self.fuse4(y4),
+            self.fuse8(_resize(levels["decoder8"], y4)),
+            self.fuse16(_resize(levels["trunk16"], y4)),
+        ]
+        raw = self.fuse(torch.cat(fused, dim=1))
+        normalised = self.bridge(raw)
+        # Detached: the detector stage must not move the descriptor (the "bridge" shares, it does not couple).
+        detector_input = torch.cat([normalised, levels["trunk4"]], dim=1).detach()
+        return {"raw": raw, "normalised": normalised, "detector_input": detector_input}
+
+    def scores(self, images: torch.Tensor, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, 1, H, W)`` detector scores of ``images`` given their `descriptor_maps`."""
+        return self.detector(maps["detector_input"], (images - GREY_MEAN) / GREY_STD)
+
+    def forward(self, images: torch.Tensor, detect: bool = True) -> dict[str, Any]:
+        """The descriptor maps, the unit ``"descriptors"`` list and, when ``detect``, the ``"scores"``."""
+        maps: dict[str, Any] = self.descriptor_maps(images)
+        maps["descriptors"] = [F.normalize(maps["raw"], dim=1)]
+        return maps | {"scores": self.scores(images, maps)} if detect else maps
+
+
+def _resize(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def load_checkpoint(card_path: str | Path, device: str | torch.device = "cpu") -> tuple[SCFeatNetwork, dict[str, Any]]:
+    """The network and the JSON card of an SCFeat checkpoint."""
+    state, card = read_checkpoint(card_path)
+    network = SCFeatNetwork(card["architecture"]["size"])
+    network.load_state_dict(state)
+    return network.eval().to(device), card
+
+
+class SCFeat(DenseFeatureModel):
+    """SCFeat keypoints (its own detector) and 128-D descriptors, batched as padded tensors."""
+
+    name = "scfeat"
+    descriptor = DescriptorSpec("float", DESCRIPTOR_DIM, "cosine")
+    descriptor_strides: ClassVar[tuple[int, ...]] = (SCFeatNetwork.stride,)
+    default_conf: ClassVar[dict[str, Any]] = {
+        **DenseFeatureModel.default_conf,
+        "nms_radius": 1,  # 3x3 NMS as in the reference extractor
+        "subpixel": True,
+        "card": str(DEFAULT_CARD),
+    }
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__(**conf)
+        self.network, self._card = load_checkpoint(self.conf["card"], self.device)
+
+    @property
+    def card(self) -> ModelCard:
+        """The model card: the JSON card of the checkpoint, served conf included."""
+        return ModelCard.from_checkpoint(self.name, self.descriptor, self._card, self.conf)

@@ -1,0 +1,72 @@
+"""Learned models through the REST API: cards under /v1/models, features, homography-verified matches, batching."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from featureserve.models import homography_corner_error
+from tests.conftest import TEST_HOMOGRAPHY, Server, decode_features, encode, start_server
+
+
+@pytest.fixture(scope="module")
+def learned_server() -> Iterator[Server]:
+    """A server with caps and scfeat next to sift."""
+    server = start_server(models='["sift","caps","scfeat"]', default_model="sift")
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "dim", "keypoints"), [("caps", 256, "sift"), ("scfeat", 128, "scfeat")])
+def test_card_features_and_matches(
+    learned_server: Server, photo: np.ndarray, warped_photo: np.ndarray, model: str, dim: int, keypoints: str
+) -> None:
+    with httpx.Client(base_url=learned_server.url, timeout=120) as client:
+        card = client.get(f"/v1/models/{model}").json()
+        assert card["descriptor"] == {"kind": "float", "dim": dim, "metric": "cosine"}
+        assert card["details"]["training"]["steps"] > 0 and card["details"]["keypoints"]["source"] == keypoints
+        files = {"image": ("a.png", encode(photo), "image/png")}
+        body = client.post("/v1/extract", files=files, data={"model": model, "max_keypoints": "500"}).json()
+        descriptors = np.array(body["descriptors"]["data"], np.float32)
+        assert descriptors.shape == (len(body["keypoints"]), dim)
+        assert np.allclose(np.linalg.norm(descriptors, axis=1), 1, atol=1e-3)
+        pngs = [encode(photo), encode(warped_photo)]
+        files = {"image0": ("a.png", pngs[0], "image/png"), "image1": ("b.png", pngs[1], "image/png")}
+        data = {"model": model, "max_keypoints": "1000", "geometry": "homography"}
+        match = client.post("/v1/match", files=files, data=data).json()
+    assert homography_corner_error(np.array(match["geometry"]["matrix"]), TEST_HOMOGRAPHY, (512, 512)) < 3.0
+
+
+@pytest.mark.slow
+def test_scfeat_batches_concurrent_images_without_mixing_them(learned_server: Server, photo: np.ndarray) -> None:
+    rng = np.random.default_rng(1)
+    crops = [encode(photo[y : y + 256, x : x + 256]) for y, x in rng.integers(0, 250, (6, 2))]
+
+    def request(png: bytes) -> dict:
+        return {"files": {"image": ("x.png", png)}, "data": {"model": "scfeat", "descriptor_encoding": "base64"}}
+
+    with httpx.Client(base_url=learned_server.url, timeout=120) as client:
+        alone = [decode_features(client.post("/v1/extract", **request(png)).json()) for png in crops]
+
+        async def concurrent() -> list[dict]:
+            async with httpx.AsyncClient(base_url=learned_server.url, timeout=120) as session:
+                responses = await asyncio.gather(*(session.post("/v1/extract", **request(png)) for png in crops))
+            return [r.json() for r in responses]
+
+        together = [decode_features(body) for body in asyncio.run(concurrent())]
+        metrics = client.get("/metrics").text
+    for (k0, d0), (k1, d1) in zip(alone, together, strict=True):
+        np.testing.assert_allclose(k0, k1, atol=1e-3)
+        np.testing.assert_allclose(d0, d1, atol=1e-4)
+    values = {
+        line.split("{")[0]: float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("featureserve_batch_size_") and 'model="scfeat"' in line and "_bucket" not in line
+    }
+    # Fewer batches than images: concurrent images shared tensor batches.
+    assert values["featureserve_batch_size_count"] < values["featureserve_batch_size_sum"]
