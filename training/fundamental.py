@@ -38,7 +38,8 @@ class DegenerateConfigurationError(ValueError):
     """The correspondences do not determine a fundamental matrix (coplanar or repeated points)."""
 
 
-def _homogeneous(points: Tensor) -> Tensor:
+def homogeneous(points: Tensor) -> Tensor:
+    """``(..., N, 3)`` homogeneous coordinates ``(x, y, 1)`` of ``(..., N, 2)`` points."""
     return torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
 
 
@@ -94,8 +95,8 @@ def eight_point(points1: Tensor, points2: Tensor) -> tuple[Tensor, Tensor]:
     _check_correspondences(points1, points2, 8)
     normalised1, transform1 = hartley_normalise(points1)
     normalised2, transform2 = hartley_normalise(points2)
-    x1 = _homogeneous(normalised1)
-    x2 = _homogeneous(normalised2)
+    x1 = homogeneous(normalised1)
+    x2 = homogeneous(normalised2)
     # Row n is kron(x2_n, x1_n), so that row . vec(F) (row-major) = x2_n^T F x1_n.
     design = (x2[..., :, None] * x1[..., None, :]).flatten(-2)
     # With exactly eight rows the null vector is the ninth right singular vector, which only full_matrices gives.
@@ -152,8 +153,8 @@ def sampson_error(fundamental: Tensor, points1: Tensor, points2: Tensor) -> Tens
     """
     dtype = points1.dtype if points1.is_floating_point() else torch.float64
     fundamental = fundamental.to(torch.float64)
-    x1 = _homogeneous(points1.to(torch.float64))
-    x2 = _homogeneous(points2.to(torch.float64))
+    x1 = homogeneous(points1.to(torch.float64))
+    x2 = homogeneous(points2.to(torch.float64))
     lines2 = x1 @ fundamental.transpose(-1, -2)  # row n = F x1_n, the epipolar line in image 2
     lines1 = x2 @ fundamental  # row n = F^T x2_n, the epipolar line in image 1
     algebraic = (lines2 * x2).sum(dim=-1)
@@ -235,7 +236,7 @@ def fundamental_distance(estimate: Tensor, truth: Tensor, image_size: tuple[int,
     for forward in (True, False):
         # Backward, the roles of the images swap: F^T maps image-2 points to image-1 lines.
         generator = truth if forward else truth.transpose(-1, -2)
-        lines = _homogeneous(points) @ generator.transpose(-1, -2)
+        lines = homogeneous(points) @ generator.transpose(-1, -2)
         first, last, crosses = clip_lines(lines, image_size)
         partners = (first + last) / 2
         pair = (points, partners) if forward else (partners, points)

@@ -16,6 +16,7 @@ Pixel convention as in `training.losses`. Deviations from the reference code, ea
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from featureserve.models.scfeat import SCFeatNetwork
 
-from .fundamental import clip_lines, eight_point, fundamental_distance, random_eight_point_draws
+from .fundamental import clip_lines, eight_point, fundamental_distance, homogeneous, random_eight_point_draws
 from .geometry import epipolar_distance
 from .losses import match_in_window, sample_map, spread_weights, window_offsets
 
@@ -51,7 +52,9 @@ class DetectorRewardConfig:
     draws: int = 100  # random eight-point draws per image pair
     phi_scale: float = 4.0  # pixels: phi = tanh(best F distance / phi_scale)
     fallback_reward: tuple[float, float] = (1.0, -0.25)  # PoSFeat's (good, bad) when F cannot be estimated
-    penalty: float = 0.001  # x phi x sum of accepted log-probabilities: keeps detections sparse
+    # x phi x sum of accepted log-probabilities. Scores are non-negative, so acceptance never drops below 1/2
+    # whatever this weight (a property of the reference design).
+    penalty: float = 0.001
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def line_to_window_terms(
     stride = SCFeatNetwork.stride
     unit1, unit2 = F.normalize(maps1, dim=1), F.normalize(maps2, dim=1)
     queries = F.normalize(sample_map(unit1, points1, stride), dim=-1)
-    lines = torch.cat([points1, torch.ones_like(points1[..., :1])], dim=-1) @ fundamental.transpose(1, 2)
+    lines = homogeneous(points1) @ fundamental.transpose(1, 2)
     start, end, valid = clip_lines(lines.detach(), size)
     valid &= (end - start).norm(dim=-1) > 1.0  # a line that only grazes a corner has nothing to search
     half = torch.tensor([config.window * width / 2, config.window * height / 2], device=points1.device)
@@ -169,12 +172,13 @@ def symmetric_epipolar_test(
     points1: torch.Tensor, points2: torch.Tensor, fundamental: torch.Tensor, threshold: float
 ) -> torch.Tensor:
     """``(B, M1, M2)`` bool: point ``j`` of image 2 is within ``threshold`` px of the line of point ``i``, and back."""
-    m1, m2 = points1.shape[1], points2.shape[1]
-    p1 = points1.unsqueeze(2).expand(-1, -1, m2, -1).flatten(1, 2)
-    p2 = points2.unsqueeze(1).expand(-1, m1, -1, -1).flatten(1, 2)
-    forward = epipolar_distance(p1, p2, fundamental)
-    backward = epipolar_distance(p2, p1, fundamental.transpose(1, 2))
-    return ((forward < threshold) & (backward < threshold)).view(-1, m1, m2)
+    x1, x2 = homogeneous(points1), homogeneous(points2)
+    lines2 = x1 @ fundamental.transpose(1, 2)  # epipolar lines in image 2 of the image-1 points
+    lines1 = x2 @ fundamental  # and in image 1 of the image-2 points
+    algebraic = (lines2 @ x2.transpose(1, 2)).abs()  # |x2_j^T F x1_i|
+    forward = algebraic / lines2[..., :2].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    backward = algebraic / lines1[..., :2].norm(dim=-1).unsqueeze(1).clamp_min(1e-12)
+    return (forward < threshold) & (backward < threshold)
 
 
 def consistency_factor(
@@ -204,7 +208,7 @@ def consistency_factor(
     distances = fundamental_distance(estimates, fundamental.expand_as(estimates), size)
     distances = distances.masked_fill(degenerate, float("inf"))
     best = float(distances.min())
-    return None if not torch.isfinite(torch.tensor(best)) else float(torch.tanh(torch.tensor(best / config.phi_scale)))
+    return math.tanh(best / config.phi_scale) if math.isfinite(best) else None
 
 
 def match_rewards(
@@ -218,30 +222,29 @@ def match_rewards(
     size: tuple[int, int],
     config: DetectorRewardConfig,
     generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, M1, M2)`` rewards of every proposal pair and the ``(B,)`` factor ``phi`` (1 where it fell back).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(B, M1, M2)`` rewards of every proposal pair, the ``(B,)`` factor ``phi`` (1 where it fell back) and
+    the ``(B,)`` bool fall-back flags.
 
     A ``good`` pair (it passes the symmetric epipolar test) earns ``1 - phi``, any other pair ``-phi``; without a
     usable F estimate the constant rewards ``fallback_reward`` apply. F is estimated from the good pairs that are
     mutual best matches under ``probabilities`` between accepted proposals.
     """
-    forward_best = probabilities.argmax(dim=2, keepdim=True)
-    backward_best = probabilities.argmax(dim=1, keepdim=True)
-    mutual = torch.zeros_like(good).scatter_(2, forward_best, True)
-    mutual &= torch.zeros_like(good).scatter_(1, backward_best, True)
-    matches = good & mutual & accepted1.unsqueeze(2) & accepted2.unsqueeze(1)
-    rewards, phis = [], []
+    both = accepted1.unsqueeze(2) & accepted2.unsqueeze(1)
+    among_accepted = probabilities * both  # a rejected proposal cannot take an accepted one's best match
+    mutual = torch.zeros_like(good).scatter_(2, among_accepted.argmax(dim=2, keepdim=True), True)
+    mutual &= torch.zeros_like(good).scatter_(1, among_accepted.argmax(dim=1, keepdim=True), True)
+    matches = good & mutual & both
+    rewards: list[torch.Tensor] = []
+    phis: list[float | None] = []
     for b in range(points1.shape[0]):
         i, j = torch.nonzero(matches[b], as_tuple=True)
         phi = consistency_factor(points1[b, i], points2[b, j], fundamental[b], size, config, generator)
-        if phi is None:
-            good_reward, bad_reward = config.fallback_reward
-            phis.append(1.0)
-        else:
-            good_reward, bad_reward = 1.0 - phi, -phi
-            phis.append(phi)
+        good_reward, bad_reward = config.fallback_reward if phi is None else (1.0 - phi, -phi)
+        phis.append(phi)
         rewards.append(torch.where(good[b], good_reward, bad_reward).float())
-    return torch.stack(rewards), torch.tensor(phis, device=points1.device)
+    phi = torch.tensor([1.0 if p is None else p for p in phis], device=points1.device)
+    return torch.stack(rewards), phi, torch.tensor([p is None for p in phis], device=points1.device)
 
 
 def policy_gradient_terms(
@@ -273,7 +276,7 @@ def policy_gradient_terms(
         probabilities = dual_softmax(descriptors1, descriptors2, config.temperature)
         good = symmetric_epipolar_test(points1, points2, fundamental, config.epipolar_threshold)
         size = (width, height)
-        rewards, phi = match_rewards(
+        rewards, phi, fell_back = match_rewards(
             points1, points2, good, probabilities, accepted1, accepted2, fundamental, size, config, generator
         )
         both = accepted1.unsqueeze(2) & accepted2.unsqueeze(1)
@@ -287,7 +290,8 @@ def policy_gradient_terms(
     return {
         "loss": (-gain + config.penalty * penalty) / batch,
         "accepted": 0.5 * (accepted1.float().mean() + accepted2.float().mean()),
-        "phi": phi.mean(),
+        "phi": phi.mean(),  # fall-backs count as 1, the penalty's scale
+        "fallback": fell_back.float().mean(),
         "match_precision": (correct / expected_matches.clamp_min(1e-9)).mean(),
         "expected_matches": expected_matches.mean(),
     }

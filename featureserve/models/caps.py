@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cards import CHECKPOINT_DIR, ModelCard, read_checkpoint
+from .cards import CHECKPOINT_DIR, ModelCard, load_network
 from .classical import SIFT
 from .dense import DenseFeatureModel
 from .features import DescriptorSpec, Features, KeypointOptions
@@ -178,8 +178,8 @@ class UNetBackbone(nn.Module):
         if images.shape[1] != 1:
             raise ValueError(f"{type(self).__name__} takes grey images (B, 1, H, W), got {tuple(images.shape)}")
         x4, x8, x16 = self.trunk((images - GREY_MEAN) / GREY_STD)
-        y8 = self.merge8(torch.cat([self.up8(_upsample_to(x16, x8)), x8], dim=1))
-        y4 = self.merge4(torch.cat([self.up4(_upsample_to(y8, x4)), x4], dim=1))
+        y8 = self.merge8(torch.cat([self.up8(resize_like(x16, x8)), x8], dim=1))
+        y4 = self.merge4(torch.cat([self.up4(resize_like(y8, x4)), x4], dim=1))
         return {"trunk4": x4, "trunk8": x8, "trunk16": x16, "decoder8": y8, "decoder4": y4}
 
 
@@ -210,16 +210,14 @@ class CAPSNetwork(UNetBackbone):
         return {"coarse": coarse, "fine": fine, "descriptors": [F.normalize(coarse, dim=1), F.normalize(fine, dim=1)]}
 
 
-def _upsample_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def resize_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize of ``x`` to the spatial size of ``like``."""
     return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def load_checkpoint(card_path: str | Path, device: str | torch.device = "cpu") -> tuple[CAPSNetwork, dict[str, Any]]:
     """The network and the JSON card of a checkpoint: ``card_path`` names the card, the card the weights file."""
-    state, card = read_checkpoint(card_path)
-    network = CAPSNetwork(card["architecture"]["size"])
-    network.load_state_dict(state)
-    return network.eval().to(device), card
+    return load_network(card_path, lambda card: CAPSNetwork(card["architecture"]["size"]), device)
 
 
 class CAPS(DenseFeatureModel):

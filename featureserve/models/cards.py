@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from .features import DescriptorSpec
 
+NetworkT = TypeVar("NetworkT", bound=nn.Module)
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"  # committed weights and their JSON cards
 
 
@@ -67,3 +70,13 @@ def read_checkpoint(card_path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     # Weights may be stored in fp16; every network here computes in float32.
     state = {k: v.float() for k, v in load_file(str(card_path.parent / card["weights"])).items()}
     return state, card
+
+
+def load_network(
+    card_path: str | Path, build: Callable[[dict[str, Any]], NetworkT], device: str | torch.device = "cpu"
+) -> tuple[NetworkT, dict[str, Any]]:
+    """The network ``build(card)`` with the checkpoint's weights, in eval mode on ``device``, and the card."""
+    state, card = read_checkpoint(card_path)
+    network = build(card)
+    network.load_state_dict(state)
+    return network.eval().to(device), card

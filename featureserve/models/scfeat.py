@@ -8,8 +8,8 @@ channel-wise normalisation of ``D`` with learnable weights; its output feeds the
 the detector. The detector turns peakiness priors on the features and on the image into a full-resolution,
 non-negative score map. Inference: 3x3 NMS, score threshold, top-k (or uniform selection), sub-pixel refinement,
 descriptors bilinear from ``D``. Deviations from the reference code (docs/MODELS.md): grey input, no ImageNet
-initialisation, the CPU "lite" trunk, a narrower detector for that size, and peakiness of the image divided by
-its largest magnitude (normalised grey can be negative everywhere).
+initialisation, the CPU "lite" trunk, a narrower detector for that size, and peakiness inputs divided by their
+largest magnitude rather than their maximum (normalised grey can be negative everywhere).
 
 Example:
     >>> from featureserve.models import load_model, KeypointOptions
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .caps import GREY_MEAN, GREY_STD, SIZES, UNetBackbone, conv_block
-from .cards import CHECKPOINT_DIR, ModelCard, read_checkpoint
+from .caps import GREY_MEAN, GREY_STD, SIZES, UNetBackbone, conv_block, resize_like
+from .cards import CHECKPOINT_DIR, ModelCard, load_network
 from .dense import DenseFeatureModel
 from .features import DescriptorSpec
 
@@ -135,8 +135,8 @@ class SCFeatNetwork(UNetBackbone):
         y4 = levels["decoder4"]
         fused = [
             self.fuse4(y4),
-            self.fuse8(_resize(levels["decoder8"], y4)),
-            self.fuse16(_resize(levels["trunk16"], y4)),
+            self.fuse8(resize_like(levels["decoder8"], y4)),
+            self.fuse16(resize_like(levels["trunk16"], y4)),
         ]
         raw = self.fuse(torch.cat(fused, dim=1))
         normalised = self.bridge(raw)
@@ -155,16 +155,9 @@ class SCFeatNetwork(UNetBackbone):
         return maps | {"scores": self.scores(images, maps)} if detect else maps
 
 
-def _resize(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
-
-
 def load_checkpoint(card_path: str | Path, device: str | torch.device = "cpu") -> tuple[SCFeatNetwork, dict[str, Any]]:
     """The network and the JSON card of an SCFeat checkpoint."""
-    state, card = read_checkpoint(card_path)
-    network = SCFeatNetwork(card["architecture"]["size"])
-    network.load_state_dict(state)
-    return network.eval().to(device), card
+    return load_network(card_path, lambda card: SCFeatNetwork(card["architecture"]["size"]), device)
 
 
 class SCFeat(DenseFeatureModel):

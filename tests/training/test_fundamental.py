@@ -10,6 +10,7 @@ from scipy.optimize import minimize
 from training.fundamental import (
     RANK_TOLERANCE,
     DegenerateConfigurationError,
+    clip_lines,
     eight_point,
     estimate_fundamental,
     fundamental_distance,
@@ -300,6 +301,16 @@ def reference_distance(estimate: np.ndarray, truth: np.ndarray, grid: int = 10) 
         if errors:
             means.append(np.mean(errors))
     return float(np.mean(means)) if means else float("inf")
+
+
+def test_clipped_lines_end_on_the_image_border() -> None:
+    lines = torch.tensor([[0.0, 1.0, -10.0], [1.0, 1.0, -50.0], [1.0, 0.0, 500.0]])  # y = 10; x + y = 50; x = -500
+    start, end, crosses = clip_lines(lines, (100, 80))
+    assert crosses.tolist() == [True, True, False]
+    ends = sorted([tuple(start[0].tolist()), tuple(end[0].tolist())])
+    np.testing.assert_allclose(ends, [(-0.5, 10.0), (99.5, 10.0)])
+    ends = sorted([tuple(start[1].tolist()), tuple(end[1].tolist())])
+    np.testing.assert_allclose(ends, [(-0.5, 50.5), (50.5, -0.5)])
 
 
 def test_distance_is_zero_for_the_truth_at_any_scale_and_sign() -> None:

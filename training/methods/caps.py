@@ -30,7 +30,7 @@ SIFT_KEYPOINTS = {
 
 
 def dense_card_fields(size: str, network: nn.Module) -> dict[str, Any]:
-    """Architecture and input fields shared by the methods that train a `CAPSNetwork` (caps, hndesc)."""
+    """Architecture, input and keypoint fields of the methods on the CAPS backbone (scfeat overrides some)."""
     return {
         "architecture": {
             "size": size,

@@ -18,7 +18,7 @@ from featureserve.models.scfeat import DETECTOR_WIDTHS, SCFeatNetwork
 
 from ..data.synthetic import GENERATOR_VERSION
 from ..scfeat_losses import cell_points, line_to_window_terms, policy_gradient_terms
-from .caps import PIXEL_CONVENTION, CAPSMethod, dense_card_fields
+from .caps import PIXEL_CONVENTION, VALIDATION_SEED_OFFSET, CAPSMethod, dense_card_fields
 
 STAGES = ("descriptor", "detector")
 
@@ -32,14 +32,16 @@ class SCFeatMethod(CAPSMethod):
         if stage not in STAGES:
             raise ValueError(f"unknown SCFeat stage {stage!r}; known: {STAGES}")
         network = SCFeatNetwork(self.config.size)
-        if stage == "detector":
-            network.requires_grad_(False)
-            network.detector.requires_grad_(True)
+        # Each stage trains its own part; the other is frozen (and unused parameters would stop DDP).
+        network.requires_grad_(stage == "descriptor")
+        network.detector.requires_grad_(stage == "detector")
         return network
 
-    def _generator(self, step: int) -> torch.Generator:
-        # One generator per step: query points, jitter, proposals and eight-point draws are reproducible.
-        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+    def _generator(self, step: int, training: bool) -> torch.Generator:
+        # One generator per step: query points, jitter, proposals and eight-point draws are reproducible, and
+        # validation draws the same ones at every step so that its figures compare across steps.
+        seed = self.config.seed * 1_000_003 + (step if training else VALIDATION_SEED_OFFSET)
+        return torch.Generator().manual_seed(seed)
 
     def loss_terms(self, network: nn.Module, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         """Line-to-window terms in both directions, or the detector's policy-gradient terms."""
@@ -47,7 +49,7 @@ class SCFeatMethod(CAPSMethod):
         n = batch["image1"].shape[0]
         height, width = images.shape[-2:]
         fundamental = batch["fundamental"]
-        generator = self._generator(step)
+        generator = self._generator(step, network.training)
         settings = self.config.scfeat
         if settings.stage == "descriptor":
             maps = network(images, detect=False)["normalised"].float()
