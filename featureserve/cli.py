@@ -31,7 +31,7 @@ from .client.results import FeatureSet, MatchResult, ModelList
 
 API_KEY_VARIABLE = "FEATURESERVE_CLIENT_API_KEY"
 stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)  # a wrapped message would split paths
 
 
 class CommandError(Exception):
