@@ -1,4 +1,4 @@
-"""Two-view geometry for pose supervision: relative pose, fundamental matrix, epipolar distance, pose errors.
+"""Two-view geometry: relative pose, fundamental matrix, epipolar distance, homography warps, pose errors.
 
 Poses are world -> camera ``(R, t)``: ``x_cam = R @ X + t``. ``F`` maps image-1 pixels to image-2 epipolar
 lines (``x2^T F x1 = 0``), pixel centres at integer coordinates (the convention of `Features.keypoints`).
@@ -27,6 +27,14 @@ def fundamental_matrix(k1: np.ndarray, k2: np.ndarray, rotation: np.ndarray, tra
     """``F = K2^-T [t]_x R K1^-1`` for the relative pose ``(R, t)`` from camera 1 to camera 2, unit Frobenius norm."""
     f = np.linalg.inv(k2).T @ skew(translation) @ rotation @ np.linalg.inv(k1)
     return f / np.linalg.norm(f)
+
+
+def warp_points(points: np.ndarray, homography: np.ndarray) -> np.ndarray:
+    """``(M, 2)`` float64 positions ``H @ points[i]`` in pixels (``inf`` / ``nan`` at the horizon)."""
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    mapped = np.concatenate([p, np.ones((len(p), 1))], axis=1) @ np.asarray(homography, np.float64).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return mapped[:, :2] / mapped[:, 2:]
 
 
 def epipolar_distance(points1: torch.Tensor, points2: torch.Tensor, fundamental: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from featureserve.models.orb_patch import cv_keypoint_rows, extract_patches
 
+from ..geometry import warp_points
 from .photometric import PhotometricConfig, augment, procedural_texture
 
 
@@ -66,14 +67,6 @@ def view_homography(
     source = corners @ rotation.T + centre
     target = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64) - 0.5
     return cv2.getPerspectiveTransform(source.astype(np.float32), target.astype(np.float32)).astype(np.float64)
-
-
-def warp_points(homography: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``(N, 2)`` points mapped by a homography."""
-    if len(points) == 0:
-        return points.reshape(0, 2)
-    mapped = cv2.perspectiveTransform(points.reshape(-1, 1, 2).astype(np.float64), homography)
-    return mapped.reshape(-1, 2)
 
 
 def inside(points: np.ndarray, size: tuple[int, int], margin: float) -> np.ndarray:
@@ -201,7 +194,7 @@ class CropPairs(Dataset):
             return None
         keypoints = cv2.SIFT_create(nfeatures=c.keypoints * 2).detect(grey1, None)
         points1 = np.array([k.pt for k in keypoints], np.float64).reshape(-1, 2)
-        points2 = warp_points(h2 @ np.linalg.inv(h1), points1)
+        points2 = warp_points(points1, h2 @ np.linalg.inv(h1))
         keep = inside(points2, size, 4)
         keep[keep] &= valid2[points2[keep, 1].astype(int), points2[keep, 0].astype(int)] > 0
         points1, points2 = points1[keep][: c.keypoints], points2[keep][: c.keypoints]

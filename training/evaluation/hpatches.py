@@ -44,6 +44,8 @@ from featureserve.models import (
     verify,
 )
 
+from ..geometry import warp_points
+
 ExtractFn = Callable[[np.ndarray], Features]
 
 # Oxford affine sequences by HPatches category: only leuven changes the light; blur (bikes, trees) and
@@ -170,14 +172,6 @@ def load_sequences(
     if not folders:
         raise FileNotFoundError(f"no homography sequences under {root}")
     return [load_sequence(folder, categories) for folder in folders.values()]
-
-
-def warp_points(points: np.ndarray, homography: np.ndarray) -> np.ndarray:
-    """``(M, 2)`` float64 positions ``H @ points[i]`` in pixels (``inf`` / ``nan`` at the horizon)."""
-    p = np.asarray(points, np.float64).reshape(-1, 2)
-    mapped = np.concatenate([p, np.ones((len(p), 1))], axis=1) @ np.asarray(homography, np.float64).T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return mapped[:, :2] / mapped[:, 2:]
 
 
 def reprojection_errors(points0: np.ndarray, points1: np.ndarray, homography: np.ndarray) -> np.ndarray:
