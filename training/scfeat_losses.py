@@ -205,7 +205,7 @@ def consistency_factor(
         return None
     draws = random_eight_point_draws(len(points1), config.draws, generator).to(points1.device)
     estimates, degenerate = eight_point(points1[draws], points2[draws])
-    distances = fundamental_distance(estimates, fundamental.expand_as(estimates), size)
+    distances = fundamental_distance(estimates, fundamental, size)
     distances = distances.masked_fill(degenerate, float("inf"))
     best = float(distances.min())
     return math.tanh(best / config.phi_scale) if math.isfinite(best) else None
@@ -216,8 +216,7 @@ def match_rewards(
     points2: torch.Tensor,
     good: torch.Tensor,
     probabilities: torch.Tensor,
-    accepted1: torch.Tensor,
-    accepted2: torch.Tensor,
+    both: torch.Tensor,
     fundamental: torch.Tensor,
     size: tuple[int, int],
     config: DetectorRewardConfig,
@@ -228,9 +227,8 @@ def match_rewards(
 
     A ``good`` pair (it passes the symmetric epipolar test) earns ``1 - phi``, any other pair ``-phi``; without a
     usable F estimate the constant rewards ``fallback_reward`` apply. F is estimated from the good pairs that are
-    mutual best matches under ``probabilities`` between accepted proposals.
+    mutual best matches under ``probabilities`` among the pairs of accepted proposals (``both``, ``(B, M1, M2)``).
     """
-    both = accepted1.unsqueeze(2) & accepted2.unsqueeze(1)
     among_accepted = probabilities * both  # a rejected proposal cannot take an accepted one's best match
     mutual = torch.zeros_like(good).scatter_(2, among_accepted.argmax(dim=2, keepdim=True), True)
     mutual &= torch.zeros_like(good).scatter_(1, among_accepted.argmax(dim=1, keepdim=True), True)
@@ -274,12 +272,12 @@ def policy_gradient_terms(
         descriptors1 = F.normalize(sample_map(maps1, points1, SCFeatNetwork.stride), dim=-1)
         descriptors2 = F.normalize(sample_map(maps2, points2, SCFeatNetwork.stride), dim=-1)
         probabilities = dual_softmax(descriptors1, descriptors2, config.temperature)
+        both = accepted1.unsqueeze(2) & accepted2.unsqueeze(1)  # (B, M1, M2): pairs of accepted proposals
         good = symmetric_epipolar_test(points1, points2, fundamental, config.epipolar_threshold)
         size = (width, height)
         rewards, phi, fell_back = match_rewards(
-            points1, points2, good, probabilities, accepted1, accepted2, fundamental, size, config, generator
+            points1, points2, good, probabilities, both, fundamental, size, config, generator
         )
-        both = accepted1.unsqueeze(2) & accepted2.unsqueeze(1)
         weights = rewards * probabilities * both  # (B, M1, M2)
     gain = (weights.sum(dim=2) * log_prob1).sum() + (weights.sum(dim=1) * log_prob2).sum()
     penalty = (phi[:, None] * (log_prob1 * accepted1).sum(1, keepdim=True)).sum()

@@ -67,10 +67,10 @@ def test_a_correct_match_is_rewarded_and_a_wrong_one_penalised() -> None:
     good = torch.zeros(1, 30, 60, dtype=torch.bool)
     good[0, torch.arange(30), torch.arange(30)] = True
     probabilities = good.float()
-    accepted1, accepted2 = torch.ones(1, 30, dtype=torch.bool), torch.ones(1, 60, dtype=torch.bool)
+    both = torch.ones(1, 30, 60, dtype=torch.bool)  # every proposal accepted
     config = DetectorRewardConfig()
     rewards, phi, fell_back = match_rewards(
-        x1[None], points2, good, probabilities, accepted1, accepted2, f[None], SIZE, config, torch.Generator()
+        x1[None], points2, good, probabilities, both, f[None], SIZE, config, torch.Generator()
     )
     assert 0 < float(phi) < 0.01 and not fell_back.any()
     assert (rewards[good] > 0.99).all() and (rewards[~good] < 0).all()
@@ -78,7 +78,7 @@ def test_a_correct_match_is_rewarded_and_a_wrong_one_penalised() -> None:
     few = good.clone()
     few[0, 7:] = False
     rewards, phi, fell_back = match_rewards(
-        x1[None], points2, few, few.float(), accepted1, accepted2, f[None], SIZE, config, torch.Generator()
+        x1[None], points2, few, few.float(), both, f[None], SIZE, config, torch.Generator()
     )
     assert float(phi) == 1.0 and fell_back.all() and set(rewards.unique().tolist()) == {1.0, -0.25}
 
