@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import cv2
 import numpy as np
@@ -139,6 +140,21 @@ def _grey_tensor(grey: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(grey).float().div(255).unsqueeze(0)
 
 
+ConfigT = TypeVar("ConfigT")
+
+
+class PhotoSamples(Dataset, Generic[ConfigT]):
+    """``length`` samples cut from ``photos`` as ``config`` says; sample ``i`` is a pure function of ``(seed, i)``."""
+
+    def __init__(
+        self, photos: PhotoSource, length: int, seed: int, config: ConfigT, photometric: PhotometricConfig | None
+    ) -> None:
+        self.photos, self.length, self.seed, self.config, self.photometric = photos, length, seed, config, photometric
+
+    def __len__(self) -> int:
+        return self.length
+
+
 @dataclass(frozen=True)
 class CropConfig:
     """HNDesc crop pairs: crop side, keypoints per pair, appearance change, retries."""
@@ -153,16 +169,8 @@ class CropConfig:
     view: ViewConfig = ViewConfig()
 
 
-class CropPairs(Dataset):
+class CropPairs(PhotoSamples[CropConfig]):
     """HNDesc samples: ``image1``/``image2`` ``(1, S, S)``, ``points1``/``points2`` ``(N, 2)``, ``mask`` ``(N,)``."""
-
-    def __init__(
-        self, photos: PhotoSource, length: int, seed: int, config: CropConfig, photometric: PhotometricConfig | None
-    ) -> None:
-        self.photos, self.length, self.seed, self.config, self.photometric = photos, length, seed, config, photometric
-
-    def __len__(self) -> int:
-        return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index])
@@ -227,20 +235,12 @@ class BagConfig:
     view: ViewConfig = ViewConfig(zoom=(0.6, 1.0), max_rotation=30.0, wide_rotation_fraction=0.2)
 
 
-class PhotoBagPairs(Dataset):
+class PhotoBagPairs(PhotoSamples[BagConfig]):
     """Matching bag pairs: ``anchor``/``positive`` ``(N, 3, 32, 32)`` uint8 patches, their masks, and ``label``.
 
     Both bags are views of photo ``label``; the negatives of a pair are the bags of other photos in the same
     batch, so a batch of B pairs gives each anchor ``2 (B - 1)`` negative bags without extra views.
     """
-
-    def __init__(
-        self, photos: PhotoSource, length: int, seed: int, config: BagConfig, photometric: PhotometricConfig | None
-    ) -> None:
-        self.photos, self.length, self.seed, self.config, self.photometric = photos, length, seed, config, photometric
-
-    def __len__(self) -> int:
-        return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index])
