@@ -235,6 +235,15 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def open_channel(module: Any, target: str, max_message_bytes: int, tls: bool, root_certificates: bytes | None) -> Any:
+    """A channel from ``module`` (``grpc`` for blocking, ``grpc.aio`` for asyncio), TLS when asked for."""
+    options = channel_options(max_message_bytes)
+    secure = credentials(tls, root_certificates)
+    if secure is None:
+        return module.insecure_channel(target, options=options)
+    return module.secure_channel(target, secure, options=options)
+
+
 class GrpcClient:
     """Blocking client. Options are keyword arguments named as in REST (``model``, ``max_keypoints``, ...).
 
@@ -250,13 +259,7 @@ class GrpcClient:
         tls: bool = False,
         root_certificates: bytes | None = None,
     ) -> None:
-        options = channel_options(max_message_bytes)
-        secure = credentials(tls, root_certificates)
-        self.channel = (
-            grpc.insecure_channel(target, options=options)
-            if secure is None
-            else grpc.secure_channel(target, secure, options=options)
-        )
+        self.channel = open_channel(grpc, target, max_message_bytes, tls, root_certificates)
         self.stub = FeatureServiceStub(self.channel)
         self.metadata = call_metadata(api_key)
 
@@ -322,13 +325,7 @@ class AsyncGrpcClient:
         tls: bool = False,
         root_certificates: bytes | None = None,
     ) -> None:
-        options = channel_options(max_message_bytes)
-        secure = credentials(tls, root_certificates)
-        self.channel = (
-            grpc.aio.insecure_channel(target, options=options)
-            if secure is None
-            else grpc.aio.secure_channel(target, secure, options=options)
-        )
+        self.channel = open_channel(grpc.aio, target, max_message_bytes, tls, root_certificates)
         self.stub = FeatureServiceStub(self.channel)
         self.metadata = call_metadata(api_key)
 
