@@ -122,7 +122,8 @@ class OpenCVFeatureModel(FeatureModel):
         scores = np.array([k.response for k in cv_keypoints], np.float32)
         if descriptors is not None:
             descriptors = np.ascontiguousarray(descriptors, self.descriptor.dtype)
-        return Features(keypoints, scores, descriptors, size, self.descriptor)
+        sizes = np.array([k.size for k in cv_keypoints], np.float32)  # for describers that use the detector's scale
+        return Features(keypoints, scores, descriptors, size, self.descriptor, extras={"sizes": sizes})
 
 
 class ORB(OpenCVFeatureModel):

@@ -45,6 +45,23 @@ def sample_descriptors(descriptor_map: torch.Tensor, keypoints: torch.Tensor, st
     return F.normalize(samples.squeeze(3).transpose(1, 2), dim=-1)
 
 
+def pyramid_levels(
+    sizes: np.ndarray, reference_size: float, step: float, levels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per keypoint, the two pyramid levels that bracket its size and the weight of the upper one.
+
+    Level ``l`` is the image scaled by ``2 ** (-l * step)``, so a keypoint of diameter ``s`` pixels has
+    diameter ``reference_size`` at the fractional level ``log2(s / reference_size) / step``, clamped to
+    ``[0, levels - 1]``: keypoints up to ``reference_size`` are described at full resolution.
+
+    Returns:
+        ``(lower, upper, upper_weight)``: int64 levels and float32 weights in ``[0, 1)``, each ``(N,)``.
+    """
+    position = np.clip(np.log2(np.maximum(sizes, 1e-6) / reference_size) / step, 0, levels - 1)
+    lower = np.floor(position).astype(np.int64)
+    return lower, np.minimum(lower + 1, levels - 1), (position - lower).astype(np.float32)
+
+
 def nms_mask(scores: torch.Tensor, radius: int) -> torch.Tensor:
     """``(B, 1, H, W)`` bool mask of pixels that are the maximum of their ``(2r+1)^2`` window."""
     pooled = F.max_pool2d(scores, kernel_size=2 * radius + 1, stride=1, padding=radius)

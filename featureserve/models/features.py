@@ -73,6 +73,8 @@ class Features:
             detection was asked for.
         image_size: ``(width, height)`` of the image in pixels.
         descriptor: What the descriptors are (kind, dimension, metric).
+        extras: Further ``(N, ...)`` per-keypoint arrays a detector knows, kept by `subset`: the OpenCV
+            models give ``"sizes"``, the keypoint diameter in pixels (OpenCV's ``KeyPoint.size``).
 
     Example:
         >>> f = Features.empty((640, 480), DescriptorSpec("float", 128, "l2"))

@@ -2,8 +2,9 @@
 
 The network is the CAPS encoder-decoder of `caps.py`, of which only the fine map (128-D, stride 4) is trained
 and served, as in the released HNDesc model whose backbone is the CAPS ResUNet (METHODS.md §3.1).
-Descriptors are bilinear samples of that map, L2-normalised. Keypoints come from OpenCV SIFT: the issue asks for
-SIFT or scfeat's detector, and scfeat is not trained yet (docs/MODELS.md records the choice).
+Descriptors are bilinear samples of that map, L2-normalised, on the scale pyramid of `caps` (each keypoint where
+its SIFT size is ``reference_size``). Keypoints come from OpenCV SIFT, chosen by measurement against scfeat's
+detector (docs/MODELS.md records both).
 
 Example:
     >>> from featureserve.models import load_model, KeypointOptions

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,8 @@ from skimage import data
 
 from featureserve.models import KeypointOptions, load_model
 from featureserve.models.caps import DEFAULT_CARD, CAPSNetwork, load_checkpoint
+from featureserve.models.dense import pyramid_levels
+from featureserve.models.matching import match_descriptors
 
 OPTIONS = KeypointOptions(max_keypoints=400)
 
@@ -35,7 +38,8 @@ def test_committed_card_records_what_the_checkpoint_is() -> None:
     assert card["licence"].startswith("MIT")
 
 
-def test_extract_sift_keypoints_with_unit_caps_descriptors(caps) -> None:
+def test_extract_sift_keypoints_with_unit_caps_descriptors() -> None:
+    caps = load_model("caps", scale_levels=1)  # one level: every descriptor is one sample of each map
     image = data.astronaut()
     [features] = caps.extract([image], [OPTIONS])
     [sift] = load_model("sift").detect([image], [OPTIONS])
@@ -65,6 +69,36 @@ def test_descriptors_match_across_a_small_shift(caps) -> None:
     [b] = caps.describe([shifted], [a.keypoints - np.array([40, 24], np.float32)])
     similarity = a.descriptors @ b.descriptors.T
     assert np.array_equal(similarity.argmax(axis=1), np.arange(3))
+
+
+def test_pyramid_levels_bracket_each_keypoint_size() -> None:
+    sizes = np.array([1.0, 2.5, 2.5 * 2**0.25, 5.0, 1000.0], np.float32)
+    lower, upper, weight = pyramid_levels(sizes, reference_size=2.5, step=0.5, levels=6)
+    assert lower.tolist() == [0, 0, 0, 2, 5] and upper.tolist() == [1, 1, 1, 3, 5]
+    assert np.allclose(weight, [0, 0, 0.5, 0, 0], atol=1e-6)
+
+
+def test_sift_keypoints_carry_their_sizes_through_subset() -> None:
+    [features] = load_model("sift").detect([data.astronaut()], [OPTIONS])
+    assert features.extras["sizes"].shape == (len(features),) and (features.extras["sizes"] > 0).all()
+    strongest = features.subset(np.arange(10))
+    assert np.array_equal(strongest.extras["sizes"], features.extras["sizes"][:10])
+
+
+def test_the_scale_pyramid_finds_more_matches_across_a_zoom(caps) -> None:
+    # A 2x zoom doubles SIFT keypoint sizes; describing every keypoint where its size is the reference size
+    # should find more correct mutual matches than describing both images at full resolution.
+    image = data.astronaut()
+    zoomed = cv2.resize(image, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+    options = [KeypointOptions(max_keypoints=1000)] * 2
+
+    def correct_matches(model) -> int:
+        first, second = model.extract([image, zoomed], options)
+        pairs = match_descriptors(first.descriptors, second.descriptors, metric="cosine", matcher="mnn").indices
+        expected = (first.keypoints[pairs[:, 0]] + 0.5) * 2 - 0.5
+        return int((np.linalg.norm(second.keypoints[pairs[:, 1]] - expected, axis=1) < 3).sum())
+
+    assert correct_matches(caps) > 1.2 * correct_matches(load_model("caps", scale_levels=1))
 
 
 @pytest.mark.parametrize("size, parameters", [("lite", (0.8e6, 1.5e6)), ("resnet18", (2e6, 6e6))])
