@@ -18,6 +18,19 @@ from .config import TrainConfig, build
 from .methods import method_for
 
 
+def initialisation(init_from: str | None) -> dict[str, Any] | None:
+    """Where a run's weights started: the ``init_from`` path, and that run's steps, time and device when its
+    ``last.pt`` is on disk (so a card adds up every run behind its weights)."""
+    if not init_from:
+        return None
+    start = Path(init_from)
+    lineage: dict[str, Any] = {"path": init_from}
+    if start.suffix == ".pt" and start.is_file():
+        state = torch.load(start, map_location="cpu", weights_only=False)
+        lineage |= {"steps": state["step"], "wall_seconds": round(state["wall_seconds"], 1), "device": state["device"]}
+    return lineage
+
+
 def build_card(
     run_dir: Path, name: str, weights_file: str, dtype: str, evaluation: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -36,7 +49,8 @@ def build_card(
         "weights_dtype": dtype,
         **{k: v for k, v in fields.items() if k != "data"},
         "training": {
-            "command": f"python -m training train training/configs/{name.replace('-', '_')}.yaml",
+            "command": f"python -m training train training/configs/{config['name'].replace('-', '_')}.yaml",
+            "initialised_from": initialisation(config.get("init_from")),
             "config": config,
             "data": fields["data"],
             "steps": state["step"],

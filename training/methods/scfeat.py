@@ -8,7 +8,6 @@ descriptor run (``init_from``), and a descriptor run may start its backbone from
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,19 +69,6 @@ class SCFeatMethod(CAPSMethod):
             scores[:n], scores[n:], maps[:n], maps[n:], fundamental, settings.reward, generator
         )
 
-    def _stages(self) -> dict[str, Any]:
-        """This run's stage and the run it started from (steps, time and device, when that run is on disk)."""
-        stages: dict[str, Any] = {"this_run": self.config.scfeat.stage, "initialised_from": self.config.init_from}
-        start = Path(self.config.init_from or "")
-        if start.suffix == ".pt" and start.is_file():
-            state = torch.load(start, map_location="cpu", weights_only=False)
-            stages["previous_run"] = {
-                "steps": state["step"],
-                "wall_seconds": round(state["wall_seconds"], 1),
-                "device": state["device"],
-            }
-        return stages
-
     def card(self, network: nn.Module) -> dict[str, Any]:
         """SCFeat card fields."""
         data, size = self.config.data, self.config.size
@@ -117,7 +103,7 @@ class SCFeatMethod(CAPSMethod):
                 "normalisation": "L2",
                 "matcher": "mutual nearest neighbour on cosine similarity",
             },
-            "stages": self._stages(),
+            "stage": self.config.scfeat.stage,
             "data": {
                 "generator": f"synthetic piecewise-planar posed pairs (2-7 planes and a back wall), "
                 f"version {GENERATOR_VERSION}",
