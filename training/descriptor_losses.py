@@ -86,7 +86,7 @@ class RatioConfig:
 
     ``slope`` defaults to the reference's (s = 1 maps to 0.99). ``random_negative_steps``: for that many first
     steps the negatives are one other bag, not the hardest patches of all other bags (the paper's earlier
-    version); training/configs/orb_patch.yaml explains why its run needs both a gentler slope and this warm-up.
+    version). The committed run uses neither option: training/configs/orb_patch.yaml says what it uses instead.
     """
 
     threshold: float = 0.8

@@ -185,6 +185,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         batch_sampler=StepBatches(start, steps, config.optim.batch_size, rank, world),
         num_workers=config.data.workers,
         worker_init_fn=_init_worker,
+        # Workers start from a clean process: a worker forked after OpenCV has run threads here (as the
+        # orb-patch method's data-dependent initialisation does) can hang on a lock copied mid-use.
+        multiprocessing_context="forkserver" if config.data.workers else None,
     )
     progress = Progress(steps, start)
     began = time.perf_counter()

@@ -7,8 +7,8 @@ rotated by the keypoint angle and resampled to 32x32 (bilinear here, bicubic in 
 ``[0, 1]`` (grey images are replicated to three channels). All patches of an image are cut in one
 ``grid_sample`` call and described in one forward pass.
 
-Not registered yet: no trained checkpoint exists (docs/MODELS.md, "orb-patch"). Load an exported run with
-``OrbPatch(card="path/to/orb-patch.json")``.
+Registered as ``orb-patch`` with the committed checkpoint (docs/MODELS.md, "orb-patch"); another exported run
+loads with ``OrbPatch(card="path/to/orb-patch.json")``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,13 @@ SIDE_PER_SIZE = 1.5  # patch side in pixels = 1.5 x the keypoint's size (METHODS
 
 
 class PatchNetwork(nn.Module):
-    """``(B, 3, 32, 32)`` patches in [0, 1] -> ``(B, 128)`` unit descriptors (the exact reference layers)."""
+    """``(B, 3, 32, 32)`` patches in [0, 1] -> ``(B, 128)`` unit descriptors (the exact reference layers).
+
+    One deviation, in front of the layers: each patch is standardised (zero mean, unit standard deviation over
+    its pixels and channels), as L2-Net and HardNet do, where the reference only divides by 255. Without it an
+    untrained network's descriptors follow patch brightness, and the ratio loss collapses them onto one
+    direction before it learns anything (docs/MODELS.md, "orb-patch").
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,13 +51,25 @@ class PatchNetwork(nn.Module):
         self.conv4 = nn.Conv2d(128, 32, 1)
         self.conv5 = nn.Conv2d(32, 128, 6)
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """Unit-length descriptors, one row per patch."""
-        x = F.relu(self.conv1(patches))
+    def embed(self, patches: torch.Tensor) -> torch.Tensor:
+        """``(B, 128)`` outputs of the last layer, before the L2 normalisation."""
+        x = standardise_patches(patches)
+        x = F.relu(self.conv1(x))
         x = F.relu(self.conv2(x))
         x = F.max_pool2d(self.conv3(x), 2)
-        x = self.conv5(self.conv4(x))
-        return F.normalize(x.flatten(1), dim=1)
+        return self.conv5(self.conv4(x)).flatten(1)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """Unit-length descriptors, one row per patch."""
+        return F.normalize(self.embed(patches), dim=1)
+
+
+def standardise_patches(patches: torch.Tensor, min_std: float = 0.01) -> torch.Tensor:
+    """Each ``(3, 32, 32)`` patch shifted to zero mean and scaled to unit standard deviation (flat patches:
+    scaled by ``1 / min_std`` at most)."""
+    mean = patches.mean(dim=(1, 2, 3), keepdim=True)
+    std = patches.std(dim=(1, 2, 3), keepdim=True)
+    return (patches - mean) / (std + min_std)
 
 
 def extract_patches(image: np.ndarray, keypoints: np.ndarray) -> torch.Tensor:

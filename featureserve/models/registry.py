@@ -8,6 +8,7 @@ from .base import FeatureModel
 from .caps import CAPS
 from .classical import AKAZE, ORB, SIFT
 from .hndesc import HNDesc
+from .orb_patch import OrbPatch
 from .scfeat import SCFeat
 from .tiny_cnn import TinyCNN
 
@@ -17,6 +18,7 @@ MODELS: dict[str, type[FeatureModel]] = {
     "akaze": AKAZE,
     "caps": CAPS,
     "hndesc": HNDesc,
+    "orb-patch": OrbPatch,
     "scfeat": SCFeat,
     "tiny-cnn": TinyCNN,
 }

@@ -18,6 +18,7 @@ from featureserve.models.hndesc import DEFAULT_CARD as HNDESC_CARD
 from featureserve.models.orb_patch import OrbPatch, PatchNetwork, cv_keypoint_rows, extract_patches, load_checkpoint
 from training.config import load_config
 from training.export import export
+from training.methods import method_for
 from training.trainer import train
 
 OPTIONS = KeypointOptions(max_keypoints=300)
@@ -44,6 +45,30 @@ def test_patch_network_is_the_reference_layout() -> None:
     descriptors = network(torch.rand(5, 3, 32, 32))
     assert descriptors.shape == (5, 128)
     torch.testing.assert_close(descriptors.norm(dim=1), torch.ones(5))
+
+
+def test_patch_descriptors_ignore_brightness_and_contrast() -> None:
+    network = PatchNetwork().eval()
+    patches = torch.rand(6, 3, 32, 32) * 0.5
+    with torch.no_grad():
+        plain, brighter, stronger = network(patches), network(patches + 0.3), network(patches * 1.8)
+    torch.testing.assert_close(brighter, plain, atol=1e-5, rtol=0)
+    assert (stronger * plain).sum(dim=1).min() > 0.99  # the 0.01 floor on the std keeps it approximate
+
+
+def test_training_starts_from_centred_patch_descriptors() -> None:
+    method = method_for(load_config(ROOT / "training" / "configs" / "orb_patch_tiny.yaml"))
+    first, second = (method.validation_sets()["bags"][i] for i in range(2))  # two different photos
+    bags = [sample["anchor"][sample["anchor_mask"]].float() / 255.0 for sample in (first, second)]
+
+    def mean_cosine(network: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float((network(bags[0]) @ network(bags[1]).T).mean())
+
+    torch.manual_seed(0)
+    assert mean_cosine(PatchNetwork()) > 0.5  # the shared component of untrained ReLU features
+    torch.manual_seed(0)  # the same initial weights, then centred: 0.16 here, 0.04 on the real photos
+    assert abs(mean_cosine(method.network())) < 0.3
 
 
 @pytest.mark.parametrize("angle", [90.0, 37.0, -120.0])

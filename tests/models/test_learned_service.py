@@ -15,14 +15,17 @@ from tests.conftest import TEST_HOMOGRAPHY, Server, decode_features, encode, sta
 
 @pytest.fixture(scope="module")
 def learned_server() -> Iterator[Server]:
-    """A server with caps and scfeat next to sift."""
-    server = start_server(models='["sift","caps","scfeat"]', default_model="sift")
+    """A server with the learned models next to sift."""
+    server = start_server(models='["sift","caps","scfeat","hndesc","orb-patch"]', default_model="sift")
     yield server
     server.stop()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "dim", "keypoints"), [("caps", 256, "sift"), ("scfeat", 128, "scfeat")])
+@pytest.mark.parametrize(
+    ("model", "dim", "keypoints"),
+    [("caps", 256, "sift"), ("scfeat", 128, "scfeat"), ("hndesc", 128, "sift"), ("orb-patch", 128, "orb")],
+)
 def test_card_features_and_matches(
     learned_server: Server, photo: np.ndarray, warped_photo: np.ndarray, model: str, dim: int, keypoints: str
 ) -> None:

@@ -226,12 +226,19 @@ class CropPairs(PhotoSamples[CropConfig]):
 
 @dataclass(frozen=True)
 class BagConfig:
-    """Patch bags: view size and ORB keypoints per bag."""
+    """Patch bags: view size, ORB keypoints per bag, and how often a pair shares one view.
+
+    ``same_view`` is the fraction of pairs whose positive bag is cut from the anchor's view with a new
+    photometric draw only: its patches nearly repeat the anchor's, so even an untrained network ranks them
+    above other photos' patches and the ratio loss starts below 1 instead of collapsing (docs/MODELS.md,
+    "orb-patch"). The label stays image-level: which patch repeats which is never given.
+    """
 
     width: int = 320
     height: int = 240
     keypoints: int = 128
     tries: int = 5
+    same_view: float = 0.0
     view: ViewConfig = ViewConfig(zoom=(0.6, 1.0), max_rotation=30.0, wide_rotation_fraction=0.2)
 
 
@@ -245,8 +252,10 @@ class PhotoBagPairs(PhotoSamples[BagConfig]):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index])
         label = int(rng.integers(len(self.photos)))
-        anchor, anchor_mask = self._bag(rng, label)
-        positive, positive_mask = self._bag(rng, label)
+        photo = self.photos.photo(label, rng)
+        anchor, anchor_mask, homography = self._bag(rng, photo)
+        same_view = rng.random() < self.config.same_view
+        positive, positive_mask, _ = self._bag(rng, photo, homography if same_view else None)
         return {
             "anchor": anchor,
             "anchor_mask": anchor_mask,
@@ -255,14 +264,18 @@ class PhotoBagPairs(PhotoSamples[BagConfig]):
             "label": torch.tensor(label),
         }
 
-    def _bag(self, rng: np.random.Generator, photo_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _bag(
+        self, rng: np.random.Generator, photo: np.ndarray, homography: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """The bag of one view of ``photo`` (a new view unless ``homography`` is given) and the view's homography."""
         c = self.config
-        photo = self.photos.photo(photo_index, rng)
         height, width = photo.shape[:2]
-        for _ in range(c.tries):  # a view of sky or wall may hold few corners: draw another view of the photo
-            side = min(width, height) * rng.uniform(0.7, 1.0)
-            centre = np.array([width, height]) / 2 + rng.uniform(-0.1, 0.1, size=2) * [width, height]
-            homography = view_homography(rng, centre, side, (c.width, c.height), c.view)
+        fixed = homography is not None
+        for _ in range(1 if fixed else c.tries):  # a view of sky or wall may hold few corners: draw another
+            if not fixed:
+                side = min(width, height) * rng.uniform(0.7, 1.0)
+                centre = np.array([width, height]) / 2 + rng.uniform(-0.1, 0.1, size=2) * [width, height]
+                homography = view_homography(rng, centre, side, (c.width, c.height), c.view)
             view = cv2.warpPerspective(photo, homography, (c.width, c.height), flags=cv2.INTER_LINEAR)
             if self.photometric is not None:
                 view = augment(rng, view, self.photometric, keep_colour=True)
@@ -275,4 +288,4 @@ class PhotoBagPairs(PhotoSamples[BagConfig]):
         bag[: len(patches)] = patches
         mask = torch.zeros(c.keypoints, dtype=torch.bool)
         mask[: len(patches)] = True
-        return bag, mask
+        return bag, mask, homography
