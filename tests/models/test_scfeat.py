@@ -34,7 +34,9 @@ def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_detector_stage_trains_only_the_detector(tiny_card: Path) -> None:
     card = json.loads(tiny_card.read_text())
-    descriptor_run = torch.load(Path(card["stages"]["initialised_from"]), weights_only=False)["network"]
+    lineage = card["training"]["initialised_from"]
+    assert card["stage"] == "detector" and lineage["steps"] == 3 and lineage["device"] == "cpu"
+    descriptor_run = torch.load(Path(lineage["path"]), weights_only=False)["network"]
     detector_run = torch.load(tiny_card.parent.parent / "detector" / "last.pt", weights_only=False)["network"]
     for name, weights in detector_run.items():
         if not name.startswith("detector."):
