@@ -271,8 +271,9 @@ class CAPS(DenseFeatureModel):
     def _describe_on_pyramid(self, images: Sequence[np.ndarray], detections: Sequence[Features]) -> list[Features]:
         """The detections with descriptors blended from the two pyramid levels that bracket each keypoint's size."""
         step, reference = float(self.conf["scale_step"]), float(self.conf["reference_size"])
+        # A keypoint without a size (none detected, or a detector that gives none) stays at full resolution.
         brackets = [
-            pyramid_levels(d.extras["sizes"], reference, step, self._usable_levels(image))
+            pyramid_levels(d.extras.get("sizes", np.zeros(len(d))), reference, step, self._usable_levels(image))
             for image, d in zip(images, detections, strict=True)
         ]
         sums = [np.zeros((len(d), self.descriptor.dim), np.float32) for d in detections]

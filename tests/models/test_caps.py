@@ -85,6 +85,15 @@ def test_sift_keypoints_carry_their_sizes_through_subset() -> None:
     assert np.array_equal(strongest.extras["sizes"], features.extras["sizes"][:10])
 
 
+def test_featureless_and_tiny_images_give_empty_or_full_resolution_features(caps) -> None:
+    flat, tiny = np.full((100, 120), 128, np.uint8), data.astronaut()[:40, :48]
+    empty, small = caps.extract([flat, tiny], [OPTIONS, OPTIONS])
+    assert len(empty) == 0 and empty.descriptors.shape == (0, 256) and len(small) > 0
+    # Too small for a second pyramid level: every keypoint is described at full resolution.
+    [single] = load_model("caps", scale_levels=1).extract([tiny], [OPTIONS])
+    np.testing.assert_allclose(small.descriptors, single.descriptors, atol=1e-5)
+
+
 def test_the_scale_pyramid_finds_more_matches_across_a_zoom(caps) -> None:
     # A 2x zoom doubles SIFT keypoint sizes; describing every keypoint where its size is the reference size
     # should find more correct mutual matches than describing both images at full resolution.
