@@ -158,15 +158,18 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     method = method_for(config)
     network = method.network()
     checkpoint_path = run_dir / "last.pt"
-    if config.init_from and not (resume and checkpoint_path.exists()):
+    resuming = resume and checkpoint_path.exists()
+    if config.init_from and not resuming:
         count = load_matching_weights(network, config.init_from)
         print(f"initialised {count} tensors from {config.init_from}", file=sys.stderr)
+    elif not resuming:
+        method.initialise(network)
     network = network.to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start, elapsed_before = 0, 0.0
-    if resume and checkpoint_path.exists():
+    if resuming:
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])

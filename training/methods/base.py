@@ -25,6 +25,13 @@ class Method(ABC):
     def network(self) -> nn.Module:
         """A freshly initialised network (the trainer seeds torch first)."""
 
+    def initialise(self, network: nn.Module) -> None:
+        """Data-dependent start of a fresh run, after `network` (not when a run resumes or starts ``init_from``).
+
+        Most methods need none: their `network` initialisation is the whole start.
+        """
+        return None
+
     @abstractmethod
     def training_set(self) -> Dataset:
         """The training stream; sample ``i`` is a pure function of ``(data.seed, i)``."""

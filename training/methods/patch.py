@@ -75,19 +75,21 @@ class PatchMethod(Method):
     """The patch descriptor on ORB-keypoint bags from views of ``data.textures`` photos."""
 
     def network(self) -> nn.Module:
-        """The 3x32x32 -> 128 `PatchNetwork`, channels-last (a third faster on the CPU), centred on training data.
+        """The 3x32x32 -> 128 `PatchNetwork`, channels-last (a third faster on the CPU)."""
+        return PatchNetwork().to(memory_format=torch.channels_last)
+
+    def initialise(self, network: nn.Module) -> None:
+        """Centre the untrained network on training data.
 
         Its ReLUs give every untrained descriptor a large shared component (mean cosine 0.77 between patches of
         different photos), where the ratio loss is flat; ``conv5``'s bias starts at minus the mean output over
         a batch of training patches, which brings that cosine to about 0.
         """
-        network = PatchNetwork().to(memory_format=torch.channels_last)
         samples = self.training_set()
         batch = default_collate([samples[CENTRING_INDEX + i] for i in range(CENTRING_PAIRS)])
         patches = torch.cat([batch["anchor"], batch["positive"]]).flatten(0, 1).float() / 255.0
         with torch.no_grad():
             network.conv5.bias -= network.embed(patches).mean(dim=0)
-        return network
 
     def training_set(self) -> Dataset:
         """Matching bag pairs with photometric jitter."""
