@@ -38,14 +38,26 @@ def quantised_ap(scores: torch.Tensor, labels: torch.Tensor, bins: int = 20) -> 
 
 @dataclass(frozen=True)
 class APConfig:
-    """HNDesc's AP loss: ``negatives`` hardest in-batch negatives per anchor, ``bins`` AP bins (§3.3, §3.4)."""
+    """HNDesc's AP loss: ``negatives`` hardest in-batch negatives per anchor, ``bins`` AP bins (§3.3, §3.4).
+
+    ``local_negatives`` > 0 adds, as further candidates for the hardest negatives, that many points of the
+    positive's own crop at ``local_min_radius`` to ``local_max_radius`` pixels from the positive: a deviation
+    from HNDesc, whose negatives all come from other crops (docs/MODELS.md, "hndesc").
+    """
 
     negatives: int = 20
     bins: int = 20
+    local_negatives: int = 0
+    local_min_radius: float = 4.0
+    local_max_radius: float = 10.0
 
 
 def hardest_negative_ap_loss(
-    anchors: torch.Tensor, positives: torch.Tensor, groups: torch.Tensor, config: APConfig = APConfig()
+    anchors: torch.Tensor,
+    positives: torch.Tensor,
+    groups: torch.Tensor,
+    config: APConfig = APConfig(),
+    local: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """``mean(1 - AP)`` of each anchor's positive against its hardest negatives from other crops of the batch.
 
@@ -53,6 +65,8 @@ def hardest_negative_ap_loss(
         anchors: ``(M, D)`` unit descriptors of keypoints in the A crops.
         positives: ``(M, D)`` unit descriptors of the same points in the B crops (row ``k`` pairs with anchor ``k``).
         groups: ``(M,)`` crop index of each row; rows of the same crop are never negatives of each other.
+        local: optional ``(M, L, D)`` further negative candidates of each anchor (``config.local_negatives``);
+            all-zero rows mark candidates that do not exist.
 
     Returns:
         ``"loss"`` and diagnostics ``"ap"`` (mean AP) and ``"positive_rank1"`` (fraction of anchors whose
@@ -62,6 +76,9 @@ def hardest_negative_ap_loss(
     positive = similarity.diagonal()
     other_crop = groups[:, None] != groups[None, :]
     negatives = similarity.masked_fill(~other_crop, -2.0)
+    if local is not None:
+        local_similarity = torch.einsum("md,mld->ml", anchors, local)
+        negatives = torch.cat([negatives, local_similarity.masked_fill(local.abs().sum(-1) == 0, -2.0)], dim=1)
     k = min(config.negatives, negatives.shape[1])
     hardest = negatives.topk(k, dim=1).values
     # Pad with the smallest kept negative when fewer other-crop points exist (§3.3); -2 marks "none" here.

@@ -35,6 +35,21 @@ def image_size(image: np.ndarray) -> tuple[int, int]:
     return int(image.shape[1]), int(image.shape[0])
 
 
+def resize_image(image: np.ndarray, factor: float) -> np.ndarray:
+    """``image`` scaled by ``factor`` (area averaging), unchanged at 1."""
+    if factor == 1.0:
+        return image
+    height, width = image.shape[:2]
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def rescale_points(points: np.ndarray, size: tuple[int, int], new_size: tuple[int, int]) -> np.ndarray:
+    """Pixel ``(x, y)`` in an image of ``size`` -> the same places in it resized to ``new_size`` (both ``(w, h)``)."""
+    factors = np.asarray(new_size, np.float32) / np.asarray(size, np.float32)
+    return ((points + 0.5) * factors - 0.5).astype(np.float32)
+
+
 class FeatureModel(ABC):
     """A named feature model: ``extract`` = ``detect`` + ``describe``, on a batch of images.
 

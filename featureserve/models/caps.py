@@ -25,13 +25,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import image_size
+from .base import image_size, rescale_points, resize_image
 from .cards import CHECKPOINT_DIR, ModelCard, load_network
 from .classical import SIFT
 from .dense import DenseFeatureModel, pyramid_levels
@@ -298,21 +297,6 @@ class CAPS(DenseFeatureModel):
         """Pyramid levels of ``image`` whose shorter side keeps at least ``MIN_LEVEL_SIDE`` pixels."""
         octaves = np.log2(max(min(image.shape[:2]), 1) / MIN_LEVEL_SIDE)
         return int(np.clip(np.floor(octaves / float(self.conf["scale_step"])) + 1, 1, int(self.conf["scale_levels"])))
-
-
-def resize_image(image: np.ndarray, factor: float) -> np.ndarray:
-    """``image`` scaled by ``factor`` (area averaging), unchanged at 1."""
-    if factor == 1.0:
-        return image
-    height, width = image.shape[:2]
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def rescale_points(points: np.ndarray, size: tuple[int, int], new_size: tuple[int, int]) -> np.ndarray:
-    """Pixel ``(x, y)`` in an image of ``size`` -> the same places in it resized to ``new_size`` (both ``(w, h)``)."""
-    factors = np.asarray(new_size, np.float32) / np.asarray(size, np.float32)
-    return ((points + 0.5) * factors - 0.5).astype(np.float32)
 
 
 def normalise_rows(rows: np.ndarray) -> np.ndarray:

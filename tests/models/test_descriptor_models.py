@@ -15,7 +15,14 @@ from skimage import data
 
 from featureserve.models import KeypointOptions, load_model
 from featureserve.models.hndesc import DEFAULT_CARD as HNDESC_CARD
-from featureserve.models.orb_patch import OrbPatch, PatchNetwork, cv_keypoint_rows, extract_patches, load_checkpoint
+from featureserve.models.orb_patch import (
+    OrbPatch,
+    PatchNetwork,
+    _sample_patches,
+    cv_keypoint_rows,
+    extract_patches,
+    load_checkpoint,
+)
 from training.config import load_config
 from training.export import export
 from training.methods import method_for
@@ -95,13 +102,27 @@ def test_patches_are_rotation_consistent(angle: float) -> None:
 def test_patch_side_follows_the_keypoint_size() -> None:
     image = np.zeros((100, 100), np.uint8)
     image[40:60, 40:60] = 255  # a 20-pixel white square
-    # Side 1.5 x size: with size 40/3 the patch spans the square (20 px); only its outermost samples
-    # (0.3 px from the square's edge) blend with the black outside.
-    inner = extract_patches(image, np.array([[49.5, 49.5, 40 / 3, 0.0]]))
+    # The sampler alone (no pyramid level), side 1.5 x size: with size 40/3 the patch spans the square (20 px);
+    # only its outermost samples (0.3 px from the square's edge) blend with the black outside.
+    inner = _sample_patches(image, np.array([[49.5, 49.5, 40 / 3, 0.0]], np.float32))
     assert float(inner[..., 1:-1, 1:-1].min()) > 0.99 and float(inner.min()) > 0.6
     # With size 40 the patch spans 60 px: a third of its width on each side is black.
-    outer = extract_patches(image, np.array([[49.5, 49.5, 40.0, 0.0]]))[0, 0]
+    outer = _sample_patches(image, np.array([[49.5, 49.5, 40.0, 0.0]], np.float32))[0, 0]
     assert float(outer[:, :8].max()) < 0.01 and float(outer[16, 16]) > 0.99
+    # Cut from its pyramid level, the large patch keeps that layout, with softer edges.
+    outer_level = extract_patches(image, np.array([[49.5, 49.5, 40.0, 0.0]]))[0, 0]
+    assert float(outer_level[:, :6].max()) < 0.05 and float(outer_level[16, 16]) > 0.95
+
+
+def test_large_patches_do_not_alias() -> None:
+    image = np.zeros((256, 256), np.uint8)
+    image[:, ::2] = 255  # one-pixel stripes: finer than the samples of a large patch
+    # Size 64: samples 3 px apart, which on the full image would land on stripes in an aliased pattern.
+    large = extract_patches(image, np.array([[127.5, 127.5, 64.0, 0.0]]))
+    assert float(large.std()) < 0.05 and abs(float(large.mean()) - 0.5) < 0.05
+    # Size 10: samples under a pixel apart still resolve the stripes.
+    small = extract_patches(image, np.array([[127.5, 127.5, 10.0, 0.0]]))
+    assert float(small.std()) > 0.2
 
 
 def test_orb_patch_keeps_orbs_keypoints(patch_card: Path) -> None:

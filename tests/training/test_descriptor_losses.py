@@ -17,6 +17,7 @@ from training.descriptor_losses import (
     hardest_patches,
     quantised_ap,
 )
+from training.methods.hndesc import local_negatives
 
 BINS = 20
 STEP = 1 / (BINS - 1)  # spacing of the bin centres
@@ -64,6 +65,22 @@ def test_hardest_negatives_come_from_other_crops_only() -> None:
     assert float(all_negative["loss"]) > 0.1
 
 
+def test_local_negatives_join_the_hardest_and_missing_ones_are_ignored() -> None:
+    anchors = F.normalize(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]), dim=1)
+    positives = F.normalize(torch.tensor([[0.9, 0.3, 0], [0, 1.0, 0]]), dim=1)  # anchor 0's positive: cosine 0.95
+    groups = torch.tensor([0, 1])
+    config = APConfig(negatives=2, local_negatives=2)
+    # A point beside anchor 0's positive that looks more like the anchor than the positive does: AP drops.
+    near = torch.tensor([[[1.0, 0, 0], [0, 0, 0]], [[0, 0, 1.0], [0, 0, 0]]])
+    assert float(hardest_negative_ap_loss(anchors, positives, groups, config, near)["positive_rank1"]) == 0.5
+    # All-zero rows (points outside the crop) are no candidates: the ranking is that without local negatives.
+    missing = torch.zeros(2, 2, 3)
+    with_missing = hardest_negative_ap_loss(anchors, positives, groups, config, missing)["loss"]
+    assert float(with_missing) == pytest.approx(
+        float(hardest_negative_ap_loss(anchors, positives, groups, config)["loss"])
+    )
+
+
 def test_ap_loss_decreases_when_positives_move_closer() -> None:
     torch.manual_seed(0)
     anchors = F.normalize(torch.randn(32, 16), dim=1)
@@ -101,3 +118,22 @@ def test_hardest_patches_picks_the_most_similar_valid_negative() -> None:
     negatives = torch.tensor([[1.0, 0.0], [0.9, 0.44], [0.0, 1.0]])
     mask = torch.tensor([False, True, True])
     assert hardest_patches(anchor, negatives, mask).tolist() == [1, 2]
+
+
+def test_local_negatives_lie_on_the_ring_and_outside_points_are_zero() -> None:
+    # A map whose descriptor is the (x, y) pixel position, so a sample tells where it was taken.
+    stride = 4
+    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    fine = torch.stack([xs * stride + 1.5, ys * stride + 1.5, torch.full_like(xs, 100.0)])[None]  # (1, 3, 16, 16)
+    points = torch.tensor([[[32.0, 32.0], [1.0, 1.0]]])  # one central point, one by the corner
+    config = APConfig(local_negatives=64, local_min_radius=4.0, local_max_radius=10.0)
+    torch.manual_seed(0)
+    local = local_negatives(fine, points, config)  # (1, 2, 64, 3), unit rows
+    assert local.shape == (1, 2, 64, 3)
+    centre = local[0, 0]
+    positions = centre[:, :2] / centre[:, 2:] * 100.0  # undo the normalisation through the constant channel
+    distances = (positions - points[0, 0]).norm(dim=1)
+    assert bool(((distances > 4.0 - 1e-3) & (distances < 10.0 + 1e-3)).all())
+    corner = local[0, 1]
+    outside = corner.abs().sum(-1) == 0
+    assert 0 < int(outside.sum()) < 64  # about three quarters of a ring around (1, 1) leave the crop

@@ -6,6 +6,7 @@ released model, whose backbone is the CAPS ResUNet returning its fine map (§3.1
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -31,7 +32,26 @@ def crop_pair_terms(network: nn.Module, batch: dict[str, torch.Tensor], config: 
     positives = sample_descriptors(fine[n:], batch["points2"], FINE_STRIDE)
     mask = batch["mask"]
     groups = torch.arange(n, device=mask.device)[:, None].expand_as(mask)
-    return hardest_negative_ap_loss(anchors[mask], positives[mask], groups[mask], config)
+    local = local_negatives(fine[n:], batch["points2"], config)[mask] if config.local_negatives else None
+    return hardest_negative_ap_loss(anchors[mask], positives[mask], groups[mask], config, local)
+
+
+def local_negatives(fine: torch.Tensor, points: torch.Tensor, config: APConfig) -> torch.Tensor:
+    """``(B, N, L, D)`` descriptors at ``L`` random points around each of ``(B, N, 2)`` points of the B crops.
+
+    Each point is ``local_min_radius`` to ``local_max_radius`` pixels away in a random direction; one that falls
+    outside the crop gets an all-zero row, which the loss reads as "no candidate".
+    """
+    b, n, _ = points.shape
+    count = config.local_negatives
+    radius = torch.empty((b, n, count), device=points.device).uniform_(config.local_min_radius, config.local_max_radius)
+    angle = torch.empty((b, n, count), device=points.device).uniform_(0, 2 * math.pi)
+    around = points[:, :, None] + torch.stack([radius * angle.cos(), radius * angle.sin()], dim=-1)
+    descriptors = sample_descriptors(fine, around.reshape(b, n * count, 2), FINE_STRIDE)
+    height, width = fine.shape[-2] * FINE_STRIDE, fine.shape[-1] * FINE_STRIDE
+    x, y = around.reshape(b, n * count, 2).unbind(-1)
+    inside = (x >= 0) & (y >= 0) & (x <= width - 1) & (y <= height - 1)
+    return (descriptors * inside[..., None]).reshape(b, n, count, -1)
 
 
 class HNDescMethod(Method):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from featureserve.models.orb_patch import PATCH_SIZE, SIDE_PER_SIZE, PatchNetwork
+from featureserve.models.orb_patch import MAX_SAMPLE_SPACING, PATCH_SIZE, SIDE_PER_SIZE, PatchNetwork
 
 from ..data.homographic import PhotoBagPairs
 from ..descriptor_losses import RatioConfig, bag_ratio_loss, hardest_patches
@@ -126,7 +126,10 @@ class PatchMethod(Method):
             "input": {
                 "patch": f"{PATCH_SIZE}x{PATCH_SIZE} RGB, side {SIDE_PER_SIZE} x keypoint size, turned by its angle",
                 "scale": "uint8 / 255, no mean subtraction",
-                "sampling": "bilinear grid_sample, zeros outside the image",
+                "sampling": (
+                    "bilinear grid_sample, zeros outside the image, from the finest half-octave pyramid level "
+                    f"(area averaging) with samples at most {MAX_SAMPLE_SPACING} px apart"
+                ),
             },
             "descriptor": {
                 "dim": 128,
