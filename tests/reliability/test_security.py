@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from featureserve.client import GrpcClient
 from featureserve.service.security import ApiKeys, presented_key
 from featureserve.v1 import features_pb2 as pb
 from featureserve.v1 import service_pb2 as service
@@ -156,6 +157,12 @@ def test_https_and_grpc_over_tls(tmp_path: Path, small_png: bytes) -> None:
         with grpc.insecure_channel(server.grpc_target) as channel, pytest.raises(grpc.RpcError) as plain:
             FeatureServiceStub(channel).Extract(request, timeout=10)
         assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The package's own client: root_certificates opens the TLS channel, plaintext is refused.
+        with GrpcClient(server.grpc_target, root_certificates=cert_file.read_bytes()) as client:
+            assert len(client.extract(small_png, timeout=30).keypoints) > 0
+        with GrpcClient(server.grpc_target) as client, pytest.raises(grpc.RpcError) as plain_client:
+            client.extract(small_png, timeout=10)
+        assert plain_client.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         assert server.stop() == 0
 
