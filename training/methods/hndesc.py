@@ -47,9 +47,10 @@ def local_negatives(fine: torch.Tensor, points: torch.Tensor, config: APConfig) 
     radius = torch.empty((b, n, count), device=points.device).uniform_(config.local_min_radius, config.local_max_radius)
     angle = torch.empty((b, n, count), device=points.device).uniform_(0, 2 * math.pi)
     around = points[:, :, None] + torch.stack([radius * angle.cos(), radius * angle.sin()], dim=-1)
-    descriptors = sample_descriptors(fine, around.reshape(b, n * count, 2), FINE_STRIDE)
+    around = around.reshape(b, n * count, 2)
+    descriptors = sample_descriptors(fine, around, FINE_STRIDE)
     height, width = fine.shape[-2] * FINE_STRIDE, fine.shape[-1] * FINE_STRIDE
-    x, y = around.reshape(b, n * count, 2).unbind(-1)
+    x, y = around.unbind(-1)
     inside = (x >= 0) & (y >= 0) & (x <= width - 1) & (y <= height - 1)
     return (descriptors * inside[..., None]).reshape(b, n, count, -1)
 
