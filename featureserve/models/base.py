@@ -44,6 +44,11 @@ def resize_image(image: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
+def normalise_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
 def rescale_points(points: np.ndarray, size: tuple[int, int], new_size: tuple[int, int]) -> np.ndarray:
     """Pixel ``(x, y)`` in an image of ``size`` -> the same places in it resized to ``new_size`` (both ``(w, h)``)."""
     factors = np.asarray(new_size, np.float32) / np.asarray(size, np.float32)

@@ -30,14 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import image_size, rescale_points, resize_image
+from .base import normalise_rows
 from .cards import CHECKPOINT_DIR, ModelCard, load_network
 from .classical import SIFT
 from .dense import DenseFeatureModel, pyramid_levels
 from .features import DescriptorSpec, Features, KeypointOptions
 
 DEFAULT_CARD = CHECKPOINT_DIR / "caps-lite.json"
-MIN_LEVEL_SIDE = 32  # a pyramid level keeps at least this many pixels on its shorter side
 
 # Named network sizes. "lite" is the CPU configuration of METHODS.md §6.5 (four stride-2 stages of 3x3
 # convolutions, 1.19 M parameters); "resnet18" / "resnet34" are the CAPS design on a ResNet trunk (GroupNorm,
@@ -270,35 +269,16 @@ class CAPS(DenseFeatureModel):
     def _describe_on_pyramid(self, images: Sequence[np.ndarray], detections: Sequence[Features]) -> list[Features]:
         """The detections with descriptors blended from the two pyramid levels that bracket each keypoint's size."""
         step, reference = float(self.conf["scale_step"]), float(self.conf["reference_size"])
-        # A keypoint without a size (none detected, or a detector that gives none) stays at full resolution.
-        brackets = [
-            pyramid_levels(d.extras.get("sizes", np.zeros(len(d))), reference, step, self._usable_levels(image))
-            for image, d in zip(images, detections, strict=True)
-        ]
-        sums = [np.zeros((len(d), self.descriptor.dim), np.float32) for d in detections]
-        for level in range(int(self.conf["scale_levels"])):
-            weights = [np.where(lo == level, 1 - w, 0) + np.where(hi == level, w, 0) for lo, hi, w in brackets]
-            chosen = [i for i, weight in enumerate(weights) if weight.any()]
-            if not chosen:
-                continue
-            scaled = [resize_image(images[i], 2.0 ** (-level * step)) for i in chosen]
-            points = [
-                rescale_points(detections[i].keypoints, image_size(images[i]), image_size(small))
-                for i, small in zip(chosen, scaled, strict=True)
-            ]
-            for i, features in zip(chosen, self.describe(scaled, points), strict=True):
-                sums[i] += weights[i][:, None] * features.descriptors
+        weights = []
+        for image, d in zip(images, detections, strict=True):
+            # A keypoint without a size (none detected, or a detector that gives none) stays at full resolution.
+            levels = self._usable_levels(image)
+            sizes = d.extras.get("sizes", np.zeros(len(d)))
+            lower, upper, upper_weight = pyramid_levels(sizes, reference, step, levels)
+            rows = np.arange(levels)[:, None]
+            weights.append(np.where(rows == lower, 1 - upper_weight, 0) + np.where(rows == upper, upper_weight, 0))
+        sums = self._pyramid_descriptor_sums(images, [d.keypoints for d in detections], weights)
         return [
             Features(d.keypoints, d.scores, normalise_rows(total), d.image_size, self.descriptor, dict(d.extras))
             for d, total in zip(detections, sums, strict=True)
         ]
-
-    def _usable_levels(self, image: np.ndarray) -> int:
-        """Pyramid levels of ``image`` whose shorter side keeps at least ``MIN_LEVEL_SIDE`` pixels."""
-        octaves = np.log2(max(min(image.shape[:2]), 1) / MIN_LEVEL_SIDE)
-        return int(np.clip(np.floor(octaves / float(self.conf["scale_step"])) + 1, 1, int(self.conf["scale_levels"])))
-
-
-def normalise_rows(rows: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)

@@ -9,7 +9,7 @@ that convention, so no half-cell shift appears at any stride.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FeatureModel, check_image, image_size, to_grey
+from .base import FeatureModel, check_image, image_size, rescale_points, resize_image, to_grey
 from .features import Features, KeypointOptions
 from .keypoints import candidate_count, select_keypoints
+
+MIN_LEVEL_SIDE = 32  # a pyramid level keeps at least this many pixels on its shorter side
 
 
 def keypoints_to_grid(keypoints: torch.Tensor, stride: int, map_size: tuple[int, int]) -> torch.Tensor:
@@ -153,7 +155,7 @@ class DenseFeatureModel(FeatureModel):
         """Detect (NMS on the score map) and describe, one tensor batch per size bucket."""
         results: list[Features | None] = [None] * len(images)
         for indices in self._by_bucket(images).values():
-            outputs = self.network(self._to_tensor([images[i] for i in indices]))
+            outputs = self._forward(self._to_tensor([images[i] for i in indices]), detect=True)
             peaks = nms_mask(outputs["scores"], int(self.conf["nms_radius"]))
             for b, i in enumerate(indices):
                 results[i] = self._extract_one(images[i], options[i], outputs, peaks, b)
@@ -175,8 +177,7 @@ class DenseFeatureModel(FeatureModel):
         keypoints, values = keypoints[keep_t], values[keep_t]
         if self.conf["subpixel"]:
             keypoints = refine_subpixel(scores, keypoints)
-        single = {"descriptors": [m[b : b + 1] for m in outputs["descriptors"]]}
-        descriptors = self._describe_at(single, keypoints[None])[0]
+        descriptors = self._sample(outputs, b, keypoints)
         return Features(
             keypoints=keypoints.cpu().numpy().astype(np.float32),
             scores=values.float().cpu().numpy(),
@@ -189,20 +190,61 @@ class DenseFeatureModel(FeatureModel):
     def describe(self, images: Sequence[np.ndarray], keypoints: Sequence[np.ndarray]) -> list[Features]:
         """Descriptors sampled at the given keypoints (every keypoint is kept)."""
         results: list[Features | None] = [None] * len(images)
-        for indices in self._by_bucket(images).values():
-            outputs = self.network(self._to_tensor([images[i] for i in indices]))
-            for b, i in enumerate(indices):
-                points = torch.as_tensor(np.asarray(keypoints[i], np.float32).reshape(-1, 2), device=self.device)
-                single = {"descriptors": [m[b : b + 1] for m in outputs["descriptors"]]}
-                descriptors = self._describe_at(single, points[None])[0]
-                results[i] = Features(
-                    keypoints=points.cpu().numpy(),
-                    scores=self._scores_at(outputs, b, points, images[i].shape[:2]),
-                    descriptors=descriptors.float().cpu().numpy(),
-                    image_size=image_size(images[i]),
-                    descriptor=self.descriptor,
-                )
+        for i, outputs, b in self._bucket_outputs(images, detect=True):
+            points = self._points(keypoints[i])
+            results[i] = Features(
+                keypoints=points.cpu().numpy(),
+                scores=self._scores_at(outputs, b, points, images[i].shape[:2]),
+                descriptors=self._sample(outputs, b, points).float().cpu().numpy(),
+                image_size=image_size(images[i]),
+                descriptor=self.descriptor,
+            )
         return results  # type: ignore[return-value]
+
+    def _forward(self, batch: torch.Tensor, detect: bool) -> dict[str, Any]:
+        """Network outputs of a padded batch; ``detect=False`` lets a network with a detector skip its score map."""
+        return self.network(batch)
+
+    def _bucket_outputs(self, images: Sequence[np.ndarray], detect: bool) -> Iterator[tuple[int, dict[str, Any], int]]:
+        """``(index of the image, outputs of its tensor batch, its row in that batch)`` for every image."""
+        for indices in self._by_bucket(images).values():
+            outputs = self._forward(self._to_tensor([images[i] for i in indices]), detect)
+            for b, i in enumerate(indices):
+                yield i, outputs, b
+
+    def _points(self, keypoints: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(keypoints, np.float32).reshape(-1, 2), device=self.device)
+
+    def _sample(self, outputs: dict[str, Any], b: int, points: torch.Tensor) -> torch.Tensor:
+        """``(N, D)`` descriptors of row ``b`` of a batch's outputs at ``(N, 2)`` pixel ``points``."""
+        return self._describe_at({"descriptors": [m[b : b + 1] for m in outputs["descriptors"]]}, points[None])[0]
+
+    # The pyramid helpers below serve subclasses whose conf has "scale_levels" and "scale_step".
+    def _usable_levels(self, image: np.ndarray) -> int:
+        """Pyramid levels of ``image`` whose shorter side keeps at least ``MIN_LEVEL_SIDE`` pixels."""
+        octaves = np.log2(max(min(image.shape[:2]), 1) / MIN_LEVEL_SIDE)
+        return int(np.clip(np.floor(octaves / float(self.conf["scale_step"])) + 1, 1, int(self.conf["scale_levels"])))
+
+    @torch.inference_mode()
+    def _pyramid_descriptor_sums(
+        self, images: Sequence[np.ndarray], keypoints: Sequence[np.ndarray], weights: Sequence[np.ndarray]
+    ) -> list[np.ndarray]:
+        """Per image, ``sum_l weights[l, n] * d_l(n)``, ``d_l(n)`` the unit descriptor of keypoint ``n`` on level ``l``.
+
+        Level ``l`` is the image scaled by ``2 ** (-l * conf["scale_step"])``. ``weights`` holds one ``(levels, N)``
+        array per image; a level whose weights are all zero is not computed for that image.
+        """
+        step = float(self.conf["scale_step"])
+        sums = [np.zeros((len(k), self.descriptor.dim), np.float32) for k in keypoints]
+        for level in range(max((len(w) for w in weights), default=0)):
+            chosen = [i for i, w in enumerate(weights) if level < len(w) and w[level].any()]
+            scaled = [resize_image(images[i], 2.0 ** (-level * step)) for i in chosen]
+            for j, outputs, b in self._bucket_outputs(scaled, detect=False):
+                i = chosen[j]
+                points = rescale_points(keypoints[i], image_size(images[i]), image_size(scaled[j]))
+                descriptors = self._sample(outputs, b, self._points(points)).float().cpu().numpy()
+                sums[i] += weights[i][level][:, None] * descriptors
+        return sums
 
     @staticmethod
     def _scores_at(outputs: dict[str, Any], b: int, points: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

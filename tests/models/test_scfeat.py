@@ -11,6 +11,7 @@ import torch
 from skimage import data
 
 from featureserve.models import KeypointOptions
+from featureserve.models.base import image_size, normalise_rows, rescale_points, resize_image
 from featureserve.models.dense import nms_mask, refine_subpixel
 from featureserve.models.scfeat import CouplingBridgeNorm, SCFeat, SCFeatNetwork, peakiness
 from training.config import load_config
@@ -79,6 +80,25 @@ def test_batches_match_single_images(tiny_card: Path) -> None:
         [single] = model.extract([image], [OPTIONS])
         np.testing.assert_allclose(features.keypoints, single.keypoints, atol=1e-3)
         np.testing.assert_allclose(features.descriptors, single.descriptors, atol=1e-4)
+
+
+def test_descriptors_are_the_normalised_sum_over_pyramid_levels(tiny_card: Path) -> None:
+    image = data.astronaut()
+    single_scale = SCFeat(card=str(tiny_card), scale_levels=1)
+    pyramid = SCFeat(card=str(tiny_card), scale_levels=3, scale_step=0.5)
+    [single] = single_scale.extract([image], [OPTIONS])
+    [features] = pyramid.extract([image], [OPTIONS])
+    np.testing.assert_allclose(features.keypoints, single.keypoints)
+    total = np.zeros_like(single.descriptors)
+    for level in range(3):
+        scaled = resize_image(image, 2.0 ** (-0.5 * level))
+        points = rescale_points(single.keypoints, image_size(image), image_size(scaled))
+        [described] = single_scale.describe([scaled], [points])
+        total += described.descriptors
+    np.testing.assert_allclose(features.descriptors, normalise_rows(total), atol=1e-5)
+    assert np.mean(np.sum(features.descriptors * single.descriptors, axis=1)) < 0.999  # the levels contribute
+    [at_keypoints] = pyramid.describe([image], [features.keypoints])
+    np.testing.assert_allclose(at_keypoints.descriptors, features.descriptors, atol=1e-5)
 
 
 def test_uniform_selection_spreads_keypoints(tiny_card: Path) -> None:

@@ -99,7 +99,7 @@ class SCFeatMethod(CAPSMethod):
             "descriptor": {
                 "dim": 128,
                 "dtype": "float32",
-                "layout": "fused map D (stride 4), bilinear at the keypoint",
+                "layout": "fused map D (stride 4), bilinear at the keypoint on each pyramid level, summed",
                 "normalisation": "L2",
                 "matcher": "mutual nearest neighbour on cosine similarity",
             },

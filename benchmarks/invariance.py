@@ -1,0 +1,115 @@
+"""Rotation and scale tolerance of in-process models: MMA@3 between an image and a rotated / scaled copy of it.
+
+Each first image of the homography sequences is warped about its centre by a known similarity (no
+perspective, no illumination change), so the figures isolate what a model does under in-plane rotation and
+zoom; a drop here names the cause of a drop on sequences such as Oxford boat (rotation and zoom) or wall.
+
+Usage (from the repository root):
+    python benchmarks/invariance.py --models sift scfeat --out benchmarks/results/invariance.json
+
+Writes the JSON results and a Markdown file with the same stem next to it, and prints the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from common import machine_info, markdown_table, now_iso, write_results
+
+from featureserve.models import KeypointOptions, load_model, match_descriptors
+from training.evaluation.hpatches import load_image, reprojection_errors
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "oxford_affine"
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "invariance.json"
+# (rotation in degrees, scale): rotations alone, zooms alone, and boat's pair 1-3 (about 40 degrees, 0.74).
+WARPS: tuple[tuple[float, float], ...] = (
+    (15, 1.0),
+    (30, 1.0),
+    (45, 1.0),
+    (60, 1.0),
+    (90, 1.0),
+    (0, 0.75),
+    (0, 0.5),
+    (40, 0.74),
+)
+THRESHOLD_PX = 3.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of homography sequences")
+    parser.add_argument("--sequences", nargs="+", default=["bikes", "wall", "leuven"], help="whose img1 to warp")
+    parser.add_argument("--models", nargs="+", default=["sift", "orb"], help="registry names")
+    parser.add_argument("--max-keypoints", type=int, default=2048, help="keypoint budget per image")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output; Markdown goes beside it")
+    return parser.parse_args(argv)
+
+
+def similarity_warp(image: np.ndarray, degrees: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` rotated by ``degrees`` and scaled by ``scale`` about its centre, and the 3x3 homography used."""
+    height, width = image.shape[:2]
+    affine = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, scale)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, affine, (width, height), flags=interpolation), np.vstack([affine, [0, 0, 1]])
+
+
+def warp_accuracy(model: Any, images: list[np.ndarray], max_keypoints: int) -> dict[str, float]:
+    """Mean MMA@3 over ``images`` for every warp in `WARPS`, keyed ``"<degrees>deg x<scale>"``."""
+    options = [KeypointOptions(max_keypoints=max_keypoints)]
+    originals = [model.extract([image], options)[0] for image in images]
+    results = {}
+    for degrees, scale in WARPS:
+        accuracies = []
+        for image, features0 in zip(images, originals, strict=True):
+            warped, homography = similarity_warp(image, degrees, scale)
+            [features1] = model.extract([warped], options)
+            matches = match_descriptors(features0.descriptors, features1.descriptors, features0.descriptor.metric)
+            points0 = features0.keypoints[matches.indices[:, 0]]
+            points1 = features1.keypoints[matches.indices[:, 1]]
+            errors = reprojection_errors(points0, points1, homography)
+            accuracies.append(float(np.mean(errors < THRESHOLD_PX)) if len(errors) else 0.0)
+        results[f"{degrees:g}deg x{scale:g}"] = float(np.mean(accuracies))
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure each model, print the Markdown report and write the JSON and Markdown files."""
+    args = parse_args(argv)
+    images = [load_image(args.data / name / "img1.png") for name in args.sequences]
+    results = {name: warp_accuracy(load_model(name), images, args.max_keypoints) for name in args.models}
+    report = {
+        "date": now_iso(),
+        "machine": machine_info(),
+        "data": os.path.relpath(args.data.resolve(), REPO_ROOT),
+        "sequences": args.sequences,
+        "max_keypoints": args.max_keypoints,
+        "threshold_px": THRESHOLD_PX,
+        "mma": results,
+    }
+    warps = list(next(iter(results.values())))
+    rows = [[name, *(f"{value:.3f}" for value in row.values())] for name, row in results.items()]
+    markdown = "\n".join(
+        [
+            "# Rotation and scale tolerance",
+            "",
+            f"Data: img1 of {', '.join(args.sequences)} in `{report['data']}`, each warped about its centre by the "
+            f"rotation and scale of the column. Date: {report['date']}. MMA@{THRESHOLD_PX:g} of plain mutual "
+            f"nearest neighbours, at most {args.max_keypoints} keypoints per image, mean over the images.",
+            "",
+            markdown_table(["model", *warps], rows),
+            "",
+        ]
+    )
+    print(markdown)
+    write_results(args.out, report, markdown)
+
+
+if __name__ == "__main__":
+    main()
