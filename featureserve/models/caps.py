@@ -247,6 +247,7 @@ class CAPS(DenseFeatureModel):
 
     def __init__(self, **conf: Any) -> None:
         super().__init__(**conf)
+        self._check_pyramid_conf()
         self.network, self._card = load_checkpoint(self.conf["card"], self.device)
         self._sift = SIFT(
             contrast_threshold=self.conf["sift_contrast_threshold"], edge_threshold=self.conf["sift_edge_threshold"]

@@ -220,6 +220,14 @@ class DenseFeatureModel(FeatureModel):
         return self._describe_at({"descriptors": [m[b : b + 1] for m in outputs["descriptors"]]}, points[None])[0]
 
     # The pyramid helpers below serve subclasses whose conf has "scale_levels" and "scale_step".
+    def _check_pyramid_conf(self) -> None:
+        """Refuse pyramid settings that would describe no level or repeat one."""
+        if int(self.conf["scale_levels"]) < 1 or float(self.conf["scale_step"]) <= 0:
+            raise ValueError(
+                f"{self.name}: scale_levels must be >= 1 and scale_step > 0, "
+                f"got {self.conf['scale_levels']} and {self.conf['scale_step']}"
+            )
+
     def _usable_levels(self, image: np.ndarray) -> int:
         """Pyramid levels of ``image`` whose shorter side keeps at least ``MIN_LEVEL_SIDE`` pixels."""
         octaves = np.log2(max(min(image.shape[:2]), 1) / MIN_LEVEL_SIDE)

@@ -101,6 +101,21 @@ def test_descriptors_are_the_normalised_sum_over_pyramid_levels(tiny_card: Path)
     np.testing.assert_allclose(at_keypoints.descriptors, features.descriptors, atol=1e-5)
 
 
+def test_featureless_and_tiny_images_and_detect_only(tiny_card: Path) -> None:
+    model = SCFeat(card=str(tiny_card))
+    flat, tiny = np.full((100, 120), 128, np.uint8), data.astronaut()[:40, :48]
+    empty, small = model.extract([flat, tiny], [OPTIONS, OPTIONS])
+    assert empty.descriptors.shape == (len(empty), 128) and len(small) > 0
+    # Too small for a second pyramid level: descriptors are the single-scale ones.
+    [single] = SCFeat(card=str(tiny_card), scale_levels=1).extract([tiny], [OPTIONS])
+    np.testing.assert_allclose(small.descriptors, single.descriptors, atol=1e-5)
+    [detected] = model.detect([tiny], [OPTIONS])
+    assert detected.descriptors is None
+    np.testing.assert_allclose(detected.keypoints, small.keypoints)
+    with pytest.raises(ValueError, match="scale_levels"):
+        SCFeat(card=str(tiny_card), scale_levels=0)
+
+
 def test_uniform_selection_spreads_keypoints(tiny_card: Path) -> None:
     model = SCFeat(card=str(tiny_card))
     image = data.astronaut()
