@@ -22,7 +22,8 @@ import numpy as np
 from common import machine_info, markdown_table, now_iso, write_results
 
 from featureserve.models import KeypointOptions, load_model, match_descriptors
-from training.evaluation.hpatches import load_image, reprojection_errors
+from featureserve.models.base import image_size, resize_image
+from training.evaluation.hpatches import load_image, matching_accuracy, reprojection_errors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "oxford_affine"
@@ -59,8 +60,8 @@ def similarity_warp(image: np.ndarray, degrees: float, scale: float) -> tuple[np
     of the resized image onto a canvas of its own size.
     """
     height, width = image.shape[:2]
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if scale != 1 else image
+    resized = resize_image(image, scale)
+    size = image_size(resized)
     sx, sy = size[0] / width, size[1] / height
     # Pixel centres at integers on both sides: x' = (x + 0.5) * s - 0.5.
     zoom = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
@@ -83,7 +84,7 @@ def warp_accuracy(model: Any, images: list[np.ndarray], max_keypoints: int) -> d
             points0 = features0.keypoints[matches.indices[:, 0]]
             points1 = features1.keypoints[matches.indices[:, 1]]
             errors = reprojection_errors(points0, points1, homography)
-            accuracies.append(float(np.mean(errors < THRESHOLD_PX)) if len(errors) else 0.0)
+            accuracies.append(float(matching_accuracy(errors, [THRESHOLD_PX])[0]))
         results[f"{degrees:g}deg x{scale:g}"] = float(np.mean(accuracies))
     return results
 
