@@ -71,21 +71,31 @@ def nms_mask(scores: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def refine_subpixel(scores: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
-    """``(N, 2)`` sub-pixel ``(x, y)``: the score-weighted mean position of each keypoint's 3x3 neighbourhood.
+    """``(N, 2)`` sub-pixel ``(x, y)``: per axis, the vertex of the parabola through a peak and its two neighbours.
+
+    The offset ``(s[-1] - s[+1]) / (2 (s[-1] - 2 s[0] + s[+1]))`` is clamped to half a pixel; on the map's border,
+    or where the three scores are not strictly concave, the keypoint stays on its pixel. (The score-weighted 3x3
+    mean of the SCFeat reference pulls every peak towards the pixel centre: Oxford MMA@1 0.320 against 0.362.)
 
     Args:
-        scores: ``(H, W)`` non-negative score map.
+        scores: ``(H, W)`` score map.
         keypoints: ``(N, 2)`` integer ``(x, y)`` pixels (NMS peaks).
     """
     height, width = scores.shape
-    patches = F.pad(scores[None, None], (1, 1, 1, 1))[0, 0].unfold(0, 3, 1).unfold(1, 3, 1)  # (H, W, 3, 3)
     xs, ys = keypoints[:, 0].long(), keypoints[:, 1].long()
-    weights = patches[ys.clamp(0, height - 1), xs.clamp(0, width - 1)].clamp_min(0).reshape(-1, 9)
-    offsets = torch.tensor([-1.0, 0.0, 1.0], device=scores.device)
-    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
-    total = weights.sum(dim=1).clamp_min(1e-12)
-    shift = torch.stack([(weights * dx.reshape(1, 9)).sum(1), (weights * dy.reshape(1, 9)).sum(1)], dim=1)
-    return keypoints.float() + shift / total[:, None]
+    centre = scores[ys, xs]
+
+    def vertex(before: torch.Tensor, after: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        curvature = before - 2 * centre + after
+        usable = inside & (curvature < 0)
+        offset = 0.5 * (before - after) / torch.where(usable, curvature, -1.0)
+        return torch.where(usable, offset, 0.0).clamp(-0.5, 0.5)
+
+    left, right = scores[ys, (xs - 1).clamp(min=0)], scores[ys, (xs + 1).clamp(max=width - 1)]
+    up, down = scores[(ys - 1).clamp(min=0), xs], scores[(ys + 1).clamp(max=height - 1), xs]
+    dx = vertex(left, right, (xs > 0) & (xs < width - 1))
+    dy = vertex(up, down, (ys > 0) & (ys < height - 1))
+    return keypoints.float() + torch.stack([dx, dy], dim=1)
 
 
 class DenseFeatureModel(FeatureModel):
@@ -104,7 +114,7 @@ class DenseFeatureModel(FeatureModel):
         "pad_multiple": 64,
         "nms_radius": 2,
         "detection_threshold": 0.0,
-        "subpixel": False,  # refine NMS peaks to the score-weighted mean of their 3x3 neighbourhood
+        "subpixel": False,  # refine NMS peaks to the vertex of a parabola through each peak and its neighbours
         "grey": True,
     }
     descriptor_strides: ClassVar[Sequence[int]]
@@ -154,19 +164,16 @@ class DenseFeatureModel(FeatureModel):
     def extract(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
         """Detect (NMS on the score map) and describe, one tensor batch per size bucket."""
         results: list[Features | None] = [None] * len(images)
-        for indices in self._by_bucket(images).values():
-            outputs = self._forward(self._to_tensor([images[i] for i in indices]), detect=True)
-            peaks = nms_mask(outputs["scores"], int(self.conf["nms_radius"]))
-            for b, i in enumerate(indices):
-                results[i] = self._extract_one(images[i], options[i], outputs, peaks, b)
+        for i, outputs, b in self._bucket_outputs(images, detect=True):
+            results[i] = self._extract_one(images[i], options[i], outputs, b)
         return results  # type: ignore[return-value]
 
-    def _extract_one(
-        self, image: np.ndarray, options: KeypointOptions, outputs: dict[str, Any], peaks: torch.Tensor, b: int
-    ) -> Features:
+    def _extract_one(self, image: np.ndarray, options: KeypointOptions, outputs: dict[str, Any], b: int) -> Features:
+        """Keypoints of row ``b`` of a batch's outputs (``image`` is that row, unpadded) and their descriptors."""
         height, width = image.shape[:2]
         scores = outputs["scores"][b, 0, :height, :width]
-        candidates = peaks[b, 0, :height, :width] & (scores > float(self.conf["detection_threshold"]))
+        peaks = nms_mask(outputs["scores"][b : b + 1], int(self.conf["nms_radius"]))[0, 0, :height, :width]
+        candidates = peaks & (scores > float(self.conf["detection_threshold"]))
         ys, xs = torch.nonzero(candidates, as_tuple=True)
         values = scores[ys, xs]
         top = torch.argsort(values, descending=True, stable=True)[: candidate_count(options)]
@@ -228,10 +235,12 @@ class DenseFeatureModel(FeatureModel):
                 f"got {self.conf['scale_levels']} and {self.conf['scale_step']}"
             )
 
-    def _usable_levels(self, image: np.ndarray) -> int:
-        """Pyramid levels of ``image`` whose shorter side keeps at least ``MIN_LEVEL_SIDE`` pixels."""
+    def _usable_levels(self, image: np.ndarray, levels: int | None = None) -> int:
+        """How many of the first ``levels`` (default ``scale_levels``) pyramid levels of ``image`` keep at least
+        ``MIN_LEVEL_SIDE`` pixels on the shorter side (always at least 1)."""
         octaves = np.log2(max(min(image.shape[:2]), 1) / MIN_LEVEL_SIDE)
-        return int(np.clip(np.floor(octaves / float(self.conf["scale_step"])) + 1, 1, int(self.conf["scale_levels"])))
+        cap = int(self.conf["scale_levels"]) if levels is None else levels
+        return int(np.clip(np.floor(octaves / float(self.conf["scale_step"])) + 1, 1, cap))
 
     @torch.inference_mode()
     def _pyramid_descriptor_sums(

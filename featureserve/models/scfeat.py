@@ -5,12 +5,14 @@ The CAPS encoder-decoder (`caps.UNetBackbone`) is fused at stride 4 from three l
 the 1/8 decoder map and the 1/16 trunk map, each resized and projected to 128 channels, then a 1x1 conv): that
 map ``D`` is the served descriptor. The shared coupling-bridge normalisation blends a position-wise and a
 channel-wise normalisation of ``D`` with learnable weights; its output feeds the descriptor loss and, detached,
-the detector. The detector turns peakiness priors on the features and on the image into a full-resolution,
-non-negative score map. Inference: 3x3 NMS, score threshold, top-k (or uniform selection), sub-pixel refinement,
-descriptors bilinear from ``D`` on a few pyramid levels, summed. Deviations from the reference code
-(docs/MODELS.md): grey input, no ImageNet initialisation, the CPU "lite" trunk, a narrower detector for that
-size, descriptors from a pyramid rather than one level, and peakiness inputs divided by their
-largest magnitude rather than their maximum (normalised grey can be negative everywhere).
+the detector. The detector turns a peakiness prior on the features, a prior on the image (Shi-Tomasi cornerness
+here, peakiness in the reference) and a small head into a full-resolution, non-negative score map. Inference: on
+each of a few pyramid levels, 3x3 NMS, score threshold and sub-pixel refinement; then the strongest keypoints of
+all levels (top-k or uniform selection), each described bilinearly from ``D`` on its level and the next coarser
+one, summed. Deviations from the reference code (docs/MODELS.md): grey input, no ImageNet initialisation, the CPU
+"lite" trunk, a narrower detector for that size, detection on a pyramid and descriptors from two levels rather
+than one, cornerness as the image prior of the score map, and peakiness inputs divided by their largest
+magnitude rather than their maximum (normalised grey can be negative everywhere).
 
 Example:
     >>> from featureserve.models import load_model, KeypointOptions
@@ -32,11 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import normalise_rows
+from .base import image_size, normalise_rows, rescale_points, resize_image
 from .caps import GREY_MEAN, GREY_STD, SIZES, UNetBackbone, conv_block, resize_like
 from .cards import CHECKPOINT_DIR, ModelCard, load_network
 from .dense import DenseFeatureModel
 from .features import DescriptorSpec, Features, KeypointOptions
+from .keypoints import candidate_count, select_keypoints
 
 DEFAULT_CARD = CHECKPOINT_DIR / "scfeat-lite.json"
 DESCRIPTOR_DIM = 128
@@ -55,6 +58,30 @@ def peakiness(x: torch.Tensor) -> torch.Tensor:
     spatial = F.softplus(x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1))
     channel = F.softplus(x - x.mean(dim=1, keepdim=True))
     return (spatial * channel).amax(dim=1, keepdim=True)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``x`` ``(B, C, H, W)`` smoothed by a separable Gaussian of standard deviation ``sigma`` (reflect padding)."""
+    radius = max(1, round(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).repeat(x.shape[1], 1, 1, 1)  # (C, 1, 1, k): depth-wise
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.transpose(2, 3), groups=x.shape[1])
+
+
+def cornerness(image: torch.Tensor, derivative_sigma: float = 1.0, window_sigma: float = 2.0) -> torch.Tensor:
+    """``(B, 1, H, W)`` Shi-Tomasi cornerness of a grey ``(B, 1, H, W)`` image, each sample divided by its maximum.
+
+    The smaller eigenvalue of the structure tensor (Shi and Tomasi, "Good features to track", CVPR 1994): large
+    only where the intensity varies in two directions, near zero on edges and in flat areas.
+    """
+    smooth = gaussian_blur(image, derivative_sigma)
+    gx = F.pad(smooth[..., :, 2:] - smooth[..., :, :-2], (1, 1, 0, 0), mode="replicate") / 2
+    gy = F.pad(smooth[..., 2:, :] - smooth[..., :-2, :], (0, 0, 1, 1), mode="replicate") / 2
+    xx, xy, yy = gaussian_blur(torch.cat([gx * gx, gx * gy, gy * gy], dim=1), window_sigma).unbind(dim=1)
+    response = ((xx + yy) / 2 - (((xx - yy) / 2) ** 2 + xy**2).sqrt()).clamp_min(0).unsqueeze(1)
+    return response / response.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
 
 
 class CouplingBridgeNorm(nn.Module):
@@ -84,15 +111,24 @@ class CouplingBridgeNorm(nn.Module):
         return (w_position * position + w_channel * channel) / (w_position + w_channel)
 
 
+IMAGE_PRIORS = ("cornerness", "peakiness")
+
+
 class Detector(nn.Module):
     """Full-resolution keypoint scores from detached features at stride 4 and the image (METHODS.md §2.1).
 
-    ``S = up(P(X)) * P(I) * o`` where ``P`` is `peakiness`, ``X`` the features, ``I`` the normalised image and
-    ``o`` a small convolutional head on both; every factor is non-negative.
+    ``S = up(P(X)) * Q(I) * o`` where ``P`` is `peakiness`, ``X`` the features, ``I`` the normalised image and
+    ``o`` a small convolutional head on both (its image branch sees ``P(I) * I``, as in the reference); every
+    factor is non-negative. The image prior ``Q`` is `cornerness` by default or, as in the reference,
+    `peakiness`: on a grey image the channel term of ``P(I)`` is constant, so ``P(I)`` only says "brighter than
+    the 3x3 mean", and cornerness raised Oxford MMA@3 from 0.568 to 0.639 with the same weights (docs/MODELS.md).
     """
 
-    def __init__(self, feature_channels: int, widths: tuple[int, int, int]) -> None:
+    def __init__(self, feature_channels: int, widths: tuple[int, int, int], image_prior: str = "cornerness") -> None:
         super().__init__()
+        if image_prior not in IMAGE_PRIORS:
+            raise ValueError(f"image_prior must be one of {IMAGE_PRIORS}, got {image_prior!r}")
+        self.image_prior = image_prior
         features, image, joint = widths
         self.feature_conv = nn.Conv2d(feature_channels, features, 3, padding=1)
         self.image_conv = nn.Conv2d(1, image, 3, padding=1)
@@ -102,13 +138,14 @@ class Detector(nn.Module):
 
     def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` non-negative scores for ``(B, C, H/4, W/4)`` features and a ``(B, 1, H, W)`` image."""
-        feature_prior, image_prior = peakiness(features), peakiness(image)
+        feature_prior, image_peakiness = peakiness(features), peakiness(image)
         size = image.shape[-2:]
         h = self.activation(F.instance_norm(self.feature_conv(feature_prior * features)))
         h = F.interpolate(h, size=size, mode="bilinear", align_corners=False)
-        g = self.activation(F.instance_norm(self.image_conv(image_prior * image)))
+        g = self.activation(F.instance_norm(self.image_conv(image_peakiness * image)))
         z = self.activation(F.instance_norm(self.joint_conv(torch.cat([h, g], dim=1))))
         o = F.softplus(F.instance_norm(self.out_conv(z)))
+        image_prior = cornerness(image) if self.image_prior == "cornerness" else image_peakiness
         return F.interpolate(feature_prior, size=size, mode="bilinear", align_corners=False) * image_prior * o
 
 
@@ -122,7 +159,7 @@ class SCFeatNetwork(UNetBackbone):
 
     stride: ClassVar[int] = 4
 
-    def __init__(self, size: str = "lite") -> None:
+    def __init__(self, size: str = "lite", image_prior: str = "cornerness") -> None:
         super().__init__(size)
         c4, _, c16 = self.trunk.out_channels
         d8, d4 = SIZES[size]["decoder"]
@@ -131,7 +168,7 @@ class SCFeatNetwork(UNetBackbone):
         self.fuse16 = conv_block(c16, DESCRIPTOR_DIM)
         self.fuse = nn.Conv2d(3 * DESCRIPTOR_DIM, DESCRIPTOR_DIM, 1)
         self.bridge = CouplingBridgeNorm()
-        self.detector = Detector(DESCRIPTOR_DIM + c4, DETECTOR_WIDTHS[size])
+        self.detector = Detector(DESCRIPTOR_DIM + c4, DETECTOR_WIDTHS[size], image_prior)
 
     def descriptor_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``"raw"`` map ``D``, its ``"normalised"`` coupling-bridge map and the detector's ``"detector_input"``."""
@@ -159,9 +196,11 @@ class SCFeatNetwork(UNetBackbone):
         return maps | {"scores": self.scores(images, maps)} if detect else maps
 
 
-def load_checkpoint(card_path: str | Path, device: str | torch.device = "cpu") -> tuple[SCFeatNetwork, dict[str, Any]]:
-    """The network and the JSON card of an SCFeat checkpoint."""
-    return load_network(card_path, lambda card: SCFeatNetwork(card["architecture"]["size"]), device)
+def load_checkpoint(
+    card_path: str | Path, device: str | torch.device = "cpu", image_prior: str = "cornerness"
+) -> tuple[SCFeatNetwork, dict[str, Any]]:
+    """The network (its detector using ``image_prior``) and the JSON card of an SCFeat checkpoint."""
+    return load_network(card_path, lambda card: SCFeatNetwork(card["architecture"]["size"], image_prior), device)
 
 
 class SCFeat(DenseFeatureModel):
@@ -174,19 +213,22 @@ class SCFeat(DenseFeatureModel):
         **DenseFeatureModel.default_conf,
         "nms_radius": 1,  # 3x3 NMS as in the reference extractor
         "subpixel": True,
-        # Keypoints come from the full-resolution score map; each descriptor is the normalised sum of its unit
-        # descriptors on ``scale_levels`` pyramid levels ``scale_step`` octaves apart (fewer where a level's shorter
-        # side would fall under 32 px; 1 level: the reference's single-scale D). Three half-octave levels raised
-        # Oxford MMA@3 from 0.550 to 0.568 and castle-P19 AUC@10 from 0.780 to 0.818 (docs/MODELS.md).
+        # Keypoints come from the score maps of ``scale_levels`` pyramid levels ``scale_step`` octaves apart (fewer
+        # where a level's shorter side would fall under 32 px; 1 level: the reference's single-scale detector), the
+        # strongest over all levels kept. Each keypoint's descriptor is the normalised sum of its unit descriptors on
+        # the level that found it and the next coarser one. With cornerness, three half-octave levels raised Oxford
+        # MMA@3 from 0.639 (one level) to 0.676 and Hacc@3 from 0.65 to 0.70 (docs/MODELS.md).
         "scale_levels": 3,
         "scale_step": 0.5,
+        # The image factor of the score map: "cornerness" (Shi-Tomasi) or the reference's grey "peakiness".
+        "image_prior": "cornerness",
         "card": str(DEFAULT_CARD),
     }
 
     def __init__(self, **conf: Any) -> None:
         super().__init__(**conf)
         self._check_pyramid_conf()
-        self.network, self._card = load_checkpoint(self.conf["card"], self.device)
+        self.network, self._card = load_checkpoint(self.conf["card"], self.device, self.conf["image_prior"])
 
     @property
     def card(self) -> ModelCard:
@@ -194,31 +236,69 @@ class SCFeat(DenseFeatureModel):
         return ModelCard.from_checkpoint(self.name, self.descriptor, self._card, self.conf)
 
     def extract(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
-        """Keypoints from the full-resolution score map, descriptors summed over the pyramid levels."""
-        return self._add_coarser_levels(images, super().extract(images, options))
+        """Keypoints from every pyramid level's score map, described on their level and the next coarser one."""
+        return self._on_levels(images, options, describe=True)
 
     def detect(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
-        """Keypoints and scores only: one full-resolution pass, no coarser descriptor levels."""
-        features = super().extract(images, options)
+        """Keypoints and scores only: the detection levels, without the extra descriptor level."""
+        features = self._on_levels(images, options, describe=False)
         for f in features:
             f.descriptors = None
         return features
 
     def describe(self, images: Sequence[np.ndarray], keypoints: Sequence[np.ndarray]) -> list[Features]:
-        """Descriptors at the given keypoints, summed over the pyramid levels as in `extract`."""
-        return self._add_coarser_levels(images, super().describe(images, keypoints))
-
-    def _forward(self, batch: torch.Tensor, detect: bool) -> dict[str, Any]:
-        return self.network(batch, detect=detect)
-
-    def _add_coarser_levels(self, images: Sequence[np.ndarray], features: list[Features]) -> list[Features]:
-        """``features`` (full-resolution descriptors) with the unit descriptors of levels 1.. added, renormalised."""
+        """Descriptors at the given keypoints, taken as found on the full-resolution level (as in `extract`)."""
+        features = super().describe(images, keypoints)
         weights = []
         for image, f in zip(images, features, strict=True):
-            w = np.ones((self._usable_levels(image), len(f)), np.float32)
+            w = np.ones((self._usable_levels(image, 2), len(f)), np.float32)
             w[0] = 0.0  # level 0 is already in ``features``
             weights.append(w)
         sums = self._pyramid_descriptor_sums(images, [f.keypoints for f in features], weights)
         for f, total in zip(features, sums, strict=True):
             f.descriptors = normalise_rows(f.descriptors + total)
         return features
+
+    def _forward(self, batch: torch.Tensor, detect: bool) -> dict[str, Any]:
+        return self.network(batch, detect=detect)
+
+    @torch.inference_mode()
+    def _on_levels(
+        self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions], describe: bool
+    ) -> list[Features]:
+        """Per image, the strongest keypoints over all levels' candidates; one network pass per level.
+
+        Level ``l`` is the image scaled by ``2 ** (-l * scale_step)``. Each level's candidates are described on
+        that level's map and, when ``describe``, also on the next level's (one extra pass after the last).
+        """
+        detection_levels = int(self.conf["scale_levels"])
+        found: list[list[Features]] = [[] for _ in images]
+        for level in range(detection_levels + int(describe)):
+            chosen = [i for i, im in enumerate(images) if level < self._usable_levels(im, detection_levels + 1)]
+            scaled = [resize_image(images[i], 2.0 ** (-level * float(self.conf["scale_step"]))) for i in chosen]
+            for j, outputs, b in self._bucket_outputs(scaled, detect=level < detection_levels):
+                i, size = chosen[j], image_size(scaled[j])
+                if describe and found[i]:  # the previous level's candidates, on this level
+                    previous = found[i][-1]
+                    points = rescale_points(previous.keypoints, previous.image_size, size)
+                    previous.descriptors += self._sample(outputs, b, self._points(points)).float().cpu().numpy()
+                if level < self._usable_levels(images[i]):
+                    candidates = KeypointOptions(max_keypoints=candidate_count(options[i]))
+                    f = self._extract_one(scaled[j], candidates, outputs, b)
+                    f.keypoints = rescale_points(f.keypoints, size, image_size(images[i]))
+                    f.image_size = image_size(images[i])
+                    found[i].append(f)
+        return [
+            self._strongest(image, option, levels) for image, option, levels in zip(images, options, found, strict=True)
+        ]
+
+    def _strongest(self, image: np.ndarray, options: KeypointOptions, levels: list[Features]) -> Features:
+        """The keypoints that ``options`` selects among every level's candidates, descriptors normalised."""
+        merged = Features(
+            keypoints=np.concatenate([f.keypoints for f in levels]),
+            scores=np.concatenate([f.scores for f in levels]),
+            descriptors=normalise_rows(np.concatenate([f.descriptors for f in levels])),
+            image_size=image_size(image),
+            descriptor=self.descriptor,
+        )
+        return merged.subset(select_keypoints(merged.keypoints, merged.scores, merged.image_size, options))

@@ -12,8 +12,8 @@ from skimage import data
 
 from featureserve.models import KeypointOptions
 from featureserve.models.base import image_size, normalise_rows, rescale_points, resize_image
-from featureserve.models.dense import nms_mask, refine_subpixel
-from featureserve.models.scfeat import CouplingBridgeNorm, SCFeat, SCFeatNetwork, peakiness
+from featureserve.models.dense import DenseFeatureModel, nms_mask, refine_subpixel
+from featureserve.models.scfeat import CouplingBridgeNorm, SCFeat, SCFeatNetwork, cornerness, peakiness
 from training.config import load_config
 from training.export import export
 from training.trainer import train
@@ -48,7 +48,7 @@ def test_the_detector_stage_trains_only_the_detector(tiny_card: Path) -> None:
 
 def test_keypoints_are_refined_nms_peaks_above_the_threshold(tiny_card: Path) -> None:
     image = data.camera()
-    exact = SCFeat(card=str(tiny_card), subpixel=False)
+    exact = SCFeat(card=str(tiny_card), subpixel=False, scale_levels=1)
     [features] = exact.extract([image], [OPTIONS])
     with torch.inference_mode():
         scores = exact.network(exact._to_tensor([image]))["scores"]
@@ -58,18 +58,17 @@ def test_keypoints_are_refined_nms_peaks_above_the_threshold(tiny_card: Path) ->
     assert peaks[ys, xs].all(), "every keypoint is a local maximum of the score map"
     np.testing.assert_allclose(features.scores, scores[0, 0, ys, xs].numpy(), rtol=1e-6)
     assert features.scores.min() >= scores[0, 0][peaks].sort(descending=True).values[299].item()
-    [refined] = SCFeat(card=str(tiny_card)).extract([image], [OPTIONS])
+    [refined] = SCFeat(card=str(tiny_card), scale_levels=1).extract([image], [OPTIONS])
     shift = np.abs(refined.keypoints - features.keypoints)
-    assert shift.max() <= 1.0 and shift.max() > 0, "sub-pixel refinement moves peaks within their 3x3 window"
+    assert shift.max() <= 0.5 and shift.max() > 0, "sub-pixel refinement moves peaks within half a pixel"
 
 
-def test_subpixel_refinement_is_the_score_weighted_mean() -> None:
-    scores = torch.zeros(5, 5)
-    scores[2, 2], scores[2, 3], scores[1, 2] = 2.0, 1.0, 1.0
-    refined = refine_subpixel(scores, torch.tensor([[2, 2]]))
-    np.testing.assert_allclose(refined.numpy(), [[2.25, 1.75]])
-    corner = refine_subpixel(torch.ones(4, 4), torch.tensor([[0, 0]]))  # outside the map counts as score 0
-    np.testing.assert_allclose(corner.numpy(), [[0.5, 0.5]])
+def test_subpixel_refinement_finds_the_vertex_of_a_parabola() -> None:
+    ys, xs = torch.meshgrid(torch.arange(7.0), torch.arange(9.0), indexing="ij")
+    scores = 10 - (xs - 4.3) ** 2 - 2 * (ys - 2.8) ** 2  # a paraboloid: the fit is exact
+    np.testing.assert_allclose(refine_subpixel(scores, torch.tensor([[4, 3]])).numpy(), [[4.3, 2.8]], atol=1e-5)
+    flat = refine_subpixel(torch.ones(4, 4), torch.tensor([[1, 1], [0, 3]]))  # no curvature; a border pixel
+    np.testing.assert_array_equal(flat.numpy(), [[1.0, 1.0], [0.0, 3.0]])
 
 
 def test_batches_match_single_images(tiny_card: Path) -> None:
@@ -82,23 +81,31 @@ def test_batches_match_single_images(tiny_card: Path) -> None:
         np.testing.assert_allclose(features.descriptors, single.descriptors, atol=1e-4)
 
 
-def test_descriptors_are_the_normalised_sum_over_pyramid_levels(tiny_card: Path) -> None:
+def test_keypoints_come_from_every_level_and_are_described_on_it_and_the_next(tiny_card: Path) -> None:
     image = data.astronaut()
-    single_scale = SCFeat(card=str(tiny_card), scale_levels=1)
     pyramid = SCFeat(card=str(tiny_card), scale_levels=3, scale_step=0.5)
-    [single] = single_scale.extract([image], [OPTIONS])
+    single_level = SCFeat(card=str(tiny_card), scale_levels=1)
     [features] = pyramid.extract([image], [OPTIONS])
-    np.testing.assert_allclose(features.keypoints, single.keypoints)
-    total = np.zeros_like(single.descriptors)
-    for level in range(3):
-        scaled = resize_image(image, 2.0 ** (-0.5 * level))
-        points = rescale_points(single.keypoints, image_size(image), image_size(scaled))
-        [described] = single_scale.describe([scaled], [points])
-        total += described.descriptors
-    np.testing.assert_allclose(features.descriptors, normalise_rows(total), atol=1e-5)
-    assert np.mean(np.sum(features.descriptors * single.descriptors, axis=1)) < 0.999  # the levels contribute
-    [at_keypoints] = pyramid.describe([image], [features.keypoints])
-    np.testing.assert_allclose(at_keypoints.descriptors, features.descriptors, atol=1e-5)
+    scaled = [resize_image(image, 2.0 ** (-0.5 * level)) for level in range(4)]
+    level_of = np.full(len(features), -1)
+    for level in range(3):  # each level's own keypoints, in full-resolution pixels
+        [found] = single_level.detect([scaled[level]], [OPTIONS])
+        points = rescale_points(found.keypoints, image_size(scaled[level]), image_size(image))
+        distance = np.linalg.norm(features.keypoints[:, None] - points[None], axis=2).min(axis=1)
+        level_of[(distance < 1e-3) & (level_of < 0)] = level
+    assert (level_of >= 0).all() and set(level_of) == {0, 1, 2}, "every level contributes keypoints"
+    unit = [  # each keypoint's unit descriptor on each level
+        DenseFeatureModel.describe(
+            single_level, [s], [rescale_points(features.keypoints, image_size(image), image_size(s))]
+        )[0].descriptors
+        for s in scaled
+    ]
+    rows = np.arange(len(features))
+    expected = normalise_rows(np.stack(unit)[level_of, rows] + np.stack(unit)[level_of + 1, rows])
+    np.testing.assert_allclose(features.descriptors, expected, atol=1e-5)
+    # Bare keypoints are described as found on the full-resolution level.
+    [described] = pyramid.describe([image], [features.keypoints])
+    np.testing.assert_allclose(described.descriptors[level_of == 0], features.descriptors[level_of == 0], atol=1e-5)
 
 
 def test_featureless_and_tiny_images_and_detect_only(tiny_card: Path) -> None:
@@ -136,6 +143,18 @@ def test_peakiness_is_non_negative_and_peaks_at_a_spike() -> None:
     assert prior.shape == (1, 1, 9, 9) and (prior >= 0).all()
     assert prior[0, 0].argmax().item() == 4 * 9 + 4
     torch.testing.assert_close(peakiness(5 * x), prior)  # divided by the largest magnitude: scale-free
+
+
+def test_cornerness_peaks_at_corners_not_on_edges_or_flat_areas() -> None:
+    image = torch.zeros(1, 1, 48, 64)
+    image[..., 12:36, 16:48] = 1.0  # a bright rectangle: four corners, four edges
+    prior = cornerness(image)[0, 0]
+    assert prior.min() >= 0 and prior.max() == 1.0
+    corners, edge_middle, flat = prior[12, 16], prior[12, 32], prior[24, 32]
+    assert corners > 0.5 and edge_middle < 0.05 * corners and flat < 1e-6
+    rotated = cornerness(torch.rot90(image, 1, dims=(2, 3)))[0, 0]  # the structure tensor is rotation-invariant
+    torch.testing.assert_close(rotated, torch.rot90(prior, 1, dims=(0, 1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(cornerness(3 * image + 1)[0, 0], prior)  # divided by its maximum: contrast-free
 
 
 def test_the_coupling_bridge_starts_scale_free_and_blends_both_norms() -> None:

@@ -30,7 +30,7 @@ class SCFeatMethod(CAPSMethod):
         stage = self.config.scfeat.stage
         if stage not in STAGES:
             raise ValueError(f"unknown SCFeat stage {stage!r}; known: {STAGES}")
-        network = SCFeatNetwork(self.config.size)
+        network = SCFeatNetwork(self.config.size, self.config.scfeat.image_prior)
         # Each stage trains its own part; the other is frozen (and unused parameters would stop DDP).
         network.requires_grad_(stage == "descriptor")
         network.detector.requires_grad_(stage == "detector")
@@ -78,6 +78,7 @@ class SCFeatMethod(CAPSMethod):
             "fusion": "F2R: decoder 1/4 (1x1), decoder 1/8 and trunk 1/16 (3x3, resized), concatenated, 1x1 -> 128",
             "normalisation": "shared coupling bridge (position-wise + channel-wise, learnable blend)",
             "detector_widths": DETECTOR_WIDTHS[size],
+            "detector_image_prior": self.config.scfeat.image_prior,
             "detector_parameters": sum(p.numel() for p in network.detector.parameters()),
         }
         return {
