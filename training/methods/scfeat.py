@@ -78,7 +78,7 @@ class SCFeatMethod(CAPSMethod):
             "fusion": "F2R: decoder 1/4 (1x1), decoder 1/8 and trunk 1/16 (3x3, resized), concatenated, 1x1 -> 128",
             "normalisation": "shared coupling bridge (position-wise + channel-wise, learnable blend)",
             "detector_widths": DETECTOR_WIDTHS[size],
-            "detector_image_prior": self.config.scfeat.image_prior,
+            "trained_image_prior": self.config.scfeat.image_prior,  # the served one is conf image_prior
             "detector_parameters": sum(p.numel() for p in network.detector.parameters()),
         }
         return {
@@ -94,13 +94,15 @@ class SCFeatMethod(CAPSMethod):
             "pixel_convention": PIXEL_CONVENTION,
             "keypoints": {
                 "source": "scfeat",
-                "description": "SCFeat detector: 3x3 NMS, score threshold, top-k by score, sub-pixel 3x3 refinement",
+                "description": "SCFeat detector (image prior per conf image_prior) on each pyramid level: 3x3 NMS, "
+                "score threshold, parabola sub-pixel refinement; top-k by score over all levels",
                 "params": {"nms_radius": 1, "subpixel": True},
             },
             "descriptor": {
                 "dim": 128,
                 "dtype": "float32",
-                "layout": "fused map D (stride 4), bilinear at the keypoint on each pyramid level, summed",
+                "layout": "fused map D (stride 4), bilinear at the keypoint on its pyramid level and the next "
+                "coarser one, summed",
                 "normalisation": "L2",
                 "matcher": "mutual nearest neighbour on cosine similarity",
             },
