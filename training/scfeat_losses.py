@@ -62,7 +62,7 @@ class SCFeatConfig:
     """Which SCFeat stage a run trains and the settings of both losses."""
 
     stage: str = "descriptor"  # "descriptor" (backbone, line-to-window loss) or "detector" (policy gradient)
-    image_prior: str = "cornerness"  # the detector's image prior (featureserve.models.scfeat.IMAGE_PRIORS)
+    image_prior: str = "peakiness"  # the detector's image prior in training (featureserve.models.scfeat.IMAGE_PRIORS)
     window: WindowLossConfig = WindowLossConfig()
     reward: DetectorRewardConfig = DetectorRewardConfig()
 
