@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 from collections.abc import Iterator
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 
@@ -37,9 +39,6 @@ OVERLOAD_SETTINGS = {
     "cpu_threads": "2",
 }
 SECONDS = 5.0
-# The target is 2x (docs/RELIABILITY.md reports the measured ratio); CI shares its two cores with other jobs,
-# so this test only guards against losing the bound altogether.
-CI_LATENCY_FACTOR = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +60,27 @@ def _targets(server: Server, jpeg: bytes, keepalive: bool = True) -> tuple[RestT
     )
 
 
+def queue_delay_refusals(server: Server) -> float:
+    """The server's count of sift images refused because their batch would start too late."""
+    text = httpx.get(f"{server.url}/metrics").text
+    pattern = r'^featureserve_rejected_total\{model="sift",reason="queue_delay"\} (\S+)$'
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
 def _assert_nothing_lost(summary: Summary) -> None:
     counts = summary.counts
     assert counts["lost"] == 0 and counts["failed"] == 0 and counts["wrong"] == 0, (summary.as_dict(), summary.details)
 
 
 @pytest.mark.parametrize("api", ["rest", "grpc"])
-def test_ten_times_capacity_is_shed_and_accepted_requests_stay_fast(
+def test_ten_times_capacity_is_shed_by_the_queue_delay_limit_and_nothing_is_lost(
     overload_server: Server, jpeg: bytes, api: str
 ) -> None:
-    async def scenario() -> tuple[Summary, Summary]:
+    # Latency is not asserted here (timings on two shared cores are noise): benchmarks/overload.py measures the
+    # accepted p95 against the unloaded one. This test checks the mechanism that bounds it: the server refuses
+    # by its queue-delay rule, answers every accepted request correctly and loses none.
+    async def scenario() -> Summary:
         rest, grpc_target = _targets(overload_server, jpeg)
         target = rest if api == "rest" else grpc_target
         try:
@@ -78,15 +88,16 @@ def test_ten_times_capacity_is_shed_and_accepted_requests_stay_fast(
             unloaded = summarize(await sequential(target, 15))
             # One image per batch on one worker: capacity is about one image per unloaded latency.
             rate = 10.0 / (unloaded.ok_p50_ms / 1000.0)
-            return unloaded, summarize(await open_loop(target, rate, SECONDS))
+            return summarize(await open_loop(target, rate, SECONDS))
         finally:
             await rest.close()
             await grpc_target.close()
 
-    unloaded, loaded = asyncio.run(scenario())
+    refused_before = queue_delay_refusals(overload_server)
+    loaded = asyncio.run(scenario())
     _assert_nothing_lost(loaded)
     assert loaded.counts["shed"] > loaded.counts["ok"] > 0, loaded.as_dict()
-    assert loaded.ok_p95_ms <= CI_LATENCY_FACTOR * unloaded.ok_p95_ms, (unloaded.as_dict(), loaded.as_dict())
+    assert queue_delay_refusals(overload_server) > refused_before, loaded.as_dict()
 
 
 def test_sigterm_under_overload_loses_no_accepted_request(jpeg: bytes) -> None:
