@@ -111,7 +111,9 @@ class CouplingBridgeNorm(nn.Module):
         return (w_position * position + w_channel * channel) / (w_position + w_channel)
 
 
-IMAGE_PRIORS = ("cornerness", "peakiness")
+# Served; "peakiness" is the reference's, and what the shipped detector was trained with.
+DEFAULT_IMAGE_PRIOR = "cornerness"
+IMAGE_PRIORS = (DEFAULT_IMAGE_PRIOR, "peakiness")
 
 
 class Detector(nn.Module):
@@ -124,7 +126,9 @@ class Detector(nn.Module):
     the 3x3 mean", and cornerness raised Oxford MMA@3 from 0.568 to 0.639 with the same weights (docs/MODELS.md).
     """
 
-    def __init__(self, feature_channels: int, widths: tuple[int, int, int], image_prior: str = "cornerness") -> None:
+    def __init__(
+        self, feature_channels: int, widths: tuple[int, int, int], image_prior: str = DEFAULT_IMAGE_PRIOR
+    ) -> None:
         super().__init__()
         if image_prior not in IMAGE_PRIORS:
             raise ValueError(f"image_prior must be one of {IMAGE_PRIORS}, got {image_prior!r}")
@@ -159,7 +163,7 @@ class SCFeatNetwork(UNetBackbone):
 
     stride: ClassVar[int] = 4
 
-    def __init__(self, size: str = "lite", image_prior: str = "cornerness") -> None:
+    def __init__(self, size: str = "lite", image_prior: str = DEFAULT_IMAGE_PRIOR) -> None:
         super().__init__(size)
         c4, _, c16 = self.trunk.out_channels
         d8, d4 = SIZES[size]["decoder"]
@@ -197,7 +201,7 @@ class SCFeatNetwork(UNetBackbone):
 
 
 def load_checkpoint(
-    card_path: str | Path, device: str | torch.device = "cpu", image_prior: str = "cornerness"
+    card_path: str | Path, device: str | torch.device = "cpu", image_prior: str = DEFAULT_IMAGE_PRIOR
 ) -> tuple[SCFeatNetwork, dict[str, Any]]:
     """The network (its detector using ``image_prior``) and the JSON card of an SCFeat checkpoint."""
     return load_network(card_path, lambda card: SCFeatNetwork(card["architecture"]["size"], image_prior), device)
@@ -221,7 +225,7 @@ class SCFeat(DenseFeatureModel):
         "scale_levels": 3,
         "scale_step": 0.5,
         # The image factor of the score map: "cornerness" (Shi-Tomasi) or the reference's grey "peakiness".
-        "image_prior": "cornerness",
+        "image_prior": DEFAULT_IMAGE_PRIOR,
         "card": str(DEFAULT_CARD),
     }
 

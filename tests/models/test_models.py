@@ -89,3 +89,15 @@ def test_tensor_batch_equals_one_by_one(photo: np.ndarray) -> None:
         [alone] = model.extract([crop], options[:1])
         assert np.array_equal(alone.keypoints, batched.keypoints)
         assert np.allclose(alone.descriptors, batched.descriptors, atol=1e-5)
+
+
+def test_padding_to_the_size_bucket_is_invisible(photo: np.ndarray) -> None:
+    # The bucket pads at the bottom and right by repeating the edge, so an image and the same image already
+    # extended that way give the network the same tensor: same descriptors, even right beside the padding.
+    model = load_model("tiny-cnn")
+    image = photo[:100, :70]
+    extended = np.pad(image, ((0, 28), (0, 58), (0, 0)), mode="edge")  # to the 128 x 128 bucket
+    assert model.bucket_key(image) == model.bucket_key(extended) == (128, 128)
+    corner = np.array([[69.0, 99.0], [60.0, 95.0], [10.0, 10.0]], np.float32)
+    [small], [large] = model.describe([image], [corner]), model.describe([extended], [corner])
+    np.testing.assert_allclose(small.descriptors, large.descriptors, atol=1e-6)
