@@ -1,0 +1,133 @@
+"""How far each model's homography estimates are from what its own correct matches allow, pair by pair.
+
+For every pair (1, N) of the homography sequences, the evaluation's homography (MAGSAC++, 3 px, over all
+mutual nearest-neighbour matches; `training.evaluation.hpatches`) is set beside an oracle: a least-squares
+homography fitted only to the matches that the true homography puts within 1.5 px, which no estimator can
+pick. Both are scored by the mean corner error against the ground truth. Where the oracle is far under 3 px
+and the estimate is over it, the matches are good enough and the estimate is what misses; where the oracle is
+itself over 3 px, the model's correct matches (or the ground truth) cannot pin that pair.
+
+Usage (from the repository root):
+    python benchmarks/homography_headroom.py --models sift scfeat --out benchmarks/results/homography_headroom.json
+
+Writes the JSON results and a Markdown file with the same stem next to it, and prints the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from common import machine_info, markdown_table, now_iso, write_results
+
+from featureserve.models import homography_corner_error, image_size, load_model, match_descriptors, verify
+from training.evaluation.hpatches import (
+    extract_capped,
+    load_image,
+    load_sequences,
+    model_extractor,
+    reprojection_errors,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "oxford_affine"
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "homography_headroom.json"
+RANSAC_THRESHOLD_PX = 3.0  # the evaluation's
+ORACLE_THRESHOLD_PX = 1.5
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of homography sequences")
+    parser.add_argument("--models", nargs="+", default=["sift", "scfeat"], help="registry names")
+    parser.add_argument("--max-keypoints", type=int, default=2048, help="keypoint budget per image")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output; Markdown goes beside it")
+    return parser.parse_args(argv)
+
+
+def corner_error(estimate: np.ndarray | None, truth: np.ndarray, size: tuple[int, int]) -> float | None:
+    """Mean corner error of ``estimate`` in pixels, ``None`` when there is no finite estimate."""
+    if estimate is None:
+        return None
+    error = homography_corner_error(estimate, truth, size)
+    return float(error) if np.isfinite(error) else None
+
+
+def pair_headroom(model: Any, data: Path, max_keypoints: int) -> list[dict[str, Any]]:
+    """Per pair: matches, the evaluation's corner error, the oracle's, and how many matches the oracle used."""
+    extract = model_extractor(model, max_keypoints)
+    rows = []
+    for sequence in load_sequences(data):
+        reference = load_image(sequence.reference_path)
+        features0, _ = extract_capped(extract, reference, max_keypoints)
+        for pair in sequence.pairs:
+            features1, _ = extract_capped(extract, load_image(pair.image_path), max_keypoints)
+            metric = features0.descriptor.metric
+            matches = match_descriptors(features0.descriptors, features1.descriptors, metric=metric, matcher="mnn")
+            points0 = features0.keypoints[matches.indices[:, 0]]
+            points1 = features1.keypoints[matches.indices[:, 1]]
+            estimate = verify(points0, points1, "homography", threshold=RANSAC_THRESHOLD_PX).matrix
+            close = reprojection_errors(points0, points1, pair.homography) <= ORACLE_THRESHOLD_PX
+            oracle = None
+            if close.sum() >= 4:
+                oracle = cv2.findHomography(points0[close].astype(np.float64), points1[close].astype(np.float64), 0)[0]
+            size = image_size(reference)
+            rows.append(
+                {
+                    "pair": f"{sequence.name} 1-{pair.index}",
+                    "matches": len(matches),
+                    "oracle_matches": int(close.sum()),
+                    "estimate_corner_error": corner_error(estimate, pair.homography, size),
+                    "oracle_corner_error": corner_error(oracle, pair.homography, size),
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure each model, print the Markdown report and write the JSON and Markdown files."""
+    args = parse_args(argv)
+    results = {name: pair_headroom(load_model(name), args.data, args.max_keypoints) for name in args.models}
+    report = {
+        "date": now_iso(),
+        "machine": machine_info(),
+        "data": os.path.relpath(args.data.resolve(), REPO_ROOT),
+        "max_keypoints": args.max_keypoints,
+        "ransac_threshold_px": RANSAC_THRESHOLD_PX,
+        "oracle_threshold_px": ORACLE_THRESHOLD_PX,
+        "pairs": results,
+    }
+    names = list(results)
+    headers = ["pair"] + [f"{name} {column}" for name in names for column in ("estimate", "oracle", "oracle matches")]
+    rows = []
+    for i, first in enumerate(results[names[0]]):
+        row: list[Any] = [first["pair"]]
+        for name in names:
+            r = results[name][i]
+            row += [r["estimate_corner_error"], r["oracle_corner_error"], r["oracle_matches"]]
+        rows.append(row)
+    markdown = "\n".join(
+        [
+            "# Homography headroom",
+            "",
+            f"Data: `{report['data']}`. Date: {report['date']}. At most {args.max_keypoints} keypoints per image, "
+            "plain mutual nearest neighbours. Mean corner error (px) against the ground truth of: *estimate*, the "
+            f"evaluation's MAGSAC++ homography ({RANSAC_THRESHOLD_PX:g} px) over all matches; *oracle*, a "
+            f"least-squares homography over the matches the true homography puts within {ORACLE_THRESHOLD_PX:g} px "
+            "(*oracle matches*). `-`: no estimate.",
+            "",
+            markdown_table(headers, rows),
+            "",
+        ]
+    )
+    print(markdown)
+    write_results(args.out, report, markdown)
+
+
+if __name__ == "__main__":
+    main()
