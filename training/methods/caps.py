@@ -43,7 +43,9 @@ def dense_card_fields(size: str, network: nn.Module) -> dict[str, Any]:
             "colour": "grey (OpenCV RGB->grey)",
             "scale": "uint8 / 255",
             "normalisation": {"mean": GREY_MEAN, "std": GREY_STD},
-            "padding": "the last row and column repeated at the bottom and right up to a multiple of 64 pixels (size buckets)",
+            "padding": (
+                "the last row and column repeated at the bottom and right up to a multiple of 64 pixels (size buckets)"
+            ),
         },
         "pixel_convention": PIXEL_CONVENTION,
         "keypoints": SIFT_KEYPOINTS,
