@@ -1,10 +1,9 @@
-"""Helpers shared by the service benchmarks (``overhead.py``, ``throughput.py``).
+"""Helpers shared by the benchmarks.
 
 Starting a ``featureserve serve`` subprocess on a free loopback port (and always stopping it), a "null"
 HTTP server that only reads the upload (the transport baseline), percentiles, the test image, machine
-information, Prometheus histogram parsing and writing the JSON + Markdown results.
-
-``quality.py`` predates this module and keeps its own ``machine_info``; it is left as it is.
+information, Prometheus histogram parsing, the repository's paths (results, the Oxford data) and writing
+the JSON + Markdown results.
 
 Run as a script, this module is the null server: ``python benchmarks/common.py null-server --port N``.
 """
@@ -41,6 +40,8 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+# Homography sequences; the data live beside the repository, never inside it.
+OXFORD_AFFINE = REPO_ROOT.parent / "shared" / "data" / "oxford_affine"
 LOOPBACK = "127.0.0.1"
 # Distributions whose versions go into every report (missing ones are reported as absent).
 VERSIONED = (

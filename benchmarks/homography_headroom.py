@@ -22,20 +22,21 @@ from typing import Any
 
 import cv2
 import numpy as np
-from common import machine_info, markdown_table, now_iso, write_results
+from common import OXFORD_AFFINE, REPO_ROOT, RESULTS_DIR, machine_info, markdown_table, now_iso, write_results
 
-from featureserve.models import homography_corner_error, image_size, load_model, match_descriptors, verify
+from featureserve.models import image_size, load_model
 from training.evaluation.hpatches import (
+    estimate_homography,
     extract_capped,
+    finite_corner_error,
     load_image,
     load_sequences,
     model_extractor,
+    mutual_matches,
     reprojection_errors,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "oxford_affine"
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "homography_headroom.json"
+DEFAULT_OUT = RESULTS_DIR / "homography_headroom.json"
 RANSAC_THRESHOLD_PX = 3.0  # the evaluation's
 ORACLE_THRESHOLD_PX = 1.5
 
@@ -43,19 +44,11 @@ ORACLE_THRESHOLD_PX = 1.5
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of homography sequences")
+    parser.add_argument("--data", type=Path, default=OXFORD_AFFINE, help="folder of homography sequences")
     parser.add_argument("--models", nargs="+", default=["sift", "scfeat"], help="registry names")
     parser.add_argument("--max-keypoints", type=int, default=2048, help="keypoint budget per image")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output; Markdown goes beside it")
     return parser.parse_args(argv)
-
-
-def corner_error(estimate: np.ndarray | None, truth: np.ndarray, size: tuple[int, int]) -> float | None:
-    """Mean corner error of ``estimate`` in pixels, ``None`` when there is no finite estimate."""
-    if estimate is None:
-        return None
-    error = homography_corner_error(estimate, truth, size)
-    return float(error) if np.isfinite(error) else None
 
 
 def pair_headroom(model: Any, data: Path, max_keypoints: int) -> list[dict[str, Any]]:
@@ -67,23 +60,20 @@ def pair_headroom(model: Any, data: Path, max_keypoints: int) -> list[dict[str, 
         features0, _ = extract_capped(extract, reference, max_keypoints)
         for pair in sequence.pairs:
             features1, _ = extract_capped(extract, load_image(pair.image_path), max_keypoints)
-            metric = features0.descriptor.metric
-            matches = match_descriptors(features0.descriptors, features1.descriptors, metric=metric, matcher="mnn")
-            points0 = features0.keypoints[matches.indices[:, 0]]
-            points1 = features1.keypoints[matches.indices[:, 1]]
-            estimate = verify(points0, points1, "homography", threshold=RANSAC_THRESHOLD_PX).matrix
+            points0, points1 = mutual_matches(features0, features1)
+            size = image_size(reference)
+            estimate_error, _ = estimate_homography(points0, points1, pair.homography, size, RANSAC_THRESHOLD_PX)
             close = reprojection_errors(points0, points1, pair.homography) <= ORACLE_THRESHOLD_PX
             oracle = None
             if close.sum() >= 4:
                 oracle = cv2.findHomography(points0[close].astype(np.float64), points1[close].astype(np.float64), 0)[0]
-            size = image_size(reference)
             rows.append(
                 {
                     "pair": f"{sequence.name} 1-{pair.index}",
-                    "matches": len(matches),
+                    "matches": len(points0),
                     "oracle_matches": int(close.sum()),
-                    "estimate_corner_error": corner_error(estimate, pair.homography, size),
-                    "oracle_corner_error": corner_error(oracle, pair.homography, size),
+                    "estimate_corner_error": estimate_error,
+                    "oracle_corner_error": finite_corner_error(oracle, pair.homography, size),
                 }
             )
     return rows

@@ -19,15 +19,13 @@ from typing import Any
 
 import cv2
 import numpy as np
-from common import machine_info, markdown_table, now_iso, write_results
+from common import OXFORD_AFFINE, REPO_ROOT, RESULTS_DIR, machine_info, markdown_table, now_iso, write_results
 
-from featureserve.models import KeypointOptions, load_model, match_descriptors
+from featureserve.models import KeypointOptions, load_model
 from featureserve.models.base import image_size, resize_image
-from training.evaluation.hpatches import load_image, matching_accuracy, reprojection_errors
+from training.evaluation.hpatches import load_image, matching_accuracy, mutual_matches, reprojection_errors
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "oxford_affine"
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "invariance.json"
+DEFAULT_OUT = RESULTS_DIR / "invariance.json"
 # (rotation in degrees, scale): rotations alone, zooms alone, and boat's pair 1-3 (about 40 degrees, 0.74).
 WARPS: tuple[tuple[float, float], ...] = (
     (15, 1.0),
@@ -45,7 +43,7 @@ THRESHOLD_PX = 3.0
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of homography sequences")
+    parser.add_argument("--data", type=Path, default=OXFORD_AFFINE, help="folder of homography sequences")
     parser.add_argument("--sequences", nargs="+", default=["bikes", "wall", "leuven"], help="whose img1 to warp")
     parser.add_argument("--models", nargs="+", default=["sift", "orb"], help="registry names")
     parser.add_argument("--max-keypoints", type=int, default=2048, help="keypoint budget per image")
@@ -80,9 +78,7 @@ def warp_accuracy(model: Any, images: list[np.ndarray], max_keypoints: int) -> d
         for image, features0 in zip(images, originals, strict=True):
             warped, homography = similarity_warp(image, degrees, scale)
             [features1] = model.extract([warped], options)
-            matches = match_descriptors(features0.descriptors, features1.descriptors, features0.descriptor.metric)
-            points0 = features0.keypoints[matches.indices[:, 0]]
-            points1 = features1.keypoints[matches.indices[:, 1]]
+            points0, points1 = mutual_matches(features0, features1)
             errors = reprojection_errors(points0, points1, homography)
             accuracies.append(float(matching_accuracy(errors, [THRESHOLD_PX])[0]))
         results[f"{degrees:g}deg x{scale:g}"] = float(np.mean(accuracies))

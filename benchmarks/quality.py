@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from common import machine_info
+from common import OXFORD_AFFINE, REPO_ROOT, RESULTS_DIR, machine_info
 
 from featureserve.models import load_model
 from training.evaluation import (
@@ -27,16 +27,13 @@ from training.evaluation import (
     sequence_markdown_table,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# The data live beside the repository, never inside it.
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "oxford_affine"
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "quality.json"
+DEFAULT_OUT = RESULTS_DIR / "quality.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of homography sequences")
+    parser.add_argument("--data", type=Path, default=OXFORD_AFFINE, help="folder of homography sequences")
     parser.add_argument("--models", nargs="+", default=["orb", "sift", "akaze"], help="registry names")
     parser.add_argument("--max-keypoints", type=int, default=2048, help="keypoint budget per image")
     parser.add_argument("--sequences", nargs="+", default=None, help="evaluate only these sequences")

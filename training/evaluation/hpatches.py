@@ -355,6 +355,35 @@ def extract_capped(extract_fn: ExtractFn, image: np.ndarray, max_keypoints: int 
     return features, seconds
 
 
+def mutual_matches(features0: Features, features1: Features) -> tuple[np.ndarray, np.ndarray]:
+    """``(points0, points1)``: the keypoints of the plain mutual nearest-neighbour matches, ``(M, 2)`` each."""
+    metric = features0.descriptor.metric
+    if features1.descriptor.metric != metric:
+        raise ValueError(f"descriptor metrics differ: {metric} vs {features1.descriptor.metric}")
+    matches = match_descriptors(features0.descriptors, features1.descriptors, metric=metric, matcher="mnn")
+    return features0.keypoints[matches.indices[:, 0]], features1.keypoints[matches.indices[:, 1]]
+
+
+def finite_corner_error(estimate: np.ndarray | None, truth: np.ndarray, size: tuple[int, int]) -> float | None:
+    """Mean corner error of ``estimate`` against ``truth`` in pixels; ``None`` without an estimate or when infinite."""
+    if estimate is None:
+        return None
+    error = homography_corner_error(estimate, truth, size)
+    return error if np.isfinite(error) else None
+
+
+def estimate_homography(
+    points0: np.ndarray,
+    points1: np.ndarray,
+    truth: np.ndarray,
+    reference_size: tuple[int, int],
+    ransac_threshold: float,
+) -> tuple[float | None, int]:
+    """``(corner error, inliers)`` of the MAGSAC++ homography of matched points; ``None`` without a finite estimate."""
+    verification = verify(points0, points1, "homography", threshold=ransac_threshold)
+    return finite_corner_error(verification.matrix, truth, reference_size), verification.num_inliers
+
+
 def _evaluate_pair(
     sequence: HomographySequence,
     pair: HomographyPair,
@@ -366,26 +395,17 @@ def _evaluate_pair(
     ransac_threshold: float,
     repeatability_threshold: float,
 ) -> PairResult:
-    metric = features0.descriptor.metric
-    if features1.descriptor.metric != metric:
-        raise ValueError(f"descriptor metrics differ: {metric} vs {features1.descriptor.metric}")
-    matches = match_descriptors(features0.descriptors, features1.descriptors, metric=metric, matcher="mnn")
-    points0 = features0.keypoints[matches.indices[:, 0]]
-    points1 = features1.keypoints[matches.indices[:, 1]]
+    points0, points1 = mutual_matches(features0, features1)
     accuracy = matching_accuracy(reprojection_errors(points0, points1, pair.homography), thresholds)
-    verification = verify(points0, points1, "homography", threshold=ransac_threshold)
-    corner_error = None
-    if verification.matrix is not None:
-        error = homography_corner_error(verification.matrix, pair.homography, reference_size)
-        corner_error = error if np.isfinite(error) else None
+    corner_error, num_inliers = estimate_homography(points0, points1, pair.homography, reference_size, ransac_threshold)
     return PairResult(
         sequence=sequence.name,
         category=sequence.category,
         index=pair.index,
         num_features=(len(features0), len(features1)),
-        num_matches=len(matches),
+        num_matches=len(points0),
         mma=[float(a) for a in accuracy],
-        num_inliers=verification.num_inliers,
+        num_inliers=num_inliers,
         corner_error=corner_error,
         repeatability=repeatability(
             features0.keypoints,
