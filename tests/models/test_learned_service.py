@@ -64,7 +64,9 @@ def test_scfeat_batches_concurrent_images_without_mixing_them(learned_server: Se
         together = [decode_features(body) for body in asyncio.run(concurrent())]
         metrics = client.get("/metrics").text
     for (k0, d0), (k1, d1) in zip(alone, together, strict=True):
-        np.testing.assert_allclose(k0, k1, atol=1e-3)
+        # Convolutions of another batch size round differently; a parabola vertex on a nearly flat peak moves
+        # that rounding to about 1e-3 px. A mixed-up image moves keypoints by pixels.
+        np.testing.assert_allclose(k0, k1, atol=1e-2)
         np.testing.assert_allclose(d0, d1, atol=1e-4)
     values = {
         line.split("{")[0]: float(line.split()[-1])
