@@ -3,7 +3,6 @@ ready over REST and gRPC, healthy by the image's own HEALTHCHECK, drained by SIG
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import threading
@@ -18,10 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from featureserve.client import GrpcClient
 from featureserve.service.settings import Settings
-from tests.conftest import encode, free_port
+from tests.conftest import encode, free_port, metric_value
 from tests.deploy.conftest import Container, container_command, dockerfile_stages, exec_form, start_container
-
-IN_FLIGHT = re.compile(r'^featureserve_in_flight_requests\{endpoint="/v1/extract"\} (\S+)$', re.M)
 
 
 def test_command_is_the_console_script_in_exec_form() -> None:
@@ -82,8 +79,8 @@ def test_sigterm_answers_the_request_in_flight_and_exits_zero(photo: np.ndarray,
         thread.start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            match = IN_FLIGHT.search(httpx.get(f"{c.url}/metrics").text)
-            if match and float(match.group(1)) >= 1:
+            text = httpx.get(f"{c.url}/metrics").text
+            if metric_value(text, "featureserve_in_flight_requests", endpoint="/v1/extract") >= 1:
                 break
             time.sleep(0.01)
         exit_code = c.stop()

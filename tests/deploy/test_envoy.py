@@ -25,10 +25,9 @@ import numpy as np
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from featureserve.client import GrpcClient
-from tests.conftest import encode, free_port
+from tests.conftest import encode, free_port, metric_value
 from tests.deploy.conftest import DEPLOY, Container, start_container, tool
 
 ENVOY_CONFIG = DEPLOY / "envoy" / "envoy.yaml"
@@ -58,12 +57,7 @@ def test_envoy_rejects_a_broken_config(tmp_path: Path) -> None:
 def requests_served(replica: Container, endpoint: str) -> float:
     """featureserve_requests_total of ``endpoint`` on one replica, over all models and statuses."""
     text = httpx.get(f"{replica.url}/metrics", timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "featureserve_requests_total" and sample.labels.get("endpoint") == endpoint
-    )
+    return metric_value(text, "featureserve_requests_total", endpoint=endpoint)
 
 
 def loopback_config(replicas: list[Container], ports: dict[str, int]) -> dict:

@@ -25,7 +25,7 @@ from featureserve.models import homography_corner_error
 from featureserve.v1 import features_pb2 as pb
 from featureserve.v1 import service_pb2 as service
 from featureserve.v1.service_pb2_grpc import FeatureServiceStub
-from tests.conftest import TEST_HOMOGRAPHY, Server, encode, start_server
+from tests.conftest import TEST_HOMOGRAPHY, Server, encode, metric_value, start_server
 
 
 def camera_frames(photo: np.ndarray, count: int, size: int = 320, start: int = 0) -> list[np.ndarray]:
@@ -128,8 +128,7 @@ def server_rss_bytes(server: Server) -> int:
 
 
 def open_sessions(server: Server) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
-    return float(re.search(r"^featureserve_stream_sessions (\S+)$", text, re.MULTILINE).group(1))
+    return metric_value(httpx.get(f"{server.url}/metrics").text, "featureserve_stream_sessions")
 
 
 def test_sessions_are_isolated_and_freed(photo: np.ndarray, server: Server) -> None:

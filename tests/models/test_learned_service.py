@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from featureserve.models import homography_corner_error
-from tests.conftest import TEST_HOMOGRAPHY, Server, decode_features, encode, start_server
+from tests.conftest import TEST_HOMOGRAPHY, Server, decode_features, encode, metric_value, start_server
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +68,6 @@ def test_scfeat_batches_concurrent_images_without_mixing_them(learned_server: Se
         # that rounding to about 1e-3 px. A mixed-up image moves keypoints by pixels.
         np.testing.assert_allclose(k0, k1, atol=1e-2)
         np.testing.assert_allclose(d0, d1, atol=1e-4)
-    values = {
-        line.split("{")[0]: float(line.split()[-1])
-        for line in metrics.splitlines()
-        if line.startswith("featureserve_batch_size_") and 'model="scfeat"' in line and "_bucket" not in line
-    }
+    batches = metric_value(metrics, "featureserve_batch_size_count", model="scfeat")
     # Fewer batches than images: concurrent images shared tensor batches.
-    assert values["featureserve_batch_size_count"] < values["featureserve_batch_size_sum"]
+    assert 0 < batches < metric_value(metrics, "featureserve_batch_size_sum", model="scfeat")

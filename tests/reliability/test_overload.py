@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 from collections.abc import Iterator
 
@@ -17,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Server, encode, start_server
+from tests.conftest import Server, encode, metric_value, start_server
 from tests.reliability.load import (
     GrpcTarget,
     Outcome,
@@ -63,9 +62,7 @@ def _targets(server: Server, jpeg: bytes, keepalive: bool = True) -> tuple[RestT
 def queue_delay_refusals(server: Server) -> float:
     """The server's count of sift images refused because their batch would start too late."""
     text = httpx.get(f"{server.url}/metrics").text
-    pattern = r'^featureserve_rejected_total\{model="sift",reason="queue_delay"\} (\S+)$'
-    found = re.search(pattern, text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    return metric_value(text, "featureserve_rejected_total", model="sift", reason="queue_delay")
 
 
 def _assert_nothing_lost(summary: Summary) -> None:

@@ -4,7 +4,6 @@ fails its own requests at once with 503 / UNAVAILABLE, is replaced, and the queu
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Iterator
 
@@ -16,7 +15,7 @@ import pytest
 from featureserve.v1 import features_pb2 as pb
 from featureserve.v1 import service_pb2 as service
 from featureserve.v1.service_pb2_grpc import FeatureServiceStub
-from tests.conftest import Server, encode, start_server
+from tests.conftest import Server, encode, metric_value, start_server
 from tests.faults import CRASH, HANG, SLOW, with_command
 
 BATCH_TIMEOUT_S = 2.0
@@ -42,10 +41,7 @@ def image(photo: np.ndarray) -> np.ndarray:
 
 
 def _metric(server: Server, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
-    label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    found = re.search(rf"^{name}\{{{re.escape(label_text)}\}} (\S+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
+    return metric_value(httpx.get(f"{server.url}/metrics").text, name, **labels)
 
 
 def _post(session: httpx.AsyncClient, png: bytes) -> asyncio.Future:

@@ -1,15 +1,12 @@
 """SIGTERM drains: every request the server has accepted is answered, then the process exits 0."""
 
 import asyncio
-import re
 
 import cv2
 import httpx
 import numpy as np
 
-from tests.conftest import encode, start_server
-
-IN_FLIGHT = re.compile(r'^featureserve_in_flight_requests\{endpoint="/v1/extract"\} (\S+)$', re.M)
+from tests.conftest import encode, metric_value, start_server
 
 
 def test_sigterm_during_load_loses_no_accepted_request(photo: np.ndarray) -> None:
@@ -26,8 +23,8 @@ def test_sigterm_during_load_loses_no_accepted_request(photo: np.ndarray) -> Non
                 for _ in range(count)
             ]
             for _ in range(200):  # wait until the server holds every request
-                match = IN_FLIGHT.search((await session.get("/metrics")).text)
-                if match and float(match.group(1)) >= count:
+                text = (await session.get("/metrics")).text
+                if metric_value(text, "featureserve_in_flight_requests", endpoint="/v1/extract") >= count:
                     break
                 await asyncio.sleep(0.05)
             else:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from featureserve.models import homography_corner_error
-from tests.conftest import TEST_HOMOGRAPHY, Server, decode_features, encode
+from tests.conftest import TEST_HOMOGRAPHY, Server, decode_features, encode, metric_value
 
 
 @pytest.mark.parametrize("model", ["sift", "orb"])
@@ -116,14 +116,9 @@ def test_concurrent_requests_get_the_same_answers_as_sequential(
         assert np.array_equal(k0, k1)
         assert np.allclose(d0.astype(float), d1.astype(float), atol=1e-5)
     metrics = client.get("/metrics").text
-    batch_count = [
-        line for line in metrics.splitlines() if line.startswith('featureserve_batch_size_count{model="tiny-cnn"}')
-    ]
-    batch_sum = [
-        line for line in metrics.splitlines() if line.startswith('featureserve_batch_size_sum{model="tiny-cnn"}')
-    ]
+    batches = metric_value(metrics, "featureserve_batch_size_count", model="tiny-cnn")
     # Fewer batches than images proves that concurrent images shared batches.
-    assert float(batch_count[0].split()[-1]) < float(batch_sum[0].split()[-1])
+    assert 0 < batches < metric_value(metrics, "featureserve_batch_size_sum", model="tiny-cnn")
 
 
 def test_models_and_operations_endpoints(client: httpx.Client) -> None:
