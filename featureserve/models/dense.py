@@ -173,8 +173,11 @@ class DenseFeatureModel(FeatureModel):
             results[i] = self._extract_one(images[i], options[i], outputs, b)
         return results  # type: ignore[return-value]
 
-    def _extract_one(self, image: np.ndarray, options: KeypointOptions, outputs: dict[str, Any], b: int) -> Features:
-        """Keypoints of row ``b`` of a batch's outputs (``image`` is that row, unpadded) and their descriptors."""
+    def _extract_one(
+        self, image: np.ndarray, options: KeypointOptions, outputs: dict[str, Any], b: int, describe: bool = True
+    ) -> Features:
+        """Keypoints of row ``b`` of a batch's outputs (``image`` is that row, unpadded) and, if ``describe``,
+        their descriptors."""
         height, width = image.shape[:2]
         scores = outputs["scores"][b, 0, :height, :width]
         peaks = nms_mask(scores[None, None], int(self.conf["nms_radius"]))[0, 0]  # the padding suppresses nothing
@@ -189,11 +192,10 @@ class DenseFeatureModel(FeatureModel):
         keypoints, values = keypoints[keep_t], values[keep_t]
         if self.conf["subpixel"]:
             keypoints = refine_subpixel(scores, keypoints)
-        descriptors = self._sample(outputs, b, keypoints)
         return Features(
             keypoints=keypoints.cpu().numpy().astype(np.float32),
             scores=values.float().cpu().numpy(),
-            descriptors=descriptors.float().cpu().numpy(),
+            descriptors=self._sample(outputs, b, keypoints).float().cpu().numpy() if describe else None,
             image_size=(width, height),
             descriptor=self.descriptor,
         )

@@ -246,11 +246,8 @@ class SCFeat(DenseFeatureModel):
         return self._on_levels(images, options, describe=True)
 
     def detect(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
-        """Keypoints and scores only: the detection levels, without the extra descriptor level."""
-        features = self._on_levels(images, options, describe=False)
-        for f in features:
-            f.descriptors = None
-        return features
+        """Keypoints and scores only: the detection levels, nothing sampled from the descriptor maps."""
+        return self._on_levels(images, options, describe=False)
 
     def describe(self, images: Sequence[np.ndarray], keypoints: Sequence[np.ndarray]) -> list[Features]:
         """Descriptors at the given keypoints, taken as found on the full-resolution level (as in `extract`)."""
@@ -290,7 +287,7 @@ class SCFeat(DenseFeatureModel):
                     previous.descriptors += self._sample(outputs, b, self._points(points)).float().cpu().numpy()
                 if level < self._usable_levels(images[i]):
                     candidates = KeypointOptions(max_keypoints=candidate_count(options[i]))
-                    f = self._extract_one(scaled[j], candidates, outputs, b)
+                    f = self._extract_one(scaled[j], candidates, outputs, b, describe)
                     f.keypoints = rescale_points(f.keypoints, size, image_size(images[i]))
                     f.image_size = image_size(images[i])
                     found[i].append(f)
@@ -299,11 +296,12 @@ class SCFeat(DenseFeatureModel):
         ]
 
     def _strongest(self, image: np.ndarray, options: KeypointOptions, levels: list[Features]) -> Features:
-        """The keypoints that ``options`` selects among every level's candidates, descriptors normalised."""
+        """The keypoints that ``options`` selects among every level's candidates, descriptors (if any) normalised."""
+        described = levels[0].descriptors is not None
         merged = Features(
             keypoints=np.concatenate([f.keypoints for f in levels]),
             scores=np.concatenate([f.scores for f in levels]),
-            descriptors=normalise_rows(np.concatenate([f.descriptors for f in levels])),
+            descriptors=normalise_rows(np.concatenate([f.descriptors for f in levels])) if described else None,
             image_size=image_size(image),
             descriptor=self.descriptor,
         )
