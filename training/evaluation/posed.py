@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from featureserve.models import match_descriptors, verify
+from featureserve.models import verify
 
 from ..data.posed import PosedImage, load_posed_image
 from ..geometry import (
@@ -29,7 +29,7 @@ from ..geometry import (
     rotation_error_deg,
     translation_error_deg,
 )
-from .hpatches import ExtractFn, extract_capped
+from .hpatches import ExtractFn, extract_capped, mutual_matches
 
 
 @dataclass
@@ -126,11 +126,7 @@ def evaluate_posed_pairs(
         rotation, translation = relative_pose(
             images[i].rotation, images[i].translation, images[j].rotation, images[j].translation
         )
-        matches = match_descriptors(
-            features1.descriptors, features2.descriptors, metric=features1.descriptor.metric, matcher="mnn"
-        )
-        points1 = features1.keypoints[matches.indices[:, 0]]
-        points2 = features2.keypoints[matches.indices[:, 1]]
+        points1, points2 = mutual_matches(features1, features2)
         distances = symmetric_epipolar_distance(points1, points2, fundamental_matrix(k1, k2, rotation, translation))
         precision = [float((distances <= t).mean()) if len(distances) else 0.0 for t in epipolar_thresholds]
         fit = verify(points1, points2, "essential", ransac_threshold, intrinsics0=k1, intrinsics1=k2)
@@ -141,7 +137,7 @@ def evaluate_posed_pairs(
             PosedPairResult(
                 names=(images[i].path.name, images[j].path.name),
                 num_features=(len(features1), len(features2)),
-                num_matches=len(matches),
+                num_matches=len(points1),
                 num_inliers=fit.num_inliers,
                 rotation_error=errors[0],
                 translation_error=errors[1],
