@@ -5,7 +5,7 @@ perspective, no illumination change), so the figures isolate what a model does u
 zoom; a drop here names the cause of a drop on sequences such as Oxford boat (rotation and zoom) or wall.
 
 Usage (from the repository root):
-    python benchmarks/invariance.py --models sift scfeat --out benchmarks/results/invariance.json
+    python benchmarks/invariance.py --models sift scfeat --steered scfeat --out benchmarks/results/invariance.json
 
 Writes the JSON results and a Markdown file with the same stem next to it, and prints the Markdown.
 """
@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=OXFORD_AFFINE, help="folder of homography sequences")
     parser.add_argument("--sequences", nargs="+", default=["bikes", "wall", "leuven"], help="whose img1 to warp")
     parser.add_argument("--models", nargs="+", default=["sift", "orb"], help="registry names")
+    parser.add_argument(
+        "--steered", nargs="*", default=[], help="dense models to measure again with upright: false (a row each)"
+    )
     parser.add_argument("--max-keypoints", type=int, default=2048, help="keypoint budget per image")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output; Markdown goes beside it")
     return parser.parse_args(argv)
@@ -89,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     """Measure each model, print the Markdown report and write the JSON and Markdown files."""
     args = parse_args(argv)
     images = [load_image(args.data / name / "img1.png") for name in args.sequences]
-    results = {name: warp_accuracy(load_model(name), images, args.max_keypoints) for name in args.models}
+    models = {name: load_model(name) for name in args.models}
+    models |= {f"{name} (steered)": load_model(name, upright=False) for name in args.steered}
+    results = {name: warp_accuracy(model, images, args.max_keypoints) for name, model in models.items()}
     report = {
         "date": now_iso(),
         "machine": machine_info(),

@@ -96,7 +96,9 @@ class LocalClient:
         if name not in self._models:
             if name not in available_models():
                 raise ModelNotFound(f"model {name!r} does not exist; available: {', '.join(available_models())}")
-            self._models[name] = load_model_with_knobs(name, device=self.device, num_threads=self.settings.cpu_threads)
+            self._models[name] = load_model_with_knobs(
+                name, self.settings.model_conf.get(name), device=self.device, num_threads=self.settings.cpu_threads
+            )
         return self._models[name]
 
     def decode(self, image: ImageInput) -> np.ndarray:

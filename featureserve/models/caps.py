@@ -234,6 +234,7 @@ class CAPS(DenseFeatureModel):
         "device": "cpu",
         "pad_multiple": 64,
         "grey": True,
+        "upright": DenseFeatureModel.default_conf["upright"],  # see DenseFeatureModel
         "card": str(DEFAULT_CARD),
         "sift_contrast_threshold": 0.04,
         "sift_edge_threshold": 10.0,

@@ -20,6 +20,7 @@ from torch import nn
 from .base import FeatureModel, check_image, image_size, rescale_points, resize_image, to_grey
 from .features import Features, KeypointOptions
 from .keypoints import candidate_count, select_keypoints
+from .orientation import dominant_orientations, quarter_turn_weights, turn_points
 
 MIN_LEVEL_SIDE = 32  # a pyramid level keeps at least this many pixels on its shorter side
 
@@ -118,6 +119,11 @@ class DenseFeatureModel(FeatureModel):
         "detection_threshold": 0.0,
         "subpixel": False,  # refine NMS peaks to the vertex of a parabola through each peak and its neighbours
         "grey": True,
+        # False: steer every descriptor by its keypoint's dominant gradient orientation, blending the descriptors
+        # of the image turned by the two nearest quarter turns (models/orientation.py). Four network passes per
+        # image instead of one; scfeat on Oxford: MMA@3 0.704 -> 0.690, Hacc@3 0.70 -> 0.75 (docs/MODELS.md,
+        # "Steered descriptors").
+        "upright": True,
     }
     descriptor_strides: ClassVar[Sequence[int]]
     network: nn.Module
@@ -220,9 +226,17 @@ class DenseFeatureModel(FeatureModel):
         return self.network(batch)
 
     def _bucket_outputs(self, images: Sequence[np.ndarray], detect: bool) -> Iterator[tuple[int, dict[str, Any], int]]:
-        """``(index of the image, outputs of its tensor batch, its row in that batch)`` for every image."""
+        """``(index of the image, outputs of its tensor batch, its row in that batch)`` for every image.
+
+        Unless ``conf["upright"]``, the outputs also hold the batch (``"images"``) and the descriptor maps of the
+        batch turned by 0..3 quarter turns (``"turned_descriptors"``), which `_sample` steers between.
+        """
         for indices in self._by_bucket(images).values():
-            outputs = self._forward(self._to_tensor([images[i] for i in indices]), detect)
+            batch = self._to_tensor([images[i] for i in indices])
+            outputs = self._forward(batch, detect)
+            if not self.conf["upright"]:
+                turned = [self._forward(torch.rot90(batch, k, dims=(2, 3)), False)["descriptors"] for k in (1, 2, 3)]
+                outputs |= {"images": batch, "turned_descriptors": [outputs["descriptors"], *turned]}
             for b, i in enumerate(indices):
                 yield i, outputs, b
 
@@ -230,8 +244,21 @@ class DenseFeatureModel(FeatureModel):
         return torch.as_tensor(np.asarray(keypoints, np.float32).reshape(-1, 2), device=self.device)
 
     def _sample(self, outputs: dict[str, Any], b: int, points: torch.Tensor) -> torch.Tensor:
-        """``(N, D)`` descriptors of row ``b`` of a batch's outputs at ``(N, 2)`` pixel ``points``."""
-        return self._describe_at({"descriptors": [m[b : b + 1] for m in outputs["descriptors"]]}, points[None])[0]
+        """``(N, D)`` descriptors of row ``b`` of a batch's outputs at ``(N, 2)`` pixel ``points``, steered by each
+        point's dominant orientation when the outputs hold the turned maps (``conf["upright"]`` false)."""
+        if "turned_descriptors" not in outputs:
+            return self._describe_at({"descriptors": [m[b : b + 1] for m in outputs["descriptors"]]}, points[None])[0]
+        image = outputs["images"][b].mean(dim=0)  # grey, padded: the turned maps are of the padded batch
+        weights = quarter_turn_weights(dominant_orientations(image, points))
+        size = (image.shape[1], image.shape[0])
+        steered = torch.zeros((len(points), self.descriptor.dim), device=points.device)
+        for turns, maps in enumerate(outputs["turned_descriptors"]):
+            chosen = weights[:, turns] > 0
+            if chosen.any():
+                turned_points = turn_points(points[chosen], turns, size)
+                descriptors = self._describe_at({"descriptors": [m[b : b + 1] for m in maps]}, turned_points[None])[0]
+                steered[chosen] += weights[chosen, turns, None] * descriptors
+        return F.normalize(steered, dim=-1)
 
     # The pyramid helpers below serve subclasses whose conf has "scale_levels" and "scale_step".
     def _check_pyramid_conf(self) -> None:

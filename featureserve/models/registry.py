@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .base import FeatureModel
@@ -46,7 +47,8 @@ def load_model(name: str, **conf: Any) -> FeatureModel:
     return _factory(name)(**conf)
 
 
-def load_model_with_knobs(name: str, **knobs: Any) -> FeatureModel:
-    """`load_model` passing only the ``knobs`` that model's ``default_conf`` has (``device``, ``num_threads``)."""
+def load_model_with_knobs(name: str, conf: Mapping[str, Any] | None = None, **knobs: Any) -> FeatureModel:
+    """`load_model` with ``conf`` and only those ``knobs`` that the model's ``default_conf`` has (``device``,
+    ``num_threads``); ``conf`` wins where both set an option."""
     known = default_conf(name)
-    return load_model(name, **{k: v for k, v in knobs.items() if k in known})
+    return load_model(name, **({k: v for k, v in knobs.items() if k in known} | dict(conf or {})))

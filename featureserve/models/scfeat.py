@@ -40,6 +40,7 @@ from .cards import CHECKPOINT_DIR, ModelCard, load_network
 from .dense import DenseFeatureModel
 from .features import DescriptorSpec, Features, KeypointOptions
 from .keypoints import candidate_count, select_keypoints
+from .orientation import central_gradients, gaussian_blur
 
 DEFAULT_CARD = CHECKPOINT_DIR / "scfeat-lite.json"
 DESCRIPTOR_DIM = 128
@@ -60,16 +61,6 @@ def peakiness(x: torch.Tensor) -> torch.Tensor:
     return (spatial * channel).amax(dim=1, keepdim=True)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``x`` ``(B, C, H, W)`` smoothed by a separable Gaussian of standard deviation ``sigma`` (reflect padding)."""
-    radius = max(1, round(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-(t**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).repeat(x.shape[1], 1, 1, 1)  # (C, 1, 1, k): depth-wise
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel, groups=x.shape[1])
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.transpose(2, 3), groups=x.shape[1])
-
-
 def cornerness(image: torch.Tensor, derivative_sigma: float = 1.0, window_sigma: float = 1.5) -> torch.Tensor:
     """``(B, 1, H, W)`` Shi-Tomasi cornerness of a grey ``(B, 1, H, W)`` image, each sample divided by its maximum.
 
@@ -78,9 +69,7 @@ def cornerness(image: torch.Tensor, derivative_sigma: float = 1.0, window_sigma:
     times the derivative scale, close to the 1/0.7 of Harris-Laplace (Mikolajczyk and Schmid, IJCV 2004); a
     window of 2 px put the peak further from the corner (Oxford MMA@1 0.362 against 0.393; docs/MODELS.md).
     """
-    smooth = gaussian_blur(image, derivative_sigma)
-    gx = F.pad(smooth[..., :, 2:] - smooth[..., :, :-2], (1, 1, 0, 0), mode="replicate") / 2
-    gy = F.pad(smooth[..., 2:, :] - smooth[..., :-2, :], (0, 0, 1, 1), mode="replicate") / 2
+    gx, gy = central_gradients(gaussian_blur(image, derivative_sigma))
     xx, xy, yy = gaussian_blur(torch.cat([gx * gx, gx * gy, gy * gy], dim=1), window_sigma).unbind(dim=1)
     response = ((xx + yy) / 2 - (((xx - yy) / 2) ** 2 + xy**2).sqrt()).clamp_min(0).unsqueeze(1)
     return response / response.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..models import available_models
+from ..models import available_models, default_conf
 
 # API keys travel in HTTP headers and gRPC metadata: printable ASCII without spaces, long enough to guess badly.
 API_KEY_PATTERN = re.compile(r"[\x21-\x7e]{16,}")
@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     )
     models: list[str] = Field(["sift", "orb", "akaze", "caps"], description="Models loaded at start-up.")
     default_model: str = Field("sift", description="Model used when a request names none.")
+    model_conf: dict[str, dict[str, Any]] = Field(
+        {}, description='Options per model over its defaults, e.g. {"scfeat": {"upright": false}} (docs/MODELS.md).'
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where torch models run; auto picks cuda when available."
     )
@@ -134,6 +137,14 @@ class Settings(BaseSettings):
         unknown = sorted(set(self.models) - set(available_models()))
         if unknown:
             raise ValueError(f"unknown models {unknown}; available: {available_models()}")
+        for name, conf in self.model_conf.items():
+            if name not in available_models():
+                raise ValueError(f"model_conf names unknown model {name!r}; available: {available_models()}")
+            unknown_options = sorted(set(conf) - set(default_conf(name)))
+            if unknown_options:
+                raise ValueError(
+                    f"model_conf: unknown options for {name}: {unknown_options}; known: {sorted(default_conf(name))}"
+                )
         if self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not in models {self.models}")
         if self.default_max_keypoints > self.max_keypoints_limit:

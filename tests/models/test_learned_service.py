@@ -71,3 +71,20 @@ def test_scfeat_batches_concurrent_images_without_mixing_them(learned_server: Se
     batches = metric_value(metrics, "featureserve_batch_size_count", model="scfeat")
     # Fewer batches than images: concurrent images shared tensor batches.
     assert 0 < batches < metric_value(metrics, "featureserve_batch_size_sum", model="scfeat")
+
+
+@pytest.mark.slow
+def test_model_conf_serves_steered_caps_that_match_across_a_quarter_turn(photo: np.ndarray) -> None:
+    server = start_server(models='["sift","caps"]', model_conf='{"caps": {"upright": false}}')
+    turned = np.ascontiguousarray(np.rot90(photo))
+    width = photo.shape[1]
+    quarter_turn = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, width - 1.0], [0.0, 0.0, 1.0]])  # (x, y) -> (y, W-1-x)
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            assert client.get("/v1/models/caps").json()["details"]["conf"]["upright"] is False
+            files = {"image0": ("a.png", encode(photo), "image/png"), "image1": ("b.png", encode(turned), "image/png")}
+            data = {"model": "caps", "max_keypoints": "1000", "geometry": "homography"}
+            match = client.post("/v1/match", files=files, data=data).json()
+    finally:
+        server.stop()
+    assert homography_corner_error(np.array(match["geometry"]["matrix"]), quarter_turn, photo.shape[1::-1]) < 1.0

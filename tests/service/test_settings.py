@@ -29,3 +29,12 @@ def test_environment_overrides_and_validation(monkeypatch: pytest.MonkeyPatch) -
         Settings(models=["orb", "sirf"], default_model="orb")
     with pytest.raises(ValidationError):
         Settings(max_batch=0)
+
+
+def test_model_conf_is_checked_against_each_models_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATURESERVE_MODEL_CONF", '{"caps": {"upright": false}}')
+    assert Settings().model_conf == {"caps": {"upright": False}}
+    with pytest.raises(ValidationError, match=r"unknown options for sift: \['upright'\]; known: \["):
+        Settings(model_conf={"sift": {"upright": False}})
+    with pytest.raises(ValidationError, match="model_conf names unknown model 'sirf'"):
+        Settings(model_conf={"sirf": {}})

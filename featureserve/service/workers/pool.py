@@ -60,7 +60,9 @@ class WorkerPool:
 
     def _load(self, name: str) -> FeatureModel:
         # Torch models take a device, OpenCV models a thread count; each gets the knob it knows.
-        return load_model_with_knobs(name, device=self.device, num_threads=self.settings.cpu_threads)
+        return load_model_with_knobs(
+            name, self.settings.model_conf.get(name), device=self.device, num_threads=self.settings.cpu_threads
+        )
 
     async def start(self) -> None:
         """Load the configured models, warm them up, start their batchers, then report ready."""
