@@ -225,16 +225,19 @@ class DenseFeatureModel(FeatureModel):
         """Network outputs of a padded batch; ``detect=False`` lets a network with a detector skip its score map."""
         return self.network(batch)
 
-    def _bucket_outputs(self, images: Sequence[np.ndarray], detect: bool) -> Iterator[tuple[int, dict[str, Any], int]]:
+    def _bucket_outputs(
+        self, images: Sequence[np.ndarray], detect: bool, describe: bool = True
+    ) -> Iterator[tuple[int, dict[str, Any], int]]:
         """``(index of the image, outputs of its tensor batch, its row in that batch)`` for every image.
 
-        Unless ``conf["upright"]``, the outputs also hold the batch (``"images"``) and the descriptor maps of the
-        batch turned by 0..3 quarter turns (``"turned_descriptors"``), which `_sample` steers between.
+        When ``describe`` and not ``conf["upright"]``, the outputs also hold the batch (``"images"``) and the
+        descriptor maps of the batch turned by 0..3 quarter turns (``"turned_descriptors"``), which `_sample`
+        steers between; ``describe=False`` (keypoints only) skips those three extra passes.
         """
         for indices in self._by_bucket(images).values():
             batch = self._to_tensor([images[i] for i in indices])
             outputs = self._forward(batch, detect)
-            if not self.conf["upright"]:
+            if describe and not self.conf["upright"]:
                 turned = [self._forward(torch.rot90(batch, k, dims=(2, 3)), False)["descriptors"] for k in (1, 2, 3)]
                 outputs |= {"images": batch, "turned_descriptors": [outputs["descriptors"], *turned]}
             for b, i in enumerate(indices):

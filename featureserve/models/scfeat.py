@@ -268,7 +268,7 @@ class SCFeat(DenseFeatureModel):
         for level in range(detection_levels + int(describe)):
             chosen = [i for i, im in enumerate(images) if level < self._usable_levels(im, detection_levels + 1)]
             scaled = [resize_image(images[i], 2.0 ** (-level * float(self.conf["scale_step"]))) for i in chosen]
-            for j, outputs, b in self._bucket_outputs(scaled, detect=level < detection_levels):
+            for j, outputs, b in self._bucket_outputs(scaled, detect=level < detection_levels, describe=describe):
                 i, size = chosen[j], image_size(scaled[j])
                 if describe and found[i]:  # the previous level's candidates, on this level
                     previous = found[i][-1]
