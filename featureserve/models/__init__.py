@@ -1,6 +1,6 @@
 """Feature models, matching and geometric verification; imports nothing from the service or training."""
 
-from .base import FeatureModel, check_image, image_size, to_grey
+from .base import FeatureModel, check_image, check_options, image_size, to_grey
 from .caps import CAPS
 from .cards import ModelCard
 from .classical import AKAZE, ORB, SIFT
@@ -34,6 +34,7 @@ __all__ = [
     "Verification",
     "available_models",
     "check_image",
+    "check_options",
     "default_conf",
     "homography_corner_error",
     "image_size",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import cv2
@@ -55,6 +55,13 @@ def rescale_points(points: np.ndarray, size: tuple[int, int], new_size: tuple[in
     return ((points + 0.5) * factors - 0.5).astype(np.float32)
 
 
+def check_options(name: str, known: Mapping[str, Any], conf: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the options of ``conf`` that model ``name``'s ``known`` default conf lacks."""
+    unknown = sorted(set(conf) - set(known))
+    if unknown:
+        raise ValueError(f"unknown options for {name}: {unknown}; known: {sorted(known)}")
+
+
 class FeatureModel(ABC):
     """A named feature model: ``extract`` = ``detect`` + ``describe``, on a batch of images.
 
@@ -79,9 +86,7 @@ class FeatureModel(ABC):
     batching: ClassVar[str] = "threads"
 
     def __init__(self, **conf: Any) -> None:
-        unknown = set(conf) - set(self.default_conf)
-        if unknown:
-            raise ValueError(f"unknown options for {self.name}: {sorted(unknown)}; known: {sorted(self.default_conf)}")
+        check_options(self.name, self.default_conf, conf)
         self.conf: dict[str, Any] = {**self.default_conf, **conf}
 
     @property

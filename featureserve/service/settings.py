@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..models import available_models, default_conf
+from ..models import available_models, check_options, default_conf
 
 # API keys travel in HTTP headers and gRPC metadata: printable ASCII without spaces, long enough to guess badly.
 API_KEY_PATTERN = re.compile(r"[\x21-\x7e]{16,}")
@@ -140,11 +140,10 @@ class Settings(BaseSettings):
         for name, conf in self.model_conf.items():
             if name not in available_models():
                 raise ValueError(f"model_conf names unknown model {name!r}; available: {available_models()}")
-            unknown_options = sorted(set(conf) - set(default_conf(name)))
-            if unknown_options:
-                raise ValueError(
-                    f"model_conf: unknown options for {name}: {unknown_options}; known: {sorted(default_conf(name))}"
-                )
+            try:
+                check_options(name, default_conf(name), conf)
+            except ValueError as error:
+                raise ValueError(f"model_conf: {error}") from None
         if self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not in models {self.models}")
         if self.default_max_keypoints > self.max_keypoints_limit:
