@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     stream_queue_size: int = Field(
         4, ge=1, description="Frames a StreamFrames session buffers before it stops reading (queue policy)."
     )
-    models: list[str] = Field(["sift", "orb", "akaze", "caps"], description="Models loaded at start-up.")
+    models: list[str] = Field(
+        ["sift", "orb", "akaze", "caps", "scfeat", "hndesc", "orb-patch"],
+        description="Models loaded at start-up: the classical ones and every trained one (not tiny-cnn).",
+    )
     default_model: str = Field("sift", description="Model used when a request names none.")
     model_conf: dict[str, dict[str, Any]] = Field(
         {}, description='Options per model over its defaults, e.g. {"scfeat": {"upright": false}} (docs/MODELS.md).'
