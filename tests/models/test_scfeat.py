@@ -63,12 +63,19 @@ def test_keypoints_are_refined_nms_peaks_above_the_threshold(tiny_card: Path) ->
     assert shift.max() <= 0.5 and shift.max() > 0, "sub-pixel refinement moves peaks within half a pixel"
 
 
-def test_subpixel_refinement_finds_the_vertex_of_a_parabola() -> None:
+def test_subpixel_refinement_finds_the_vertex_of_a_quadratic() -> None:
     ys, xs = torch.meshgrid(torch.arange(7.0), torch.arange(9.0), indexing="ij")
-    scores = 10 - (xs - 4.3) ** 2 - 2 * (ys - 2.8) ** 2  # a paraboloid: the fit is exact
-    np.testing.assert_allclose(refine_subpixel(scores, torch.tensor([[4, 3]])).numpy(), [[4.3, 2.8]], atol=1e-5)
+    axis_aligned = 10 - (xs - 4.3) ** 2 - 2 * (ys - 2.8) ** 2  # a paraboloid: the fit is exact
+    np.testing.assert_allclose(refine_subpixel(axis_aligned, torch.tensor([[4, 3]])).numpy(), [[4.3, 2.8]], atol=1e-5)
+    # Elongated along a diagonal, like a corner's peak along its bisector: only the cross term finds the vertex.
+    dx, dy = xs - 4.2, ys - 3.3
+    diagonal = 10 - (2 * dx**2 + 3 * dx * dy + 2 * dy**2)
+    np.testing.assert_allclose(refine_subpixel(diagonal, torch.tensor([[4, 3]])).numpy(), [[4.2, 3.3]], atol=1e-5)
     flat = refine_subpixel(torch.ones(4, 4), torch.tensor([[1, 1], [0, 3]]))  # no curvature; a border pixel
     np.testing.assert_array_equal(flat.numpy(), [[1.0, 1.0], [0.0, 3.0]])
+    # A saddle has no vertex: each axis takes its own parabola (concave along x here, convex along y: stays).
+    saddle = 10 - (xs - 4.3) ** 2 + (ys - 3.2) ** 2
+    np.testing.assert_allclose(refine_subpixel(saddle, torch.tensor([[4, 3]])).numpy(), [[4.3, 3.0]], atol=1e-5)
 
 
 def test_batches_match_single_images(tiny_card: Path) -> None:

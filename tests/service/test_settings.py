@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from featureserve.models import available_models
 from featureserve.service.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -15,6 +16,11 @@ def test_every_setting_is_documented_with_its_default() -> None:
     for name, field in Settings.model_fields.items():
         assert f"`FEATURESERVE_{name.upper()}`" in text, name
         assert field.description, name
+
+
+def test_every_trained_model_is_loaded_by_default() -> None:
+    # Untrained models exist only to exercise batching; a new trained model belongs in the default list.
+    assert set(Settings().models) == set(available_models()) - {"tiny-cnn"}
 
 
 def test_environment_overrides_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
