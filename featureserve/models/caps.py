@@ -33,7 +33,7 @@ from torch import nn
 from .base import normalise_rows
 from .cards import CHECKPOINT_DIR, ModelCard, load_network
 from .classical import SIFT
-from .dense import DenseFeatureModel, pyramid_levels
+from .dense import DenseFeatureModel, pyramid_levels, within_max_pixels
 from .features import DescriptorSpec, Features, KeypointOptions
 
 DEFAULT_CARD = CHECKPOINT_DIR / "caps-lite.json"
@@ -234,7 +234,8 @@ class CAPS(DenseFeatureModel):
         "device": "cpu",
         "pad_multiple": 64,
         "grey": True,
-        "upright": DenseFeatureModel.default_conf["upright"],  # see DenseFeatureModel
+        # see DenseFeatureModel
+        **{key: DenseFeatureModel.default_conf[key] for key in ("upright", "max_pixels", "batch_pixels")},
         "card": str(DEFAULT_CARD),
         "sift_contrast_threshold": 0.04,
         "sift_edge_threshold": 10.0,
@@ -259,11 +260,13 @@ class CAPS(DenseFeatureModel):
         """The model card: the JSON card of the checkpoint, served conf included."""
         return ModelCard.from_checkpoint(self.name, self.descriptor, self._card, self.conf)
 
+    @within_max_pixels
     def extract(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
         """SIFT keypoints (OpenCV, threaded) with CAPS descriptors from one tensor batch per size bucket."""
         detections = self._sift.detect(images, options)
         return self._describe_on_pyramid(images, detections)
 
+    @within_max_pixels
     def detect(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
         """SIFT keypoints and responses only: detection needs no network pass."""
         return self._sift.detect(images, options)

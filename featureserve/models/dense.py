@@ -8,8 +8,10 @@ that convention, so no half-cell shift appears at any stride.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections import defaultdict
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -110,6 +112,38 @@ def refine_subpixel(scores: torch.Tensor, keypoints: torch.Tensor) -> torch.Tens
     return keypoints.float() + torch.where(use_newton[:, None], newton, separable)
 
 
+def within_max_pixels(method: Callable[..., list[Features]]) -> Callable[..., list[Features]]:
+    """Run a dense model's ``extract``, ``detect`` or ``describe`` on its images downscaled to ``conf["max_pixels"]``.
+
+    An image with more pixels is resized (area averaging) by ``sqrt(max_pixels / pixels)``; given keypoints
+    (``describe``) are mapped onto the smaller image and the results' keypoints, sizes and ``image_size`` back
+    to the original, so callers always work in the pixels they sent. Images within the limit pass unchanged,
+    and a nested call (a subclass calling its parent) finds them within the limit already.
+    """
+
+    @functools.wraps(method)
+    def bounded(self: DenseFeatureModel, images: Sequence[np.ndarray], per_image: Sequence[Any]) -> list[Features]:
+        limit = self.conf["max_pixels"]
+        factors = [min(1.0, math.sqrt(limit / max(im.shape[0] * im.shape[1], 1))) if limit else 1.0 for im in images]
+        if all(f == 1.0 for f in factors):
+            return method(self, images, per_image)
+        scaled = [resize_image(im, f) for im, f in zip(images, factors, strict=True)]
+        if method.__name__ == "describe":
+            per_image = [
+                rescale_points(np.asarray(k, np.float32).reshape(-1, 2), image_size(im), image_size(s))
+                for k, im, s in zip(per_image, images, scaled, strict=True)
+            ]
+        results = method(self, scaled, per_image)
+        for features, image, s in zip(results, images, scaled, strict=True):
+            features.keypoints = rescale_points(features.keypoints, image_size(s), image_size(image))
+            features.image_size = image_size(image)
+            if "sizes" in features.extras:
+                features.extras["sizes"] = features.extras["sizes"] * (image.shape[1] / s.shape[1])
+        return results
+
+    return bounded
+
+
 class DenseFeatureModel(FeatureModel):
     """A torch network with a full-resolution score map and one or more descriptor maps.
 
@@ -126,6 +160,13 @@ class DenseFeatureModel(FeatureModel):
     default_conf: ClassVar[dict[str, Any]] = {
         "device": "cpu",
         "pad_multiple": 64,
+        # Larger images are downscaled to this many pixels before the network (`within_max_pixels`), which bounds
+        # the memory and time of one image: scfeat takes about 0.8 GiB per megapixel on a CPU. 2**21 keeps
+        # 1920x1080 and 1600x1200 whole; 0 or None: no limit.
+        "max_pixels": 2**21,
+        # Most padded pixels in one network pass: a size bucket with more is run in several passes, so that
+        # ``max_batch`` large images do not multiply the peak memory. Small images still share one pass.
+        "batch_pixels": 2**22,
         "nms_radius": 2,
         "detection_threshold": 0.0,
         "subpixel": False,  # refine NMS peaks to the vertex of a parabola through each peak and its neighbours
@@ -176,12 +217,18 @@ class DenseFeatureModel(FeatureModel):
         ]
         return F.normalize(torch.cat(parts, dim=-1), dim=-1)
 
-    def _by_bucket(self, images: Sequence[np.ndarray]) -> dict[Hashable, list[int]]:
+    def _by_bucket(self, images: Sequence[np.ndarray]) -> list[list[int]]:
+        """Indices of ``images`` grouped by size bucket, each group cut to at most ``conf["batch_pixels"]``."""
         groups: dict[Hashable, list[int]] = defaultdict(list)
         for i, image in enumerate(images):
             groups[self.bucket_key(image)].append(i)
-        return groups
+        passes = []
+        for (height, width), indices in groups.items():
+            per_pass = max(1, int(self.conf["batch_pixels"]) // (height * width))
+            passes += [indices[start : start + per_pass] for start in range(0, len(indices), per_pass)]
+        return passes
 
+    @within_max_pixels
     @torch.inference_mode()
     def extract(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
         """Detect (NMS on the score map) and describe, one tensor batch per size bucket."""
@@ -217,6 +264,7 @@ class DenseFeatureModel(FeatureModel):
             descriptor=self.descriptor,
         )
 
+    @within_max_pixels
     @torch.inference_mode()
     def describe(self, images: Sequence[np.ndarray], keypoints: Sequence[np.ndarray]) -> list[Features]:
         """Descriptors sampled at the given keypoints (every keypoint is kept)."""
@@ -245,7 +293,7 @@ class DenseFeatureModel(FeatureModel):
         descriptor maps of the batch turned by 0..3 quarter turns (``"turned_descriptors"``), which `_sample`
         steers between; ``describe=False`` (keypoints only) skips those three extra passes.
         """
-        for indices in self._by_bucket(images).values():
+        for indices in self._by_bucket(images):
             batch = self._to_tensor([images[i] for i in indices])
             outputs = self._forward(batch, detect)
             if describe and not self.conf["upright"]:

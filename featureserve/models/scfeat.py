@@ -37,7 +37,7 @@ from torch import nn
 from .base import image_size, normalise_rows, rescale_points, resize_image
 from .caps import GREY_MEAN, GREY_STD, SIZES, UNetBackbone, conv_block, resize_like
 from .cards import CHECKPOINT_DIR, ModelCard, load_network
-from .dense import DenseFeatureModel
+from .dense import DenseFeatureModel, within_max_pixels
 from .features import DescriptorSpec, Features, KeypointOptions
 from .keypoints import candidate_count, select_keypoints
 from .orientation import central_gradients, gaussian_blur
@@ -230,14 +230,17 @@ class SCFeat(DenseFeatureModel):
         """The model card: the JSON card of the checkpoint, served conf included."""
         return ModelCard.from_checkpoint(self.name, self.descriptor, self._card, self.conf)
 
+    @within_max_pixels
     def extract(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
         """Keypoints from every pyramid level's score map, described on their level and the next coarser one."""
         return self._on_levels(images, options, describe=True)
 
+    @within_max_pixels
     def detect(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
         """Keypoints and scores only: the detection levels, nothing sampled from the descriptor maps."""
         return self._on_levels(images, options, describe=False)
 
+    @within_max_pixels
     def describe(self, images: Sequence[np.ndarray], keypoints: Sequence[np.ndarray]) -> list[Features]:
         """Descriptors at the given keypoints, taken as found on the full-resolution level (as in `extract`)."""
         features = super().describe(images, keypoints)

@@ -1,5 +1,6 @@
 """Feature models: the shared protocol on real photos, pixel conventions, tensor batching."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -89,6 +90,33 @@ def test_tensor_batch_equals_one_by_one(photo: np.ndarray) -> None:
         [alone] = model.extract([crop], options[:1])
         assert np.array_equal(alone.keypoints, batched.keypoints)
         assert np.allclose(alone.descriptors, batched.descriptors, atol=1e-5)
+
+
+def test_a_bucket_over_batch_pixels_runs_in_several_passes(photo: np.ndarray) -> None:
+    images = [photo[:128, :128], photo[128:256, :128], photo[256:384, :128]]
+    split = load_model("tiny-cnn", batch_pixels=2 * 128 * 128)
+    assert split._by_bucket(images) == [[0, 1], [2]]
+    options = [KeypointOptions(max_keypoints=50)] * 3
+    for one, other in zip(split.extract(images, options), load_model("tiny-cnn").extract(images, options), strict=True):
+        assert np.array_equal(one.keypoints, other.keypoints)
+        assert np.allclose(one.descriptors, other.descriptors, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-cnn", "caps", "scfeat"])
+def test_images_over_max_pixels_are_downscaled_and_answered_in_their_own_pixels(name: str, photo: np.ndarray) -> None:
+    model = load_model(name, max_pixels=256 * 256)  # the 512 x 512 photo is downscaled by 1/2
+    half = cv2.resize(photo, (256, 256), interpolation=cv2.INTER_AREA)
+    [features], [on_half] = model.extract([photo], [OPTIONS]), model.extract([half], [OPTIONS])
+    assert features.image_size == (512, 512) and on_half.image_size == (256, 256)
+    np.testing.assert_allclose(features.keypoints, (on_half.keypoints + 0.5) * 2 - 0.5, atol=1e-4)
+    np.testing.assert_array_equal(features.descriptors, on_half.descriptors)
+    if "sizes" in features.extras:
+        np.testing.assert_allclose(features.extras["sizes"], on_half.extras["sizes"] * 2)
+    # Given keypoints go in and come back in the photo's pixels, described where extract described them.
+    [described] = model.describe([photo], [features.keypoints])
+    np.testing.assert_allclose(described.keypoints, features.keypoints, atol=1e-4)
+    [described_on_half] = model.describe([half], [on_half.keypoints])
+    np.testing.assert_allclose(described.descriptors, described_on_half.descriptors, atol=1e-5)
 
 
 def test_padding_to_the_size_bucket_is_invisible(photo: np.ndarray) -> None:
