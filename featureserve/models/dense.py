@@ -12,6 +12,7 @@ import functools
 import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -117,8 +118,9 @@ def within_max_pixels(method: Callable[..., list[Features]]) -> Callable[..., li
 
     An image with more pixels is resized (area averaging) by ``sqrt(max_pixels / pixels)``; given keypoints
     (``describe``) are mapped onto the smaller image and the results' keypoints, sizes and ``image_size`` back
-    to the original, so callers always work in the pixels they sent. Images within the limit pass unchanged,
-    and a nested call (a subclass calling its parent) finds them within the limit already.
+    to the original, so callers always work in the pixels they sent; ``border_margin`` is scaled with the image.
+    Images within the limit pass unchanged. A nested call (a subclass calling its parent) sees the downscaled
+    images, which rounding can leave a row or column over the limit; resizing them again keeps their size.
     """
 
     @functools.wraps(method)
@@ -132,6 +134,11 @@ def within_max_pixels(method: Callable[..., list[Features]]) -> Callable[..., li
             per_image = [
                 rescale_points(np.asarray(k, np.float32).reshape(-1, 2), image_size(im), image_size(s))
                 for k, im, s in zip(per_image, images, scaled, strict=True)
+            ]
+        else:  # the margin is in the caller's pixels; rounded up, no kept keypoint is closer than asked
+            per_image = [
+                replace(o, border_margin=max(0, math.ceil((o.border_margin + 0.5) * f - 0.5)))
+                for o, f in zip(per_image, factors, strict=True)
             ]
         results = method(self, scaled, per_image)
         for features, image, s in zip(results, images, scaled, strict=True):
@@ -165,11 +172,12 @@ class DenseFeatureModel(FeatureModel):
         # 1920x1080 and 1600x1200 whole; 0 or None: no limit.
         "max_pixels": 2**21,
         # Most padded pixels in one network pass: a size bucket with more is run in several passes, so that
-        # ``max_batch`` large images do not multiply the peak memory. Small images still share one pass.
+        # ``max_batch`` large images do not multiply the peak memory. Small images still share one pass; 0 or None:
+        # one pass per bucket.
         "batch_pixels": 2**22,
         "nms_radius": 2,
         "detection_threshold": 0.0,
-        "subpixel": False,  # refine NMS peaks to the vertex of a parabola through each peak and its neighbours
+        "subpixel": False,  # refine NMS peaks to the vertex of the quadratic through each 3x3 neighbourhood
         "grey": True,
         # False: steer every descriptor by its keypoint's dominant gradient orientation, blending the descriptors
         # of the image turned by the two nearest quarter turns (models/orientation.py). Four network passes per
@@ -222,9 +230,9 @@ class DenseFeatureModel(FeatureModel):
         groups: dict[Hashable, list[int]] = defaultdict(list)
         for i, image in enumerate(images):
             groups[self.bucket_key(image)].append(i)
-        passes = []
+        limit, passes = self.conf["batch_pixels"], []
         for (height, width), indices in groups.items():
-            per_pass = max(1, int(self.conf["batch_pixels"]) // (height * width))
+            per_pass = max(1, int(limit) // (height * width)) if limit else len(indices)
             passes += [indices[start : start + per_pass] for start in range(0, len(indices), per_pass)]
         return passes
 

@@ -96,6 +96,7 @@ def test_a_bucket_over_batch_pixels_runs_in_several_passes(photo: np.ndarray) ->
     images = [photo[:128, :128], photo[128:256, :128], photo[256:384, :128]]
     split = load_model("tiny-cnn", batch_pixels=2 * 128 * 128)
     assert split._by_bucket(images) == [[0, 1], [2]]
+    assert load_model("tiny-cnn", batch_pixels=None)._by_bucket(images) == [[0, 1, 2]]
     options = [KeypointOptions(max_keypoints=50)] * 3
     for one, other in zip(split.extract(images, options), load_model("tiny-cnn").extract(images, options), strict=True):
         assert np.array_equal(one.keypoints, other.keypoints)
@@ -112,6 +113,10 @@ def test_images_over_max_pixels_are_downscaled_and_answered_in_their_own_pixels(
     np.testing.assert_array_equal(features.descriptors, on_half.descriptors)
     if "sizes" in features.extras:
         np.testing.assert_allclose(features.extras["sizes"], on_half.extras["sizes"] * 2)
+    # border_margin is in the photo's pixels: nothing closer, and not twice the margin either.
+    [margined] = model.extract([photo], [KeypointOptions(max_keypoints=300, border_margin=40)])
+    distance = np.minimum(margined.keypoints, 511 - margined.keypoints).min(axis=1)
+    assert distance.min() >= 40 and distance.min() < 60
     # Given keypoints go in and come back in the photo's pixels, described where extract described them.
     [described] = model.describe([photo], [features.keypoints])
     np.testing.assert_allclose(described.keypoints, features.keypoints, atol=1e-4)
