@@ -88,3 +88,24 @@ def test_model_conf_serves_steered_caps_that_match_across_a_quarter_turn(photo: 
     finally:
         server.stop()
     assert homography_corner_error(np.array(match["geometry"]["matrix"]), quarter_turn, photo.shape[1::-1]) < 1.0
+
+
+@pytest.mark.slow
+def test_model_conf_max_pixels_serves_a_large_image_in_its_own_pixels(
+    photo: np.ndarray, warped_photo: np.ndarray
+) -> None:
+    # The 512x512 photos stand in for large ones: caps may put at most 256x256 pixels through its network.
+    server = start_server(models='["sift","caps"]', model_conf='{"caps": {"max_pixels": 65536}}')
+    pngs = [encode(photo), encode(warped_photo)]
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            assert client.get("/v1/models/caps").json()["details"]["conf"]["max_pixels"] == 65536
+            files = {"image": ("a.png", pngs[0], "image/png")}
+            keypoints, _ = decode_features(client.post("/v1/extract", files=files, data={"model": "caps"}).json())
+            files = {"image0": ("a.png", pngs[0], "image/png"), "image1": ("b.png", pngs[1], "image/png")}
+            data = {"model": "caps", "max_keypoints": "1000", "geometry": "homography"}
+            match = client.post("/v1/match", files=files, data=data).json()
+    finally:
+        server.stop()
+    assert keypoints[:, 0].max() > 400 and keypoints[:, 1].max() > 400, "keypoints in the photo's pixels"
+    assert homography_corner_error(np.array(match["geometry"]["matrix"]), TEST_HOMOGRAPHY, (512, 512)) < 3.0
