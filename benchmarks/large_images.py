@@ -12,38 +12,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from common import REPO_ROOT, RESULTS_DIR, machine_info, markdown_table, now_iso, write_results
+from common import REPO_ROOT, RESULTS_DIR, benchmark_image, machine_info, markdown_table, now_iso, write_results
+
+from featureserve.models import KeypointOptions, load_model
 
 DEFAULT_OUT = RESULTS_DIR / "large_images.json"
 GIB = 2**30
 
-# Run in the child process: argv = model, width, height, max_keypoints, conf JSON.
-MEASURE = """
-import json, resource, sys, time
-sys.path.insert(0, "benchmarks")
-from common import benchmark_image
-from featureserve.models import KeypointOptions, load_model
-name, width, height, keypoints, conf = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-model = load_model(name, **json.loads(conf))
-options = [KeypointOptions(max_keypoints=keypoints)]
-model.extract([benchmark_image(320, 240)], options)
-image = benchmark_image(width, height)
-start = time.perf_counter()
-[features] = model.extract([image], options)
-seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak, "keypoints": len(features),
-                  "image_size": features.image_size}))
-"""
+
+def measure_here(model: str, width: int, height: int, max_keypoints: int, conf: dict) -> dict:
+    """In this process: one warm-up extract on a small image, then one timed extract of the large one."""
+    extractor = load_model(model, **conf)
+    options = [KeypointOptions(max_keypoints=max_keypoints)]
+    extractor.extract([benchmark_image(320, 240)], options)
+    image = benchmark_image(width, height)
+    start = time.perf_counter()
+    [features] = extractor.extract([image], options)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return {"seconds": seconds, "peak_rss_bytes": peak, "keypoints": len(features), "image_size": features.image_size}
 
 
 def measure(model: str, width: int, height: int, max_keypoints: int, conf: dict) -> dict:
-    """One extract of a ``width`` x ``height`` image in a fresh process: seconds, peak RSS, keypoints."""
-    argv = [sys.executable, "-c", MEASURE, model, str(width), str(height), str(max_keypoints), json.dumps(conf)]
+    """`measure_here` in a fresh process (this script with ``--measure``), so the peak RSS is that run's alone."""
+    argv = [sys.executable, __file__, "--measure", model, str(width), str(height), str(max_keypoints), json.dumps(conf)]
     done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -55,7 +53,12 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["1600x1200", "3000x2250"], help="WIDTHxHEIGHT")
     parser.add_argument("--max-keypoints", type=int, default=2048)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--measure", nargs=5, metavar=("MODEL", "W", "H", "K", "CONF"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure:
+        model, width, height, keypoints, conf = args.measure
+        print(json.dumps(measure_here(model, int(width), int(height), int(keypoints), json.loads(conf))))
+        return
     rows = []
     for model in args.models:
         for size in args.sizes:
