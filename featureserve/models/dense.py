@@ -159,7 +159,7 @@ class DenseFeatureModel(FeatureModel):
     ``descriptor_strides``. Images are padded at the bottom and right to a multiple of ``conf["pad_multiple"]``
     so that images of similar size share a tensor batch; padding never moves keypoints, and detections in the
     padding are discarded. The padding repeats the last row and column: zeros would put a false edge in the
-    image, which convolutions and scfeat's cornerness prior see as structure (Oxford MMA@3 with zeros / repeats:
+    image, which convolutions and scfeat's image prior see as structure (Oxford MMA@3 with zeros / repeats:
     caps 0.644 / 0.659, scfeat 0.686 / 0.692; docs/MODELS.md).
     """
 

@@ -64,10 +64,13 @@ def test_scfeat_batches_concurrent_images_without_mixing_them(learned_server: Se
         together = [decode_features(body) for body in asyncio.run(concurrent())]
         metrics = client.get("/metrics").text
     for (k0, d0), (k1, d1) in zip(alone, together, strict=True):
-        # Convolutions of another batch size round differently; a parabola vertex on a nearly flat peak moves
-        # that rounding to about 1e-3 px. A mixed-up image moves keypoints by pixels.
-        np.testing.assert_allclose(k0, k1, atol=1e-2)
-        np.testing.assert_allclose(d0, d1, atol=1e-4)
+        # Convolutions of another batch size round differently: a sub-pixel vertex on a nearly flat peak moves by
+        # about 1e-3 px, and two keypoints of near-equal score may swap places in the list or at the top-k cut.
+        # A mixed-up image moves keypoints by pixels. So: each keypoint's nearest one in the other list.
+        nearest = np.linalg.norm(k1[:, None] - k0[None], axis=2).argmin(axis=1)
+        same = np.linalg.norm(k1 - k0[nearest], axis=1) < 1e-2
+        assert len(k0) == len(k1) and same.mean() > 0.99
+        np.testing.assert_allclose(d1[same], d0[nearest[same]], atol=1e-4)
     batches = metric_value(metrics, "featureserve_batch_size_count", model="scfeat")
     # Fewer batches than images: concurrent images shared tensor batches.
     assert 0 < batches < metric_value(metrics, "featureserve_batch_size_sum", model="scfeat")

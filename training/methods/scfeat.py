@@ -95,7 +95,7 @@ class SCFeatMethod(CAPSMethod):
             "keypoints": {
                 "source": "scfeat",
                 "description": "SCFeat detector (image prior per conf image_prior) on each pyramid level: 3x3 NMS, "
-                "score threshold, parabola sub-pixel refinement; top-k by score over all levels",
+                "score threshold, sub-pixel vertex of the 3x3 quadratic; top-k by score over all levels",
                 "params": {"nms_radius": 1, "subpixel": True},
             },
             "descriptor": {
