@@ -160,7 +160,7 @@ class DenseFeatureModel(FeatureModel):
     so that images of similar size share a tensor batch; padding never moves keypoints, and detections in the
     padding are discarded. The padding repeats the last row and column: zeros would put a false edge in the
     image, which convolutions and scfeat's image prior see as structure (Oxford MMA@3 with zeros / repeats:
-    caps 0.644 / 0.659, scfeat 0.686 / 0.692; docs/MODELS.md).
+    caps 0.644 / 0.659, scfeat with its cornerness prior 0.686 / 0.692; docs/MODELS.md).
     """
 
     batching: ClassVar[str] = "tensor"
@@ -181,7 +181,7 @@ class DenseFeatureModel(FeatureModel):
         "grey": True,
         # False: steer every descriptor by its keypoint's dominant gradient orientation, blending the descriptors
         # of the image turned by the two nearest quarter turns (models/orientation.py). Four network passes per
-        # image instead of one; scfeat on Oxford: MMA@3 0.704 -> 0.690, Hacc@3 0.70 -> 0.75 (docs/MODELS.md,
+        # image instead of one; scfeat on Oxford: MMA@3 0.730 -> 0.727, Hacc@3 0.70 -> 0.75 (docs/MODELS.md,
         # "Steered descriptors").
         "upright": True,
     }

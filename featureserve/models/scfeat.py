@@ -80,8 +80,8 @@ def hessian_blobness(image: torch.Tensor, sigma: float = 1.6) -> torch.Tensor:
 
     The determinant of the Hessian of the image smoothed at ``sigma`` (Lindeberg, IJCV 1998; the SURF and A-KAZE
     detectors) is positive at the centres of bright and dark blobs, negative at saddles and near zero on edges and
-    flat areas; saddles are set to zero. Blob centres stay put under blur and noise, where corners of the
-    structure tensor move (Oxford MMA@1 0.513 against 0.401 for `cornerness`; docs/MODELS.md). ``sigma`` is the
+    flat areas; saddles are set to zero. Blob centres stay put under blur and change of scale, where corners of
+    the structure tensor move (Oxford MMA@1 0.513 against 0.401 for `cornerness`; docs/MODELS.md). ``sigma`` is the
     base scale of SIFT and A-KAZE.
     """
     gx, gy = central_gradients(gaussian_blur(image, sigma))
@@ -134,8 +134,9 @@ class Detector(nn.Module):
     ``o`` a small convolutional head on both (its image branch sees ``P(I) * I``, as in the reference); every
     factor is non-negative. The image prior ``Q`` is `hessian_blobness` by default, `cornerness` or, as in the
     reference, `peakiness`: on a grey image the channel term of ``P(I)`` is constant, so ``P(I)`` only says
-    "brighter than the 3x3 mean"; with the same weights, Oxford MMA@3 is 0.568 with peakiness, 0.704 with
-    cornerness and 0.730 with the Hessian (docs/MODELS.md).
+    "brighter than the 3x3 mean"; with the same weights, Oxford MMA@3 went from 0.568 with peakiness to 0.639
+    with cornerness (one level), and with the pyramid from 0.704 with cornerness to 0.730 with the Hessian
+    (docs/MODELS.md).
     """
 
     def __init__(

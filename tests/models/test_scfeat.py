@@ -176,17 +176,23 @@ def test_hessian_blobness_peaks_at_blob_centres_and_is_zero_at_saddles_and_edges
     bright = torch.exp(-((x - 20.3) ** 2 + (y - 30.0) ** 2) / (2 * 2.0**2))
     dark = -0.5 * torch.exp(-((x - 60.0) ** 2 + (y - 20.7) ** 2) / (2 * 3.0**2))
     saddle = 1e-3 * ((x - 75.0) ** 2 - (y - 50.0) ** 2) * (((x - 75) ** 2 + (y - 50) ** 2) < 36)
+    # Ixx = Iyy > 0 but Ixy is larger: a saddle only the cross term reveals.
+    u, v = x - 80.0, y - 15.0
+    diagonal_saddle = 1e-3 * (u**2 + v**2 + 3 * u * v) * ((u**2 + v**2) < 36)
     edge = (x > 40) & (y > 45)  # a bright quadrant: two straight edges meeting at a corner
-    image = (bright + dark + saddle + 0.8 * edge)[None, None]
+    image = (bright + dark + saddle + diagonal_saddle + 0.8 * edge)[None, None]
     prior = hessian_blobness(image)[0, 0]
     assert prior.min() >= 0 and prior.max() == 1.0
     # The brighter blob is the strongest response, a pixel from its centre; the dark blob (negative contrast) peaks too.
     peak = divmod(prior.argmax().item(), 96)
     assert abs(peak[0] - 30) <= 1 and abs(peak[1] - 20.3) <= 1
     assert prior[21, 60] > 0.1 and prior[21, 60] == prior[18:24, 57:63].max()
-    assert prior[50, 75] == 0  # a saddle has a negative determinant
+    assert prior[50, 75] == 0 and prior[15, 80] == 0  # a saddle has a negative determinant
     assert prior[44:48, 88:95].max() < 1e-6 and prior[5, 90] < 1e-6  # across a straight edge and on a flat area
-    torch.testing.assert_close(hessian_blobness(3 * image + 1)[0, 0], prior)  # divided by its maximum: contrast-free
+    # Divided by each sample's own maximum: contrast-free.
+    batch = hessian_blobness(torch.cat([3 * image + 1, 0.1 * image]))
+    torch.testing.assert_close(batch[0, 0], prior)
+    torch.testing.assert_close(batch[1, 0], prior)
 
 
 def test_the_coupling_bridge_starts_scale_free_and_blends_both_norms() -> None:
