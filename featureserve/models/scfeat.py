@@ -61,6 +61,11 @@ def peakiness(x: torch.Tensor) -> torch.Tensor:
     return (spatial * channel).amax(dim=1, keepdim=True)
 
 
+def divided_by_max(response: torch.Tensor) -> torch.Tensor:
+    """A non-negative ``(B, 1, H, W)`` response with each sample divided by its own maximum (zero stays zero)."""
+    return response / response.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+
+
 def cornerness(image: torch.Tensor, derivative_sigma: float = 1.0, window_sigma: float = 1.5) -> torch.Tensor:
     """``(B, 1, H, W)`` Shi-Tomasi cornerness of a grey ``(B, 1, H, W)`` image, each sample divided by its maximum.
 
@@ -72,7 +77,7 @@ def cornerness(image: torch.Tensor, derivative_sigma: float = 1.0, window_sigma:
     gx, gy = central_gradients(gaussian_blur(image, derivative_sigma))
     xx, xy, yy = gaussian_blur(torch.cat([gx * gx, gx * gy, gy * gy], dim=1), window_sigma).unbind(dim=1)
     response = ((xx + yy) / 2 - (((xx - yy) / 2) ** 2 + xy**2).sqrt()).clamp_min(0).unsqueeze(1)
-    return response / response.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return divided_by_max(response)
 
 
 def hessian_blobness(image: torch.Tensor, sigma: float = 1.6) -> torch.Tensor:
@@ -88,7 +93,7 @@ def hessian_blobness(image: torch.Tensor, sigma: float = 1.6) -> torch.Tensor:
     gxx, gxy = central_gradients(gx)
     gyy = central_gradients(gy)[1]
     response = (gxx * gyy - gxy**2).clamp_min(0)
-    return response / response.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return divided_by_max(response)
 
 
 class CouplingBridgeNorm(nn.Module):
@@ -162,7 +167,8 @@ class Detector(nn.Module):
         g = self.activation(F.instance_norm(self.image_conv(image_peakiness * image)))
         z = self.activation(F.instance_norm(self.joint_conv(torch.cat([h, g], dim=1))))
         o = F.softplus(F.instance_norm(self.out_conv(z)))
-        image_prior = IMAGE_PRIORS[self.image_prior](image)
+        # Peakiness of the image is already at hand for the image branch.
+        image_prior = image_peakiness if self.image_prior == "peakiness" else IMAGE_PRIORS[self.image_prior](image)
         return F.interpolate(feature_prior, size=size, mode="bilinear", align_corners=False) * image_prior * o
 
 
