@@ -378,10 +378,12 @@ def estimate_homography(
     truth: np.ndarray,
     reference_size: tuple[int, int],
     ransac_threshold: float,
-) -> tuple[float | None, int]:
-    """``(corner error, inliers)`` of the MAGSAC++ homography of matched points; ``None`` without a finite estimate."""
+) -> tuple[np.ndarray | None, float | None, int]:
+    """``(homography, corner error, inliers)`` of the MAGSAC++ fit to matched points; the error is ``None`` without
+    a finite estimate."""
     verification = verify(points0, points1, "homography", threshold=ransac_threshold)
-    return finite_corner_error(verification.matrix, truth, reference_size), verification.num_inliers
+    matrix = verification.matrix
+    return matrix, finite_corner_error(matrix, truth, reference_size), verification.num_inliers
 
 
 def _evaluate_pair(
@@ -397,7 +399,8 @@ def _evaluate_pair(
 ) -> PairResult:
     points0, points1 = mutual_matches(features0, features1)
     accuracy = matching_accuracy(reprojection_errors(points0, points1, pair.homography), thresholds)
-    corner_error, num_inliers = estimate_homography(points0, points1, pair.homography, reference_size, ransac_threshold)
+    estimate = estimate_homography(points0, points1, pair.homography, reference_size, ransac_threshold)
+    _, corner_error, num_inliers = estimate
     return PairResult(
         sequence=sequence.name,
         category=sequence.category,
