@@ -125,6 +125,22 @@ def test_loader_reads_only_named_sequences_and_rejects_unpaired_files(root: Path
         load_sequence(broken)
 
 
+def test_loader_takes_one_sequence_folder_as_root_and_skips_an_identity_h1to1p(
+    tmp_path: Path, astronaut: np.ndarray
+) -> None:
+    # The layout of the A-KAZE noise set: the root is the sequence, and H1to1p is the identity.
+    folder = tmp_path / "akaze_iguazu_noise"
+    write_sequence(folder, [astronaut] * 3, [np.eye(3)] * 2, "oxford")
+    np.savetxt(folder / "H1to1p", np.eye(3))
+    [sequence] = load_sequences(folder)
+    assert (sequence.name, sequence.category) == ("akaze_iguazu_noise", "i")
+    assert [p.index for p in sequence.pairs] == [2, 3]
+    # A non-identity H1to1p is a mislabelled file, not a pair to skip.
+    np.savetxt(folder / "H1to1p", np.diag([1.0, 1.0 + 1e-3, 1.0]))
+    with pytest.raises(ValueError, match="not the identity"):
+        load_sequences(folder)
+
+
 def test_sequence_category() -> None:
     assert sequence_category("i_ajuntament") == "i"
     assert sequence_category("v_graffiti") == "v"

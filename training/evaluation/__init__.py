@@ -2,7 +2,7 @@
 
 from .hpatches import (
     CATEGORY_NAMES,
-    OXFORD_CATEGORIES,
+    SEQUENCE_CATEGORIES,
     ExtractFn,
     HomographyEvaluation,
     HomographyPair,
@@ -24,7 +24,7 @@ from .hpatches import (
 
 __all__ = [
     "CATEGORY_NAMES",
-    "OXFORD_CATEGORIES",
+    "SEQUENCE_CATEGORIES",
     "ExtractFn",
     "HomographyEvaluation",
     "HomographyPair",

@@ -48,9 +48,11 @@ from ..geometry import warp_points
 
 ExtractFn = Callable[[np.ndarray], Features]
 
-# Oxford affine sequences by HPatches category: only leuven changes the light; blur (bikes, trees) and
-# JPEG (ubc) keep the geometry-changing "v" label that the Oxford names carry in the literature.
-OXFORD_CATEGORIES: dict[str, str] = {
+# Sequences not named i_* / v_* by HPatches category. Oxford affine: only leuven changes the light; blur (bikes,
+# trees) and JPEG (ubc) keep the geometry-changing "v" label that the Oxford names carry in the literature. The
+# A-KAZE Iguazu set (one view, Gaussian noise) changes no geometry, like an illumination sequence.
+SEQUENCE_CATEGORIES: dict[str, str] = {
+    "akaze_iguazu_noise": "i",
     "bark": "v",
     "bikes": "v",
     "boat": "v",
@@ -85,7 +87,7 @@ class HomographySequence:
     pairs: tuple[HomographyPair, ...]
 
 
-def sequence_category(name: str, categories: Mapping[str, str] = OXFORD_CATEGORIES) -> str:
+def sequence_category(name: str, categories: Mapping[str, str] = SEQUENCE_CATEGORIES) -> str:
     """``"i"`` or ``"v"`` for a sequence: from ``categories``, else the HPatches ``i_`` / ``v_`` prefix."""
     category = categories.get(name)
     if category is None and name[:2] in ("i_", "v_"):
@@ -133,14 +135,16 @@ def _numbered_files(folder: Path) -> tuple[dict[int, Path], dict[int, Path]]:
     return images, homographies
 
 
-def load_sequence(folder: str | Path, categories: Mapping[str, str] = OXFORD_CATEGORIES) -> HomographySequence:
+def load_sequence(folder: str | Path, categories: Mapping[str, str] = SEQUENCE_CATEGORIES) -> HomographySequence:
     """Read one sequence folder; raise ``ValueError`` if images and homography files do not pair up."""
     folder = Path(folder)
     images, homographies = _numbered_files(folder)
     if 1 not in images:
         raise ValueError(f"{folder}: no reference image (1.ppm or img1.png style)")
-    if 1 in homographies:
-        raise ValueError(f"{folder}: {homographies[1].name} maps image 1 to itself, which is not a pair")
+    if 1 in homographies:  # the A-KAZE sets ship an identity H1to1p; anything else is a mislabelled file
+        if not np.allclose(load_homography(homographies[1]), np.eye(3), rtol=0, atol=1e-9):
+            raise ValueError(f"{folder}: {homographies[1].name} maps image 1 to itself but is not the identity")
+        del homographies[1]
     targets = sorted(set(images) - {1})
     if not targets or targets != sorted(homographies):
         raise ValueError(
@@ -150,19 +154,23 @@ def load_sequence(folder: str | Path, categories: Mapping[str, str] = OXFORD_CAT
     return HomographySequence(folder.name, sequence_category(folder.name, categories), images[1], pairs)
 
 
+def _holds_images(folder: Path) -> bool:
+    return any(_IMAGE_NAME.match(f.name) for f in folder.iterdir() if f.is_file())
+
+
 def load_sequences(
     root: str | Path,
-    categories: Mapping[str, str] = OXFORD_CATEGORIES,
+    categories: Mapping[str, str] = SEQUENCE_CATEGORIES,
     names: Iterable[str] | None = None,
 ) -> list[HomographySequence]:
-    """Every sequence folder under ``root`` (sorted by name), or only those in ``names``."""
+    """Every sequence folder under ``root`` (sorted by name), or only those in ``names``; ``root`` itself when it
+    is one sequence folder."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no sequence folder at {root}")
     # A folder is a sequence when it holds numbered images; anything else under root is not ours to judge.
-    folders = {
-        p.name: p for p in sorted(root.iterdir()) if p.is_dir() and any(_IMAGE_NAME.match(f.name) for f in p.iterdir())
-    }
+    candidates = [root] if _holds_images(root) else sorted(p for p in root.iterdir() if p.is_dir())
+    folders = {p.name: p for p in candidates if _holds_images(p)}
     if names is not None:
         wanted = list(names)
         missing = sorted(set(wanted) - set(folders))
@@ -428,7 +436,7 @@ def evaluate_homography_sequences(
     thresholds: Iterable[float] = range(1, 11),
     homography_thresholds: Iterable[float] = (1, 3, 5),
     ransac_threshold: float = 3.0,
-    categories: Mapping[str, str] = OXFORD_CATEGORIES,
+    categories: Mapping[str, str] = SEQUENCE_CATEGORIES,
     sequences: Iterable[str] | None = None,
     repeatability_threshold: float = 3.0,
 ) -> HomographyEvaluation:
