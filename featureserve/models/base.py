@@ -12,17 +12,21 @@ import numpy as np
 from .cards import ModelCard
 from .features import DescriptorSpec, Features, KeypointOptions
 
+MIN_IMAGE_SIDE = 2  # OpenCV's ORB and A-KAZE pyramids fail on a side of one pixel
+
 
 def check_image(image: np.ndarray) -> None:
-    """Raise ``ValueError`` unless ``image`` is a uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB array."""
+    """Raise ``ValueError`` unless ``image`` is a uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB array of at least
+    `MIN_IMAGE_SIDE` pixels a side."""
     if not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8:
         raise ValueError(f"image must be uint8, got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 3:
-        return
-    if image.ndim != 2:
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ValueError(f"image must have shape (H, W) or (H, W, 3), got {image.shape}")
+    if min(image.shape[:2]) < MIN_IMAGE_SIDE:
+        height, width = image.shape[:2]
+        raise ValueError(f"image is {width}x{height} pixels; each side must be at least {MIN_IMAGE_SIDE}")
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:

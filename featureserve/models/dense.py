@@ -125,6 +125,8 @@ def within_max_pixels(method: Callable[..., list[Features]]) -> Callable[..., li
 
     @functools.wraps(method)
     def bounded(self: DenseFeatureModel, images: Sequence[np.ndarray], per_image: Sequence[Any]) -> list[Features]:
+        for image in images:  # before any size arithmetic: an empty image would divide by zero
+            check_image(image)
         limit = self.conf["max_pixels"]
         factors = [min(1.0, math.sqrt(limit / max(im.shape[0] * im.shape[1], 1))) if limit else 1.0 for im in images]
         if all(f == 1.0 for f in factors):

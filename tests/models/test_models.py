@@ -59,6 +59,23 @@ def test_invalid_images_are_refused_with_a_message() -> None:
         model.extract([np.zeros((10, 10, 4), np.uint8)], [OPTIONS])
 
 
+@pytest.mark.parametrize("name", available_models())
+def test_images_under_two_pixels_a_side_are_refused_and_thin_ones_served(name: str) -> None:
+    # OpenCV's pyramids fail on a one-pixel side, and an empty image would reach size arithmetic: both must be
+    # the caller's ValueError, whatever the model; two pixels is enough for every model to answer.
+    model = load_model(name)
+    point = [np.array([[0.5, 0.5]], np.float32)]
+    for shape in [(1, 1, 3), (0, 5, 3), (5, 1)]:
+        image = np.zeros(shape, np.uint8)
+        for method, per_image in (("extract", [OPTIONS]), ("detect", [OPTIONS]), ("describe", point)):
+            with pytest.raises(ValueError, match="at least 2"):
+                getattr(model, method)([image], per_image)
+    thin = np.random.default_rng(0).integers(0, 256, (2, 300, 3), dtype=np.uint8)
+    for method, per_image in (("extract", [OPTIONS]), ("detect", [OPTIONS]), ("describe", point)):
+        [features] = getattr(model, method)([thin], per_image)
+        assert features.image_size == (300, 2)
+
+
 def test_unknown_model_and_option() -> None:
     with pytest.raises(KeyError, match="available"):
         load_model("superpoint-from-the-internet")
