@@ -99,11 +99,9 @@ def pair_headroom(model: Any, data: Path, max_keypoints: int) -> list[dict[str, 
 
 def missed_by_ground_truth(errors: list[float | None], agreements: list[float | None]) -> bool:
     """Whether every estimate misses the ground truth by over the threshold yet they agree `AGREEMENT_RATIO` closer."""
-    known_errors = [e for e in errors if e is not None]
-    known_agreements = [a for a in agreements if a is not None]
-    if not agreements or len(known_errors) < len(errors) or len(known_agreements) < len(agreements):
+    if not agreements or None in errors or None in agreements:
         return False
-    return min(known_errors) > RANSAC_THRESHOLD_PX and AGREEMENT_RATIO * max(known_agreements) < min(known_errors)
+    return min(errors) > RANSAC_THRESHOLD_PX and AGREEMENT_RATIO * max(agreements) < min(errors)
 
 
 def main(argv: list[str] | None = None) -> None:

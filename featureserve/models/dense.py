@@ -204,8 +204,7 @@ class DenseFeatureModel(FeatureModel):
         height, width = self.bucket_key(images[0])
         channels = 1 if self.conf["grey"] else 3
         batch = torch.empty((len(images), channels, height, width), dtype=torch.float32)
-        for i, image in enumerate(images):
-            check_image(image)
+        for i, image in enumerate(images):  # checked on entry, by `within_max_pixels`
             if self.bucket_key(image) != (height, width):
                 raise ValueError("images of one tensor batch must share a size bucket")
             array = to_grey(image)[None] if self.conf["grey"] else self._to_rgb(image).transpose(2, 0, 1)

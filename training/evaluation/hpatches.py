@@ -169,8 +169,10 @@ def load_sequences(
     if not root.is_dir():
         raise FileNotFoundError(f"no sequence folder at {root}")
     # A folder is a sequence when it holds numbered images; anything else under root is not ours to judge.
-    candidates = [root] if _holds_images(root) else sorted(p for p in root.iterdir() if p.is_dir())
-    folders = {p.name: p for p in candidates if _holds_images(p)}
+    if _holds_images(root):
+        folders = {root.name: root}
+    else:
+        folders = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and _holds_images(p)}
     if names is not None:
         wanted = list(names)
         missing = sorted(set(wanted) - set(folders))
@@ -407,8 +409,9 @@ def _evaluate_pair(
 ) -> PairResult:
     points0, points1 = mutual_matches(features0, features1)
     accuracy = matching_accuracy(reprojection_errors(points0, points1, pair.homography), thresholds)
-    estimate = estimate_homography(points0, points1, pair.homography, reference_size, ransac_threshold)
-    _, corner_error, num_inliers = estimate
+    _, corner_error, num_inliers = estimate_homography(
+        points0, points1, pair.homography, reference_size, ransac_threshold
+    )
     return PairResult(
         sequence=sequence.name,
         category=sequence.category,
