@@ -31,7 +31,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation.report import evaluate_models
 
     posed = [tuple(spec.split(":", 1)) for spec in args.posed]
-    report = evaluate_models(args.models, args.card, args.homography, posed, args.max_keypoints, args.out)
+    report = evaluate_models(
+        args.models, args.card, args.homography, posed, args.max_keypoints, args.out, json.loads(args.conf)
+    )
     print(report)
 
 
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--models", nargs="+", default=["caps", "sift", "orb"])
     evaluate.add_argument(
         "--card", type=Path, default=None, help="model card for the first of --models (default: its committed one)"
+    )
+    evaluate.add_argument(
+        "--conf", default="{}", help="JSON options for the first of --models, e.g. '{\"scale_levels\": 3}'"
     )
     evaluate.add_argument("--homography", type=Path, default=DATA / "oxford_affine", help="HPatches-layout folder")
     evaluate.add_argument(

@@ -20,7 +20,7 @@ from .methods import method_for
 
 def initialisation(init_from: str | None) -> dict[str, Any] | None:
     """Where a run's weights started: the ``init_from`` path, and that run's steps, time and device when its
-    ``last.pt`` is on disk (so a card adds up every run behind its weights)."""
+    ``last.pt`` is on disk, and where that run started in turn (so a card adds up every run behind its weights)."""
     if not init_from:
         return None
     start = Path(init_from)
@@ -28,6 +28,11 @@ def initialisation(init_from: str | None) -> dict[str, Any] | None:
     if start.suffix == ".pt" and start.is_file():
         state = torch.load(start, map_location="cpu", weights_only=False)
         lineage |= {"steps": state["step"], "wall_seconds": round(state["wall_seconds"], 1), "device": state["device"]}
+        config_path = start.parent / "config.yaml"
+        if config_path.is_file():
+            earlier = initialisation(yaml.safe_load(config_path.read_text()).get("init_from"))
+            if earlier:
+                lineage["initialised_from"] = earlier
     return lineage
 
 

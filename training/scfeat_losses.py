@@ -22,8 +22,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from featureserve.models.scfeat import SCFeatNetwork
-
 from .fundamental import clip_lines, eight_point, fundamental_distance, homogeneous, random_eight_point_draws
 from .geometry import epipolar_distance
 from .losses import match_in_window, sample_map, spread_weights, window_offsets
@@ -61,7 +59,10 @@ class DetectorRewardConfig:
 class SCFeatConfig:
     """Which SCFeat stage a run trains and the settings of both losses."""
 
-    stage: str = "descriptor"  # "descriptor" (backbone, line-to-window loss) or "detector" (policy gradient)
+    # "distil" (backbone from a teacher's descriptor maps), "descriptor" (backbone, line-to-window loss) or
+    # "detector" (policy gradient)
+    stage: str = "descriptor"
+    teacher: str = ""  # the card of the SCFeat checkpoint whose maps the "distil" stage reproduces
     image_prior: str = "peakiness"  # the detector's image prior in training (featureserve.models.scfeat.IMAGE_PRIORS)
     window: WindowLossConfig = WindowLossConfig()
     reward: DetectorRewardConfig = DetectorRewardConfig()
@@ -88,7 +89,7 @@ def line_to_window_terms(
     """One direction of the line-to-window loss: image-1 points searched along their epipolar lines in image 2.
 
     Args:
-        maps1: ``(B, D, h, w)`` coupling-bridge maps of image 1 (stride 4).
+        maps1: ``(B, D, h, w)`` coupling-bridge maps of image 1 (stride ``W / w``).
         maps2: The same for image 2.
         points1: ``(B, N, 2)`` query pixels in image 1.
         fundamental: ``(B, 3, 3)`` image 1 -> image 2.
@@ -100,7 +101,7 @@ def line_to_window_terms(
         ``"loss"`` (weighted mean epipolar error / longer side), ``"median_error_px"`` and ``"valid"``.
     """
     width, height = size
-    stride = SCFeatNetwork.stride
+    stride = width // maps1.shape[-1]
     unit1, unit2 = F.normalize(maps1, dim=1), F.normalize(maps2, dim=1)
     queries = F.normalize(sample_map(unit1, points1, stride), dim=-1)
     lines = homogeneous(points1) @ fundamental.transpose(1, 2)
@@ -260,18 +261,19 @@ def policy_gradient_terms(
     Args:
         scores1: ``(B, 1, H, W)`` detector scores of image 1.
         scores2: The same for image 2.
-        maps1: ``(B, D, H/4, W/4)`` detached coupling-bridge maps of image 1.
+        maps1: ``(B, D, H/s, W/s)`` detached coupling-bridge maps of image 1 (stride ``s``).
         maps2: The same for image 2.
         fundamental: ``(B, 3, 3)`` image 1 -> image 2.
         config: Reward settings.
         generator: CPU generator of the proposals, decisions and eight-point draws.
     """
     height, width = scores1.shape[-2:]
+    stride = width // maps1.shape[-1]
     points1, log_prob1, accepted1 = sample_cells(scores1, config.cell, generator)
     points2, log_prob2, accepted2 = sample_cells(scores2, config.cell, generator)
     with torch.no_grad():
-        descriptors1 = F.normalize(sample_map(maps1, points1, SCFeatNetwork.stride), dim=-1)
-        descriptors2 = F.normalize(sample_map(maps2, points2, SCFeatNetwork.stride), dim=-1)
+        descriptors1 = F.normalize(sample_map(maps1, points1, stride), dim=-1)
+        descriptors2 = F.normalize(sample_map(maps2, points2, stride), dim=-1)
         probabilities = dual_softmax(descriptors1, descriptors2, config.temperature)
         both = accepted1.unsqueeze(2) & accepted2.unsqueeze(1)  # (B, M1, M2): pairs of accepted proposals
         good = symmetric_epipolar_test(points1, points2, fundamental, config.epipolar_threshold)

@@ -43,6 +43,9 @@ DEFAULT_CARD = CHECKPOINT_DIR / "caps-lite.json"
 # from scratch, 3.6 M / 8.9 M parameters with this decoder).
 SIZES: dict[str, dict[str, Any]] = {
     "lite": {"trunk": "lite", "channels": (32, 64, 128, 128), "decoder": (128, 64), "coarse_dim": 128, "fine_dim": 128},
+    # SCFeat's CPU-speed trunk without a decoder: few channels where the resolution is high, as in XFeat (Potje et
+    # al., CVPR 2024); its heads work at stride 8 (`scfeat.py`).
+    "fast": {"trunk": "lite", "channels": (8, 24, 64, 128), "decoder": None},
     "resnet18": {
         "trunk": "resnet",
         "blocks": (2, 2, 2),
@@ -172,19 +175,25 @@ class UNetBackbone(nn.Module):
         else:
             self.trunk = ResNetTrunk(conf["channels"], conf["blocks"])
         c4, c8, c16 = self.trunk.out_channels
-        d8, d4 = conf["decoder"]
-        # U-Net decoder as in CAPS: upsample, 3x3 conv, concatenate the skip, 3x3 conv; at strides 8 and 4.
-        self.up8, self.merge8 = conv_block(c16, d8), conv_block(d8 + c8, d8)
-        self.up4, self.merge4 = conv_block(d8, d4), conv_block(d4 + c4, d4)
+        self.decoder = conf["decoder"] is not None
+        if self.decoder:
+            d8, d4 = conf["decoder"]
+            # U-Net decoder as in CAPS: upsample, 3x3 conv, concatenate the skip, 3x3 conv; at strides 8 and 4.
+            self.up8, self.merge8 = conv_block(c16, d8), conv_block(d8 + c8, d8)
+            self.up4, self.merge4 = conv_block(d8, d4), conv_block(d4 + c4, d4)
 
     def levels(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Trunk features ``"trunk4"``, ``"trunk8"``, ``"trunk16"`` and decoder maps ``"decoder8"``, ``"decoder4"``."""
+        """Trunk features ``"trunk4"``, ``"trunk8"``, ``"trunk16"`` and decoder maps ``"decoder8"``, ``"decoder4"``
+        (sizes without a decoder give the trunk's only)."""
         if images.shape[1] != 1:
             raise ValueError(f"{type(self).__name__} takes grey images (B, 1, H, W), got {tuple(images.shape)}")
         x4, x8, x16 = self.trunk((images - GREY_MEAN) / GREY_STD)
-        y8 = self.merge8(torch.cat([self.up8(resize_like(x16, x8)), x8], dim=1))
-        y4 = self.merge4(torch.cat([self.up4(resize_like(y8, x4)), x4], dim=1))
-        return {"trunk4": x4, "trunk8": x8, "trunk16": x16, "decoder8": y8, "decoder4": y4}
+        levels = {"trunk4": x4, "trunk8": x8, "trunk16": x16}
+        if self.decoder:
+            y8 = self.merge8(torch.cat([self.up8(resize_like(x16, x8)), x8], dim=1))
+            y4 = self.merge4(torch.cat([self.up4(resize_like(y8, x4)), x4], dim=1))
+            levels |= {"decoder8": y8, "decoder4": y4}
+        return levels
 
 
 class CAPSNetwork(UNetBackbone):

@@ -1,18 +1,23 @@
 """`scfeat`: SCFeat keypoints and descriptors (Sun et al., "Shared Coupling-bridge for Weakly Supervised Local
 Feature Learning", 2022; METHODS.md §2), re-implemented.
 
-The CAPS encoder-decoder (`caps.UNetBackbone`) is fused at stride 4 from three levels (F2R: the 1/4 decoder map,
-the 1/8 decoder map and the 1/16 trunk map, each resized and projected to 128 channels, then a 1x1 conv): that
-map ``D`` is the served descriptor. The shared coupling-bridge normalisation blends a position-wise and a
-channel-wise normalisation of ``D`` with learnable weights; its output feeds the descriptor loss and, detached,
-the detector. The detector turns a peakiness prior on the features, a prior on the image (the Hessian blob
-response here, peakiness in the reference) and a small head into a full-resolution, non-negative score map.
-Inference: on each of a few pyramid levels, 3x3 NMS, score threshold and sub-pixel refinement; then the
-strongest keypoints of all levels (top-k or uniform selection), each described bilinearly from ``D`` on its level
-and the next coarser one, summed. Deviations from the reference code (docs/MODELS.md): grey input, no ImageNet
-initialisation, the CPU "lite" trunk, a narrower detector for that size, detection on a pyramid and descriptors
-from two levels rather than one, the Hessian blob response as the image prior of the score map, and peakiness
-inputs divided by their largest magnitude rather than their maximum (normalised grey can be negative everywhere).
+The served "fast" network (`HEADS`) is a light trunk (8, 24, 64 and 128 channels at strides 2 to 16, as XFeat
+spends few channels where the resolution is high; Potje et al., CVPR 2024) whose three levels are fused at stride
+8 (F2R: the 1/4 map pixel-unshuffled, the 1/8 map and the 1/16 map, each projected to 128 channels, then a 1x1
+conv): that map ``D`` is the served descriptor. The shared coupling-bridge normalisation blends a position-wise
+and a channel-wise normalisation of ``D`` with learnable weights; its output feeds the descriptor loss and,
+detached, the detector. The detector turns a peakiness prior on the features, a prior on the image (the Hessian
+blob response here, peakiness in the reference) and a small head into a full-resolution, non-negative score map;
+the head predicts the 64 pixels of each 8x8 cell from the cell's features and pixels (pixel shuffle, as in
+SuperPoint and XFeat), so nothing is convolved at full resolution. The earlier "lite" network (a CAPS
+encoder-decoder fused at stride 4, full-resolution detector) loads from its card, ``scfeat-lite.json``.
+Inference: on each of three half-octave pyramid levels (one level, a single pass, is an option), 3x3 NMS, score
+threshold and sub-pixel refinement; the strongest keypoints of all levels (top-k or uniform selection), each
+described bilinearly from ``D`` on its level and the next coarser one, summed.
+Deviations from the reference code (docs/MODELS.md): grey input, a backbone distilled from our earlier checkpoint
+instead of ImageNet initialisation, the light trunk and descriptors at stride 8, the cell detector, the Hessian
+blob response as the image prior of the score map, and peakiness inputs divided by their largest magnitude rather
+than their maximum (normalised grey can be negative everywhere).
 
 Example:
     >>> from featureserve.models import load_model, KeypointOptions
@@ -42,12 +47,19 @@ from .features import DescriptorSpec, Features, KeypointOptions
 from .keypoints import candidate_count, select_keypoints
 from .orientation import central_gradients, gaussian_blur
 
-DEFAULT_CARD = CHECKPOINT_DIR / "scfeat-lite.json"
+DEFAULT_CARD = CHECKPOINT_DIR / "scfeat-fast.json"
 DESCRIPTOR_DIM = 128
-# Detector widths (feature branch, image branch, joint branch). The reference's (192, 64, 128) runs its
-# full-resolution 3x3 convolutions for 2.2 s per 640x480 image on a CPU (METHODS.md §2.1); "lite" is narrower.
-DETECTOR_WIDTHS: dict[str, tuple[int, int, int]] = {"lite": (32, 16, 16), "resnet18": (192, 64, 128)}
-DETECTOR_WIDTHS["resnet34"] = DETECTOR_WIDTHS["resnet18"]
+# Per backbone size: the stride of the fused descriptor map ``D`` and the detector (`Detector` at full resolution
+# with its (feature, image, joint) widths, or `CellDetector`, whose cells are ``D``'s, with its width). At stride 4
+# ``D`` fuses the decoder's 1/4 and 1/8 maps and the trunk's 1/16 map, as the reference fuses its backbone's levels;
+# at stride 8 (no decoder) it fuses the trunk's 1/4 (unshuffled to 1/8), 1/8 and 1/16 maps. The reference's
+# full-resolution detector widths (192, 64, 128) cost seconds per 640x480 image on a CPU (METHODS.md §2.1).
+HEADS: dict[str, dict[str, Any]] = {
+    "fast": {"stride": 8, "detector": "cells", "detector_widths": (32,)},
+    "lite": {"stride": 4, "detector": "full", "detector_widths": (32, 16, 16)},
+    "resnet18": {"stride": 4, "detector": "full", "detector_widths": (192, 64, 128)},
+}
+HEADS["resnet34"] = HEADS["resnet18"]
 
 
 def peakiness(x: torch.Tensor) -> torch.Tensor:
@@ -56,9 +68,16 @@ def peakiness(x: torch.Tensor) -> torch.Tensor:
     Each sample is divided by its largest magnitude first, so the prior does not depend on the feature scale.
     """
     x = x / x.abs().flatten(1).amax(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1)
-    spatial = F.softplus(x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1))
+    spatial = F.softplus(x - box_mean3(x))
     channel = F.softplus(x - x.mean(dim=1, keepdim=True))
     return (spatial * channel).amax(dim=1, keepdim=True)
+
+
+def box_mean3(x: torch.Tensor) -> torch.Tensor:
+    """The 3x3 mean of every pixel of ``(B, C, H, W)``, borders reflected; as ``avg_pool2d`` but separable (faster)."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    rows = padded[..., :-2] + padded[..., 1:-1] + padded[..., 2:]
+    return (rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]) / 9
 
 
 def divided_by_max(response: torch.Tensor) -> torch.Tensor:
@@ -117,7 +136,10 @@ class CouplingBridgeNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised map, same shape as ``x``."""
         mean = x.mean(dim=1, keepdim=True)
-        position = (x - mean) / (x.var(dim=1, keepdim=True) + 1e-5).sqrt() * self.scale(mean) + self.shift(mean)
+        centred = x - mean
+        # The unbiased variance across channels, as ``x.var(dim=1)`` gives it, whose CPU kernel is ten times slower.
+        variance = centred.square().mean(dim=1, keepdim=True) * (x.shape[1] / (x.shape[1] - 1))
+        position = centred / (variance + 1e-5).sqrt() * self.scale(mean) + self.shift(mean)
         channel = F.instance_norm(x, eps=1e-5)
         w_position, w_channel = self.weights
         return (w_position * position + w_channel * channel) / (w_position + w_channel)
@@ -132,6 +154,22 @@ IMAGE_PRIORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _check_prior(image_prior: str) -> str:
+    if image_prior not in IMAGE_PRIORS:
+        raise ValueError(f"image_prior must be one of {sorted(IMAGE_PRIORS)}, got {image_prior!r}")
+    return image_prior
+
+
+def combine_scores(
+    feature_prior: torch.Tensor, image: torch.Tensor, image_peakiness: torch.Tensor, head: torch.Tensor, prior: str
+) -> torch.Tensor:
+    """``S = up(P(X)) * Q(I) * o``: the stride-4 feature prior, the image prior ``Q`` and the head's ``o``, all >= 0."""
+    size = image.shape[-2:]
+    # Peakiness of the image is already at hand for the image branch.
+    image_prior = image_peakiness if prior == "peakiness" else IMAGE_PRIORS[prior](image)
+    return F.interpolate(feature_prior, size=size, mode="bilinear", align_corners=False) * image_prior * head
+
+
 class Detector(nn.Module):
     """Full-resolution keypoint scores from detached features at stride 4 and the image (METHODS.md §2.1).
 
@@ -139,18 +177,14 @@ class Detector(nn.Module):
     ``o`` a small convolutional head on both (its image branch sees ``P(I) * I``, as in the reference); every
     factor is non-negative. The image prior ``Q`` is `hessian_blobness` by default, `cornerness` or, as in the
     reference, `peakiness`: on a grey image the channel term of ``P(I)`` is constant, so ``P(I)`` only says
-    "brighter than the 3x3 mean"; with the same weights, Oxford MMA@3 went from 0.568 with peakiness to 0.639
-    with cornerness (one level), and with the pyramid from 0.704 with cornerness to 0.730 with the Hessian
-    (docs/MODELS.md).
+    "brighter than the 3x3 mean" (docs/MODELS.md compares the three).
     """
 
     def __init__(
-        self, feature_channels: int, widths: tuple[int, int, int], image_prior: str = DEFAULT_IMAGE_PRIOR
+        self, feature_channels: int, widths: tuple[int, ...], image_prior: str = DEFAULT_IMAGE_PRIOR, cell: int = 4
     ) -> None:
         super().__init__()
-        if image_prior not in IMAGE_PRIORS:
-            raise ValueError(f"image_prior must be one of {sorted(IMAGE_PRIORS)}, got {image_prior!r}")
-        self.image_prior = image_prior
+        self.image_prior = _check_prior(image_prior)
         features, image, joint = widths
         self.feature_conv = nn.Conv2d(feature_channels, features, 3, padding=1)
         self.image_conv = nn.Conv2d(1, image, 3, padding=1)
@@ -161,51 +195,99 @@ class Detector(nn.Module):
     def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` non-negative scores for ``(B, C, H/4, W/4)`` features and a ``(B, 1, H, W)`` image."""
         feature_prior, image_peakiness = peakiness(features), peakiness(image)
-        size = image.shape[-2:]
         h = self.activation(F.instance_norm(self.feature_conv(feature_prior * features)))
-        h = F.interpolate(h, size=size, mode="bilinear", align_corners=False)
+        h = F.interpolate(h, size=image.shape[-2:], mode="bilinear", align_corners=False)
         g = self.activation(F.instance_norm(self.image_conv(image_peakiness * image)))
         z = self.activation(F.instance_norm(self.joint_conv(torch.cat([h, g], dim=1))))
         o = F.softplus(F.instance_norm(self.out_conv(z)))
-        # Peakiness of the image is already at hand for the image branch.
-        image_prior = image_peakiness if self.image_prior == "peakiness" else IMAGE_PRIORS[self.image_prior](image)
-        return F.interpolate(feature_prior, size=size, mode="bilinear", align_corners=False) * image_prior * o
+        return combine_scores(feature_prior, image, image_peakiness, o, self.image_prior)
+
+
+class CellDetector(nn.Module):
+    """`Detector`'s score map with its head on cells: one logit per pixel of each ``cell`` x ``cell`` cell, unfolded.
+
+    The head sees ``P(X) * X`` and the cell's pixels of ``P(I) * I`` (pixel unshuffle), runs a 1x1 and a 3x3
+    convolution at the cells' stride and predicts ``cell ** 2`` logits per cell, which pixel shuffle lays out at
+    full resolution (as SuperPoint and XFeat do), smoothed by a Gaussian of a quarter cell. Nothing is convolved at
+    full resolution; ``S = up(P(X)) * Q(I) * o`` as in `Detector`: ``o`` says which parts of a cell hold keypoints,
+    ``Q(I)``, at full resolution, places their peaks.
+    """
+
+    def __init__(
+        self, feature_channels: int, widths: tuple[int, ...], image_prior: str = DEFAULT_IMAGE_PRIOR, cell: int = 8
+    ) -> None:
+        super().__init__()
+        self.image_prior = _check_prior(image_prior)
+        self.cell = cell
+        # Pixels of one cell come from separate logits; unsmoothed, their noise moves the image prior's peaks.
+        self.smoothing = cell / 4
+        (width,) = widths
+        self.reduce = nn.Conv2d(feature_channels + self.cell**2, width, 1)
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+        self.out_conv = nn.Conv2d(width, self.cell**2, 1)
+        self.activation = nn.PReLU()
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` non-negative scores for ``(B, C, H/cell, W/cell)`` features and a ``(B, 1, H, W)`` image."""
+        feature_prior, image_peakiness = peakiness(features), peakiness(image)
+        cells = F.pixel_unshuffle(image_peakiness * image, self.cell)
+        h = self.activation(F.instance_norm(self.reduce(torch.cat([feature_prior * features, cells], dim=1))))
+        h = self.activation(F.instance_norm(self.conv(h)))
+        logits = gaussian_blur(F.pixel_shuffle(self.out_conv(h), self.cell), self.smoothing)
+        o = F.softplus(F.instance_norm(logits))
+        return combine_scores(feature_prior, image, image_peakiness, o, self.image_prior)
+
+
+DETECTORS: dict[str, type[nn.Module]] = {"full": Detector, "cells": CellDetector}
 
 
 class SCFeatNetwork(UNetBackbone):
-    """Grey ``(B, 1, H, W)`` in [0, 1] -> descriptor map ``D`` (128-D, stride 4) and a full-resolution score map.
+    """Grey ``(B, 1, H, W)`` in [0, 1] -> descriptor map ``D`` (128-D, at `stride`) and a full-resolution score map.
 
     `descriptor_maps` is what the descriptor stage trains (``"raw"`` ``D`` and its coupling-bridge
     normalisation ``"normalised"``); ``forward`` adds the detector's ``"scores"`` and, for `DenseFeatureModel`,
     ``"descriptors"``: ``[D / |D|]``. H and W must be multiples of 16.
     """
 
-    stride: ClassVar[int] = 4
-
-    def __init__(self, size: str = "lite", image_prior: str = DEFAULT_IMAGE_PRIOR) -> None:
+    def __init__(self, size: str = "fast", image_prior: str = DEFAULT_IMAGE_PRIOR) -> None:
         super().__init__(size)
-        c4, _, c16 = self.trunk.out_channels
-        d8, d4 = SIZES[size]["decoder"]
-        self.fuse4 = conv_block(d4, DESCRIPTOR_DIM, kernel=1)
-        self.fuse8 = conv_block(d8, DESCRIPTOR_DIM)
+        c4, c8, c16 = self.trunk.out_channels
+        heads = HEADS[size]
+        self.stride: int = heads["stride"]
+        if self.stride == 4:
+            d8, d4 = SIZES[size]["decoder"]
+            self.fuse4 = conv_block(d4, DESCRIPTOR_DIM, kernel=1)
+            self.fuse8 = conv_block(d8, DESCRIPTOR_DIM)
+        else:
+            self.fuse4 = conv_block(4 * c4, DESCRIPTOR_DIM, kernel=1)
+            self.fuse8 = conv_block(c8, DESCRIPTOR_DIM)
         self.fuse16 = conv_block(c16, DESCRIPTOR_DIM)
         self.fuse = nn.Conv2d(3 * DESCRIPTOR_DIM, DESCRIPTOR_DIM, 1)
         self.bridge = CouplingBridgeNorm()
-        self.detector = Detector(DESCRIPTOR_DIM + c4, DETECTOR_WIDTHS[size], image_prior)
+        detector_channels = DESCRIPTOR_DIM + (c4 if self.stride == 4 else c8)
+        detector = DETECTORS[heads["detector"]]
+        self.detector = detector(detector_channels, heads["detector_widths"], image_prior, self.stride)
 
     def descriptor_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``"raw"`` map ``D``, its ``"normalised"`` coupling-bridge map and the detector's ``"detector_input"``."""
         levels = self.levels(images)
-        y4 = levels["decoder4"]
-        fused = [
-            self.fuse4(y4),
-            self.fuse8(resize_like(levels["decoder8"], y4)),
-            self.fuse16(resize_like(levels["trunk16"], y4)),
-        ]
-        raw = self.fuse(torch.cat(fused, dim=1))
+        if self.stride == 4:  # the reference's F2R: every level convolved at stride 4
+            base = levels["decoder4"]
+            inputs = (base, resize_like(levels["decoder8"], base), resize_like(levels["trunk16"], base))
+            skip = levels["trunk4"]
+        else:  # each level convolved at its own stride
+            base = skip = levels["trunk8"]
+            inputs = (F.pixel_unshuffle(levels["trunk4"], 2), base, levels["trunk16"])
+        # The 1x1 fusion of the concatenated levels, split by level: each part is projected before it is resized,
+        # which gives the same map (both are linear) for a quarter of the work on the coarser level.
+        weights = self.fuse.weight.split(DESCRIPTOR_DIM, dim=1)
+        parts = (self.fuse4(inputs[0]), self.fuse8(inputs[1]), self.fuse16(inputs[2]))
+        raw = self.fuse.bias.view(1, -1, 1, 1) + sum(
+            resize_like(F.conv2d(part, weight), base) for part, weight in zip(parts, weights, strict=True)
+        )
         normalised = self.bridge(raw)
         # Detached: the detector stage must not move the descriptor (the "bridge" shares, it does not couple).
-        detector_input = torch.cat([normalised, levels["trunk4"]], dim=1).detach()
+        detector_input = torch.cat([normalised, skip], dim=1).detach()
         return {"raw": raw, "normalised": normalised, "detector_input": detector_input}
 
     def scores(self, images: torch.Tensor, maps: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -231,18 +313,19 @@ class SCFeat(DenseFeatureModel):
 
     name = "scfeat"
     descriptor = DescriptorSpec("float", DESCRIPTOR_DIM, "cosine")
-    descriptor_strides: ClassVar[tuple[int, ...]] = (SCFeatNetwork.stride,)
     default_conf: ClassVar[dict[str, Any]] = {
         **DenseFeatureModel.default_conf,
         "nms_radius": 1,  # 3x3 NMS as in the reference extractor
         "subpixel": True,
         # Keypoints come from the score maps of ``scale_levels`` pyramid levels ``scale_step`` octaves apart (fewer
-        # where a level's shorter side would fall under 32 px; 1 level: the reference's single-scale detector), the
-        # strongest over all levels kept. Each keypoint's descriptor is the normalised sum of its unit descriptors on
-        # the level that found it and the next coarser one. With cornerness, three half-octave levels raised Oxford
-        # MMA@3 from 0.639 (one level) to 0.676 and Hacc@3 from 0.65 to 0.70 (docs/MODELS.md).
+        # where a level's shorter side would fall under 32 px), the strongest over all levels kept; 1 level (the
+        # reference's single-scale detector) is one network pass per image, for about 40 % of the pyramid's time
+        # and less tolerance of scale and rotation (docs/MODELS.md has both).
         "scale_levels": 3,
         "scale_step": 0.5,
+        # True: each keypoint's descriptor is the normalised sum of its unit descriptors on the level that found it
+        # and the next coarser one (one more pass after the last level).
+        "coarser_descriptor": True,
         # The image factor of the score map: "hessian" (blob response), "cornerness" (Shi-Tomasi) or the
         # reference's grey "peakiness".
         "image_prior": DEFAULT_IMAGE_PRIOR,
@@ -253,6 +336,7 @@ class SCFeat(DenseFeatureModel):
         super().__init__(**conf)
         self._check_pyramid_conf()
         self.network, self._card = load_checkpoint(self.conf["card"], self.device, self.conf["image_prior"])
+        self.descriptor_strides = (self.network.stride,)
 
     @property
     def card(self) -> ModelCard:
@@ -273,6 +357,8 @@ class SCFeat(DenseFeatureModel):
     def describe(self, images: Sequence[np.ndarray], keypoints: Sequence[np.ndarray]) -> list[Features]:
         """Descriptors at the given keypoints, taken as found on the full-resolution level (as in `extract`)."""
         features = super().describe(images, keypoints)
+        if not self.conf["coarser_descriptor"]:
+            return features
         weights = []
         for image, f in zip(images, features, strict=True):
             w = np.ones((self._usable_levels(image, 2), len(f)), np.float32)
@@ -292,17 +378,19 @@ class SCFeat(DenseFeatureModel):
     ) -> list[Features]:
         """Per image, the strongest keypoints over all levels' candidates; one network pass per level.
 
-        Level ``l`` is the image scaled by ``2 ** (-l * scale_step)``. Each level's candidates are described on
-        that level's map and, when ``describe``, also on the next level's (one extra pass after the last).
+        Level ``l`` is the image scaled by ``2 ** (-l * scale_step)``. When ``describe``, each level's candidates are
+        described on that level's map and, with ``coarser_descriptor``, also on the next level's (one extra pass
+        after the last).
         """
         detection_levels = int(self.conf["scale_levels"])
+        coarser = describe and bool(self.conf["coarser_descriptor"])
         found: list[list[Features]] = [[] for _ in images]
-        for level in range(detection_levels + int(describe)):
+        for level in range(detection_levels + int(coarser)):
             chosen = [i for i, im in enumerate(images) if level < self._usable_levels(im, detection_levels + 1)]
             scaled = [resize_image(images[i], 2.0 ** (-level * float(self.conf["scale_step"]))) for i in chosen]
             for j, outputs, b in self._bucket_outputs(scaled, detect=level < detection_levels, describe=describe):
                 i, size = chosen[j], image_size(scaled[j])
-                if describe and found[i]:  # the previous level's candidates, on this level
+                if coarser and found[i]:  # the previous level's candidates, on this level
                     previous = found[i][-1]
                     points = rescale_points(previous.keypoints, previous.image_size, size)
                     previous.descriptors += self._sample(outputs, b, self._points(points)).float().cpu().numpy()

@@ -5,36 +5,47 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from skimage import data
 
-from featureserve.models import KeypointOptions
+from featureserve.models import KeypointOptions, load_model, match_descriptors
 from featureserve.models.base import image_size, normalise_rows, rescale_points, resize_image
-from featureserve.models.dense import DenseFeatureModel, nms_mask, refine_subpixel
+from featureserve.models.caps import resize_like
+from featureserve.models.cards import CHECKPOINT_DIR
+from featureserve.models.dense import DenseFeatureModel, max_filter, nms_mask, refine_subpixel
+from featureserve.models.orientation import gaussian_blur
 from featureserve.models.scfeat import (
+    CellDetector,
     CouplingBridgeNorm,
     SCFeat,
     SCFeatNetwork,
+    box_mean3,
     cornerness,
     hessian_blobness,
+    load_checkpoint,
     peakiness,
 )
 from training.config import load_config
 from training.export import export
+from training.methods import method_for
 from training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[2]
+LITE_CARD = CHECKPOINT_DIR / "scfeat-lite.json"
 OPTIONS = KeypointOptions(max_keypoints=300)
 
 
 @pytest.fixture(scope="module")
 def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The card of a tiny two-stage run: 3 descriptor steps, then 3 detector steps from that run."""
+    """The card of a tiny three-stage run: 3 distillation, 3 descriptor, then 3 detector steps, each from the last."""
     folder = tmp_path_factory.mktemp("scfeat")
     config = ROOT / "training" / "configs" / "scfeat_tiny.yaml"
-    train(load_config(config), folder / "descriptor")
+    distil = {"scfeat": {"stage": "distil", "teacher": str(LITE_CARD)}}
+    train(load_config(config, distil), folder / "distil")
+    train(load_config(config, {"init_from": str(folder / "distil" / "last.pt")}), folder / "descriptor")
     detector = {"scfeat": {"stage": "detector"}, "init_from": str(folder / "descriptor" / "last.pt")}
     train(load_config(config, detector), folder / "detector")
     return export(folder / "detector", "scfeat-tiny", folder / "export", dtype="float32")
@@ -44,6 +55,9 @@ def test_the_detector_stage_trains_only_the_detector(tiny_card: Path) -> None:
     card = json.loads(tiny_card.read_text())
     lineage = card["training"]["initialised_from"]
     assert card["stage"] == "detector" and lineage["steps"] == 3 and lineage["device"] == "cpu"
+    distilled = lineage["initialised_from"]  # the descriptor run's own start: the distillation run
+    assert distilled["path"].endswith("distil/last.pt") and distilled["steps"] == 3
+    assert "initialised_from" not in distilled
     descriptor_run = torch.load(Path(lineage["path"]), weights_only=False)["network"]
     detector_run = torch.load(tiny_card.parent.parent / "detector" / "last.pt", weights_only=False)["network"]
     for name, weights in detector_run.items():
@@ -51,6 +65,19 @@ def test_the_detector_stage_trains_only_the_detector(tiny_card: Path) -> None:
             assert torch.equal(weights, descriptor_run[name]), f"{name} moved in the detector stage"
     assert any(not torch.equal(w, descriptor_run[n]) for n, w in detector_run.items() if n.startswith("detector."))
     assert card["name"] == "scfeat" and card["keypoints"]["source"] == "scfeat"
+
+
+def test_distillation_scores_the_teacher_itself_zero_and_a_fresh_network_above_zero() -> None:
+    config = load_config(
+        ROOT / "training" / "configs" / "scfeat_tiny.yaml", {"scfeat": {"stage": "distil", "teacher": str(LITE_CARD)}}
+    )
+    method = method_for(config)
+    images = torch.rand(2, 1, 64, 96)
+    batch = {"image1": images[:1], "image2": images[1:], "fundamental": torch.eye(3)[None]}
+    teacher = load_checkpoint(LITE_CARD)[0]
+    with torch.no_grad():
+        assert float(method.loss_terms(teacher, batch, 0)["loss"]) < 1e-4
+        assert float(method.loss_terms(SCFeatNetwork("fast").eval(), batch, 0)["loss"]) > 0.1
 
 
 def test_keypoints_are_refined_nms_peaks_above_the_threshold(tiny_card: Path) -> None:
@@ -97,7 +124,7 @@ def test_batches_match_single_images(tiny_card: Path) -> None:
 
 def test_keypoints_come_from_every_level_and_are_described_on_it_and_the_next(tiny_card: Path) -> None:
     image = data.astronaut()
-    pyramid = SCFeat(card=str(tiny_card), scale_levels=3, scale_step=0.5)
+    pyramid = SCFeat(card=str(tiny_card), scale_levels=3, scale_step=0.5, coarser_descriptor=True)
     single_level = SCFeat(card=str(tiny_card), scale_levels=1)
     [features] = pyramid.extract([image], [OPTIONS])
     scaled = [resize_image(image, 2.0 ** (-0.5 * level)) for level in range(4)]
@@ -205,10 +232,86 @@ def test_the_coupling_bridge_starts_scale_free_and_blends_both_norms() -> None:
     torch.testing.assert_close(bridge(x), 0.7 * position + 0.3 * channel, atol=1e-5, rtol=1e-5)
 
 
-def test_the_network_gives_a_stride_4_map_and_full_resolution_scores() -> None:
-    network = SCFeatNetwork("lite").eval()
+@pytest.mark.parametrize(("size", "stride"), [("fast", 8), ("lite", 4)])
+def test_the_network_gives_its_strides_map_and_full_resolution_scores(size: str, stride: int) -> None:
+    network = SCFeatNetwork(size).eval()
     with torch.inference_mode():
         outputs = network(torch.rand(2, 1, 64, 96))
-    assert outputs["raw"].shape == (2, 128, 16, 24) and outputs["scores"].shape == (2, 1, 64, 96)
+    assert network.stride == stride
+    assert outputs["raw"].shape == (2, 128, 64 // stride, 96 // stride) and outputs["scores"].shape == (2, 1, 64, 96)
     assert (outputs["scores"] >= 0).all()
     assert "scores" not in network(torch.rand(1, 1, 64, 96), detect=False)
+
+
+@pytest.mark.parametrize("size", ["fast", "lite"])
+def test_the_split_fusion_equals_the_1x1_convolution_of_the_concatenated_levels(size: str) -> None:
+    torch.manual_seed(0)
+    network = SCFeatNetwork(size).eval()
+    images = torch.rand(1, 1, 64, 96)
+    with torch.inference_mode():
+        levels = network.levels(images)
+        if size == "lite":
+            base = levels["decoder4"]
+            inputs = (base, levels["decoder8"], levels["trunk16"])
+        else:
+            base = levels["trunk8"]
+            inputs = (torch.nn.functional.pixel_unshuffle(levels["trunk4"], 2), base, levels["trunk16"])
+        parts = [network.fuse4(inputs[0])]
+        for block, level in ((network.fuse8, inputs[1]), (network.fuse16, inputs[2])):
+            # lite convolves every level at stride 4, fast at the level's own stride
+            parts.append(resize_like(block(resize_like(level, base) if size == "lite" else level), base))
+        expected = network.fuse(torch.cat(parts, dim=1))
+        torch.testing.assert_close(network.descriptor_maps(images)["raw"], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_the_cell_detector_unfolds_its_cells_logits_smoothed_onto_their_pixels() -> None:
+    torch.manual_seed(0)
+    detector = CellDetector(4, (8,), "hessian", cell=8).eval()
+    features, image = torch.rand(1, 4, 3, 5), torch.rand(1, 1, 24, 40)
+    nn_f = torch.nn.functional
+    with torch.inference_mode():
+        scores = detector(features, image)
+        cells = nn_f.pixel_unshuffle(peakiness(image) * image, 8)  # (1, 64, 3, 5): each cell's 8x8 pixels
+        assert torch.equal(cells[0, 8 * 2 + 3, 1, 4], (peakiness(image) * image)[0, 0, 8 + 2, 32 + 3])
+        h = detector.activation(
+            nn_f.instance_norm(detector.reduce(torch.cat([peakiness(features) * features, cells], 1)))
+        )
+        logits = detector.out_conv(detector.activation(nn_f.instance_norm(detector.conv(h))))
+        o = nn_f.softplus(nn_f.instance_norm(gaussian_blur(nn_f.pixel_shuffle(logits, 8), 2.0)))
+        prior = nn_f.interpolate(peakiness(features), size=(24, 40), mode="bilinear", align_corners=False)
+        expected = prior * hessian_blobness(image) * o
+    assert scores.shape == (1, 1, 24, 40) and (scores >= 0).all()
+    torch.testing.assert_close(scores, expected)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 4])
+def test_the_max_filter_is_the_stride_1_max_pool(radius: int) -> None:
+    x = torch.randn(2, 1, 13, 17)
+    x[0, 0, 0, 0] = 100.0  # a maximum on the corner reaches its window's edge, clipped
+    expected = torch.nn.functional.max_pool2d(x, 2 * radius + 1, stride=1, padding=radius)
+    assert torch.equal(max_filter(x, radius), expected)
+
+
+def test_the_separable_box_mean_is_the_3x3_average_pool() -> None:
+    x = torch.rand(2, 3, 9, 11)
+    expected = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+    torch.testing.assert_close(box_mean3(x), expected)
+
+
+def zoom_and_turn(image: np.ndarray, degrees: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` turned by ``degrees`` and scaled by ``scale`` about its centre, and that homography."""
+    height, width = image.shape[:2]
+    homography = np.vstack([cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), degrees, scale), [0, 0, 1]])
+    return cv2.warpPerspective(image, homography, (width, height)), homography
+
+
+@pytest.mark.parametrize(("name", "conf", "least"), [("scfeat", {}, 0.6), ("sift", {}, 0.4)])
+def test_the_served_model_matches_a_turned_and_zoomed_photo(name: str, conf: dict, least: float) -> None:
+    image = data.astronaut()
+    warped, homography = zoom_and_turn(image, 20.0, 0.8)
+    model = load_model(name, **conf)
+    f0, f1 = model.extract([image, warped], [KeypointOptions(max_keypoints=1000)] * 2)
+    pairs = match_descriptors(f0.descriptors, f1.descriptors, model.descriptor.metric).indices
+    mapped = cv2.perspectiveTransform(f0.keypoints[pairs[:, 0]].reshape(-1, 1, 2).astype(np.float64), homography)
+    correct = np.linalg.norm(mapped.reshape(-1, 2) - f1.keypoints[pairs[:, 1]], axis=1) < 3
+    assert len(pairs) > 200 and correct.mean() > least

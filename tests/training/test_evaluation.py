@@ -11,6 +11,7 @@ import pytest
 from skimage import data
 
 from featureserve.models import Features, load_model
+from training.__main__ import main
 from training.evaluation import (
     HomographyEvaluation,
     evaluate_homography_sequences,
@@ -365,3 +366,14 @@ def test_card_summary_keeps_repeatability(sift_result: HomographyEvaluation) -> 
     old = {k: v for k, v in sift_result.to_dict().items() if not k.startswith("repeatability")}
     report["homography"] = {"sift": old}
     assert "repeatability" not in card_summary(report, "sift")["homography"]["sift"]
+
+
+def test_the_evaluate_command_loads_the_first_model_with_its_conf(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "evaluation.json"
+    argv = ["evaluate", "--models", "scfeat", "sift", "--conf", '{"scale_levels": 1, "coarser_descriptor": false}']
+    main([*argv, "--homography", str(root), "--posed", "--max-keypoints", "300", "--out", str(out)])
+    report = json.loads(out.read_text())
+    conf = report["cards"]["scfeat"]["details"]["conf"]
+    assert conf["scale_levels"] == 1 and conf["coarser_descriptor"] is False
+    assert set(report["homography"]) == {"scfeat", "sift"}
+    assert report["homography"]["scfeat"]["features_per_image"] == 300

@@ -33,16 +33,20 @@ def evaluate_models(
     posed_sets: Sequence[tuple[str, str]],
     max_keypoints: int,
     out: Path,
+    conf: dict[str, Any] | None = None,
 ) -> str:
     """Evaluate each model with the same matcher and data; write ``out`` (JSON) and ``out.md``; return the Markdown.
 
-    ``card``, when given, is the model card the first model loads (a run exported outside the checkpoints).
+    ``card``, when given, is the model card the first model loads (a run exported outside the checkpoints), and
+    ``conf`` its options over the defaults.
     """
     homography: dict[str, HomographyEvaluation] = {}
     posed: dict[str, dict[str, PosedEvaluation]] = {}
     cards: dict[str, Any] = {}
     for name in models:
-        model = load_model(name, card=str(card)) if name == models[0] and card else load_model(name)
+        first = name == models[0]
+        options = (conf or {}) | ({"card": str(card)} if card else {}) if first else {}
+        model = load_model(name, **options)
         cards[name] = model.card.to_dict()
         extract = model_extractor(model, max_keypoints)
         if homography_root is not None:

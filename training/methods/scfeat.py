@@ -2,8 +2,10 @@
 
 Stage ``descriptor`` trains the backbone, fusion and coupling bridge with the line-to-window epipolar loss;
 stage ``detector`` freezes them and trains the detector by policy gradient. The detector run starts from the
-descriptor run (``init_from``), and a descriptor run may start its backbone from another method's checkpoint
-(our CAPS-lite run stands in for the reference's ImageNet initialisation, which we do not have).
+descriptor run (``init_from``). The reference starts its backbone from ImageNet weights, which we do not have: a
+descriptor run starts from another checkpoint instead, either one of the same shape (``init_from``) or, for a new
+architecture, a run of stage ``distil``, which trains the backbone to reproduce the descriptor maps of an earlier
+SCFeat checkpoint (``teacher``) on the same pairs (knowledge distillation, Hinton et al., 2015).
 """
 
 from __future__ import annotations
@@ -11,15 +13,26 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from featureserve.models.scfeat import DETECTOR_WIDTHS, SCFeatNetwork
+from featureserve.models.scfeat import HEADS, SCFeatNetwork, load_checkpoint
 
 from ..data.synthetic import GENERATOR_VERSION
 from ..scfeat_losses import cell_points, line_to_window_terms, policy_gradient_terms
 from .caps import PIXEL_CONVENTION, VALIDATION_SEED_OFFSET, CAPSMethod, dense_card_fields
 
-STAGES = ("descriptor", "detector")
+STAGES = ("distil", "descriptor", "detector")
+
+
+def centred_units(maps: torch.Tensor) -> torch.Tensor:
+    """``(B, D, h, w)`` unit descriptors minus each image's mean unit descriptor, normalised again.
+
+    The unit descriptors of one image share a large common direction (a mean cosine above 0.9 for scfeat-lite), so
+    reproducing them is easy and says little about matching; what tells cells apart is the rest.
+    """
+    units = F.normalize(maps, dim=1)
+    return F.normalize(units - units.mean(dim=(2, 3), keepdim=True), dim=1)
 
 
 class SCFeatMethod(CAPSMethod):
@@ -32,7 +45,7 @@ class SCFeatMethod(CAPSMethod):
             raise ValueError(f"unknown SCFeat stage {stage!r}; known: {STAGES}")
         network = SCFeatNetwork(self.config.size, self.config.scfeat.image_prior)
         # Each stage trains its own part; the other is frozen (and unused parameters would stop DDP).
-        network.requires_grad_(stage == "descriptor")
+        network.requires_grad_(stage != "detector")
         network.detector.requires_grad_(stage == "detector")
         return network
 
@@ -50,6 +63,8 @@ class SCFeatMethod(CAPSMethod):
         fundamental = batch["fundamental"]
         generator = self._generator(step, network.training)
         settings = self.config.scfeat
+        if settings.stage == "distil":
+            return self._distillation_terms(network, images)
         if settings.stage == "descriptor":
             maps = network(images, detect=False)["normalised"].float()
             maps1, maps2 = maps[:n], maps[n:]
@@ -69,15 +84,44 @@ class SCFeatMethod(CAPSMethod):
             scores[:n], scores[n:], maps[:n], maps[n:], fundamental, settings.reward, generator
         )
 
+    def _distillation_terms(self, network: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Mean ``1 - cos`` between the network's centred ``"raw"`` and ``"normalised"`` maps and the teacher's."""
+        if getattr(self, "_teacher", None) is None:
+            if not self.config.scfeat.teacher:
+                raise ValueError("scfeat stage 'distil' needs scfeat.teacher: the card of the checkpoint to reproduce")
+            self._teacher = load_checkpoint(self.config.scfeat.teacher, images.device)[0].requires_grad_(False)
+        student = network(images, detect=False)
+        with torch.no_grad():
+            teacher = self._teacher.descriptor_maps(images)
+        terms = {}
+        for key in ("raw", "normalised"):
+            # Bilinear at the student's cell centres: a 2x2 mean where the teacher's stride is half the student's.
+            target = F.interpolate(teacher[key].float(), size=student[key].shape[-2:], mode="bilinear")
+            cosine = (centred_units(student[key].float()) * centred_units(target)).sum(dim=1)
+            terms[f"{key}_loss"] = (1 - cosine).mean()
+        terms["loss"] = terms["raw_loss"] + terms["normalised_loss"]
+        return terms
+
     def card(self, network: nn.Module) -> dict[str, Any]:
         """SCFeat card fields."""
         data, size = self.config.data, self.config.size
         fields = dense_card_fields(size, network)
+        heads = HEADS[size]
+        fusion = {
+            4: "F2R at stride 4: decoder 1/4 (1x1), decoder 1/8 and trunk 1/16 (3x3, resized), concatenated, "
+            "1x1 -> 128",
+            8: "F2R at stride 8: trunk 1/4 (pixel-unshuffled, 1x1), trunk 1/8 and 1/16 (3x3 at their own stride), "
+            "concatenated (1/16 resized), 1x1 -> 128",
+        }
         fields["architecture"] |= {
-            "strides": {"descriptor": SCFeatNetwork.stride, "scores": 1},
-            "fusion": "F2R: decoder 1/4 (1x1), decoder 1/8 and trunk 1/16 (3x3, resized), concatenated, 1x1 -> 128",
+            "strides": {"descriptor": heads["stride"], "scores": 1},
+            "fusion": fusion[heads["stride"]],
             "normalisation": "shared coupling bridge (position-wise + channel-wise, learnable blend)",
-            "detector_widths": DETECTOR_WIDTHS[size],
+            "detector": {
+                "full": "full resolution",
+                "cells": f"per {heads['stride']}x{heads['stride']} cell, pixel-shuffled",
+            }[heads["detector"]],
+            "detector_widths": heads["detector_widths"],
             "trained_image_prior": self.config.scfeat.image_prior,  # the served one is conf image_prior
             "detector_parameters": sum(p.numel() for p in network.detector.parameters()),
         }
@@ -94,15 +138,15 @@ class SCFeatMethod(CAPSMethod):
             "pixel_convention": PIXEL_CONVENTION,
             "keypoints": {
                 "source": "scfeat",
-                "description": "SCFeat detector (image prior per conf image_prior) on each pyramid level: 3x3 NMS, "
-                "score threshold, sub-pixel vertex of the 3x3 quadratic; top-k by score over all levels",
+                "description": "SCFeat detector (image prior per conf image_prior), on each pyramid level when there "
+                "are several: 3x3 NMS, score threshold, sub-pixel vertex of the 3x3 quadratic; top-k by score",
                 "params": {"nms_radius": 1, "subpixel": True},
             },
             "descriptor": {
                 "dim": 128,
                 "dtype": "float32",
-                "layout": "fused map D (stride 4), bilinear at the keypoint on its pyramid level and the next "
-                "coarser one, summed",
+                "layout": f"fused map D (stride {heads['stride']}), bilinear at the keypoint on its pyramid level "
+                "and (conf coarser_descriptor) the next coarser one, summed",
                 "normalisation": "L2",
                 "matcher": "mutual nearest neighbour on cosine similarity",
             },
