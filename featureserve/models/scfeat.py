@@ -163,7 +163,7 @@ def _check_prior(image_prior: str) -> str:
 def combine_scores(
     feature_prior: torch.Tensor, image: torch.Tensor, image_peakiness: torch.Tensor, head: torch.Tensor, prior: str
 ) -> torch.Tensor:
-    """``S = up(P(X)) * Q(I) * o``: the stride-4 feature prior, the image prior ``Q`` and the head's ``o``, all >= 0."""
+    """``S = up(P(X)) * Q(I) * o``: the coarse feature prior, the image prior ``Q`` and the head's ``o``, all >= 0."""
     size = image.shape[-2:]
     # Peakiness of the image is already at hand for the image branch.
     image_prior = image_peakiness if prior == "peakiness" else IMAGE_PRIORS[prior](image)
@@ -180,9 +180,7 @@ class Detector(nn.Module):
     "brighter than the 3x3 mean" (docs/MODELS.md compares the three).
     """
 
-    def __init__(
-        self, feature_channels: int, widths: tuple[int, ...], image_prior: str = DEFAULT_IMAGE_PRIOR, cell: int = 4
-    ) -> None:
+    def __init__(self, feature_channels: int, widths: tuple[int, ...], image_prior: str = DEFAULT_IMAGE_PRIOR) -> None:
         super().__init__()
         self.image_prior = _check_prior(image_prior)
         features, image, joint = widths
@@ -238,9 +236,6 @@ class CellDetector(nn.Module):
         return combine_scores(feature_prior, image, image_peakiness, o, self.image_prior)
 
 
-DETECTORS: dict[str, type[nn.Module]] = {"full": Detector, "cells": CellDetector}
-
-
 class SCFeatNetwork(UNetBackbone):
     """Grey ``(B, 1, H, W)`` in [0, 1] -> descriptor map ``D`` (128-D, at `stride`) and a full-resolution score map.
 
@@ -265,8 +260,12 @@ class SCFeatNetwork(UNetBackbone):
         self.fuse = nn.Conv2d(3 * DESCRIPTOR_DIM, DESCRIPTOR_DIM, 1)
         self.bridge = CouplingBridgeNorm()
         detector_channels = DESCRIPTOR_DIM + (c4 if self.stride == 4 else c8)
-        detector = DETECTORS[heads["detector"]]
-        self.detector = detector(detector_channels, heads["detector_widths"], image_prior, self.stride)
+        widths = heads["detector_widths"]
+        self.detector: nn.Module = (
+            Detector(detector_channels, widths, image_prior)
+            if heads["detector"] == "full"
+            else CellDetector(detector_channels, widths, image_prior, cell=self.stride)
+        )
 
     def descriptor_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``"raw"`` map ``D``, its ``"normalised"`` coupling-bridge map and the detector's ``"detector_input"``."""
