@@ -39,12 +39,13 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from .evaluation.report import card_summary
-    from .export import export
+    from .export import export, speed_summary
 
     method = load_config(args.run_dir / "config.yaml").method
     evaluation = card_summary(json.loads(args.evaluation.read_text()), method) if args.evaluation else None
+    speed = speed_summary(json.loads(args.speed.read_text()), method) if args.speed else None
     kwargs = {"out_dir": args.out_dir} if args.out_dir else {}
-    print(export(args.run_dir, args.name, dtype=args.dtype, evaluation=evaluation, **kwargs))
+    print(export(args.run_dir, args.name, dtype=args.dtype, evaluation=evaluation, speed=speed, **kwargs))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("run_dir", type=Path)
     export.add_argument("--name", default="caps-lite")
     export.add_argument("--evaluation", type=Path, default=None, help="JSON written by `evaluate`")
+    export.add_argument("--speed", type=Path, default=None, help="JSON written by benchmarks/extraction_speed.py")
     export.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     export.add_argument("--out-dir", type=Path, default=None, help="default: featureserve/models/checkpoints")
     export.set_defaults(run=_export)

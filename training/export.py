@@ -36,8 +36,30 @@ def initialisation(init_from: str | None) -> dict[str, Any] | None:
     return lineage
 
 
+def speed_summary(report: dict[str, Any], model: str) -> dict[str, Any]:
+    """``model``'s extraction times and their ratios to sift and orb, from a benchmarks/extraction_speed.py report."""
+    runs = []
+    for run in report["runs"]:
+        times = {name: t["median_ms"] for name, t in run["models"].items()}
+        if model in times:
+            ratios = {f"x_{base}": round(times[model] / times[base], 2) for base in ("sift", "orb") if base in times}
+            runs.append({"size": run["size"], "threads": run["threads"], "median_ms": round(times[model], 1), **ratios})
+    return {
+        "benchmark": "python benchmarks/extraction_speed.py (in-process extract, same shuffled rounds for every model)",
+        "date": report["date"],
+        "max_keypoints": report["args"]["max_keypoints"],
+        "machine": {k: report["machine"].get(k) for k in ("processor", "cpu_count", "torch_threads")},
+        "runs": runs,
+    }
+
+
 def build_card(
-    run_dir: Path, name: str, weights_file: str, dtype: str, evaluation: dict[str, Any] | None
+    run_dir: Path,
+    name: str,
+    weights_file: str,
+    dtype: str,
+    evaluation: dict[str, Any] | None,
+    speed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON model card of the run in ``run_dir`` (its ``config.yaml`` and ``last.pt``)."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -69,6 +91,7 @@ def build_card(
             "wall_seconds": round(state["wall_seconds"], 1),
         },
         "evaluation": evaluation or {},
+        **({"speed": speed} if speed else {}),
         "exported": datetime.date.today().isoformat(),
     }
 
@@ -79,6 +102,7 @@ def export(
     out_dir: str | Path = CHECKPOINT_DIR,
     dtype: str = "float16",
     evaluation: dict[str, Any] | None = None,
+    speed: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``<name>.safetensors`` and ``<name>.json`` into ``out_dir``; returns the card path."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -91,7 +115,7 @@ def export(
     weights_path = out_dir / f"{name}.safetensors"
     save_file(weights, str(weights_path))
     weights_path.chmod(0o644)  # safetensors writes 0600; a service running as another user must read it
-    card = build_card(run_dir, name, weights_path.name, dtype, evaluation)
+    card = build_card(run_dir, name, weights_path.name, dtype, evaluation, speed)
     card["weights_sha256"] = hashlib.sha256(weights_path.read_bytes()).hexdigest()
     card_path = out_dir / f"{name}.json"
     card_path.write_text(json.dumps(card, indent=1) + "\n")

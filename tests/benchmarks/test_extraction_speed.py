@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from training.export import speed_summary
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -22,3 +24,7 @@ def test_the_speed_benchmark_times_models_against_sift_and_orb_and_writes_its_re
     table = out.with_suffix(".md").read_text()
     sift_row = next(line for line in table.splitlines() if "| sift |" in line)
     assert sift_row.split("|")[6].strip() == "1.00"  # sift against itself, in the "x sift" column
+    # What `python -m training export --speed` puts in a model card.
+    [card_run] = speed_summary(report, "scfeat")["runs"]
+    times = {name: t["median_ms"] for name, t in run["models"].items()}
+    assert card_run["x_sift"] == round(times["scfeat"] / times["sift"], 2) and card_run["size"] == "160x120"
