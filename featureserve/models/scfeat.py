@@ -53,7 +53,7 @@ DESCRIPTOR_DIM = 128
 # with its (feature, image, joint) widths, or `CellDetector`, whose cells are ``D``'s, with its width). At stride 4
 # ``D`` fuses the decoder's 1/4 and 1/8 maps and the trunk's 1/16 map, as the reference fuses its backbone's levels;
 # at stride 8 (no decoder) it fuses the trunk's 1/4 (unshuffled to 1/8), 1/8 and 1/16 maps. The reference's
-# full-resolution detector widths (192, 64, 128) cost seconds per 640x480 image on a CPU (METHODS.md §2.1).
+# full-resolution detector widths (192, 64, 128) cost seconds per 640x480 image on a CPU.
 HEADS: dict[str, dict[str, Any]] = {
     "fast": {"stride": 8, "detector": "cells", "detector_widths": (32,)},
     "lite": {"stride": 4, "detector": "full", "detector_widths": (32, 16, 16)},
