@@ -3,7 +3,7 @@
 Usage (from the repository root):
     python benchmarks/extraction_speed.py --out benchmarks/results/extraction_speed.json
 
-For each image size and thread count, every model (and every variant: the scfeat pyramid and the earlier
+For each image size and thread count, every model (and every variant: scfeat on one level and the earlier
 scfeat-lite network) extracts the same photo (``skimage.data.astronaut`` resized) in interleaved, shuffled rounds,
 so that a change in the machine's load touches all models alike; the table gives the median time and its ratio to
 `sift` and `orb` of the same rounds. ``--runtimes`` also times the scfeat network alone under each CPU runtime
@@ -17,7 +17,6 @@ import argparse
 import copy
 import io
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,6 @@ DEFAULT_OUT = RESULTS_DIR / "extraction_speed.json"
 # name -> (model, conf): variants measured beside the served models.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "scfeat one level": ("scfeat", {"scale_levels": 1, "coarser_descriptor": False}),
-    "scfeat pyramid": ("scfeat", {"scale_levels": 3, "coarser_descriptor": True}),
     "scfeat-lite (before)": (
         "scfeat",
         {"card": str(CHECKPOINT_DIR / "scfeat-lite.json"), "scale_levels": 3, "coarser_descriptor": True},
@@ -74,7 +72,8 @@ def time_models(
 
 
 def time_runtimes(network: torch.nn.Module, size: tuple[int, int], rounds: int) -> dict[str, dict[str, float]]:
-    """The scfeat network alone at ``size`` (padded W, H) under each CPU runtime: median ms, largest difference."""
+    """The scfeat network alone at ``size`` (padded W, H) under each CPU runtime, in interleaved rounds: median ms
+    and largest difference from eager."""
     width, height = size
     batch = torch.rand(1, 1, height, width)
     with torch.inference_mode():
@@ -96,17 +95,19 @@ def time_runtimes(network: torch.nn.Module, size: tuple[int, int], rounds: int) 
         )
     except ImportError:
         pass
-    results = {}
-    for name, run in runners.items():
-        with torch.inference_mode():
+    with torch.inference_mode():
+        for run in runners.values():
             run(batch)  # warm-up (and compilation)
-            samples = []
-            for _ in range(rounds):
-                start = time.perf_counter()
-                out = run(batch)
-                samples.append(time.perf_counter() - start)
-        difference = max(float((out[k] - reference[k]).abs().max()) for k in ("raw", "scores"))
-        results[name] = {"median_ms": statistics.median(samples) * 1000, "max_abs_difference": difference}
+        probes = [Probe((name,), timed(lambda run=run: run(batch))) for name, run in runners.items()]
+        run_rounds(probes, rounds, warmup=0, seed=0)
+        results = {}
+        for probe in probes:
+            out = runners[probe.key[0]](batch)
+            difference = max(float((out[k] - reference[k]).abs().max()) for k in ("raw", "scores"))
+            results[probe.key[0]] = {
+                "median_ms": statistics.median(probe.samples) * 1000,
+                "max_abs_difference": difference,
+            }
     return results
 
 

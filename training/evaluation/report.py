@@ -44,8 +44,9 @@ def evaluate_models(
     posed: dict[str, dict[str, PosedEvaluation]] = {}
     cards: dict[str, Any] = {}
     for name in models:
-        first = name == models[0]
-        options = (conf or {}) | ({"card": str(card)} if card else {}) if first else {}
+        options: dict[str, Any] = {}
+        if name == models[0]:
+            options = {**(conf or {}), **({"card": str(card)} if card else {})}
         model = load_model(name, **options)
         cards[name] = model.card.to_dict()
         extract = model_extractor(model, max_keypoints)

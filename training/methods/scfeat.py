@@ -38,6 +38,8 @@ def centred_units(maps: torch.Tensor) -> torch.Tensor:
 class SCFeatMethod(CAPSMethod):
     """SCFeat on the data of `CAPSMethod` (synthetic piecewise-planar pairs with at least two planes)."""
 
+    _teacher: nn.Module | None = None  # stage "distil": loaded on the first batch, on that batch's device
+
     def network(self) -> nn.Module:
         """An `SCFeatNetwork`; in the detector stage everything but the detector is frozen."""
         stage = self.config.scfeat.stage
@@ -86,7 +88,7 @@ class SCFeatMethod(CAPSMethod):
 
     def _distillation_terms(self, network: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Mean ``1 - cos`` between the network's centred ``"raw"`` and ``"normalised"`` maps and the teacher's."""
-        if getattr(self, "_teacher", None) is None:
+        if self._teacher is None:
             if not self.config.scfeat.teacher:
                 raise ValueError("scfeat stage 'distil' needs scfeat.teacher: the card of the checkpoint to reproduce")
             self._teacher = load_checkpoint(self.config.scfeat.teacher, images.device)[0].requires_grad_(False)
