@@ -19,7 +19,7 @@ API_KEY_PATTERN = re.compile(r"[\x21-\x7e]{16,}")
 class Settings(BaseSettings):
     """Service configuration; every field is an environment variable ``FEATURESERVE_<NAME>``.
 
-    List values are JSON (``FEATURESERVE_MODELS='["sift","orb"]'``). The README lists every knob.
+    List values are JSON (``FEATURESERVE_MODELS='["sift","orb"]'``). docs/GUIDE.md ("Settings") lists every knob.
     """
 
     # Errors never echo the input: it may hold API keys.
