@@ -42,7 +42,7 @@ from common import (
 )
 
 from featureserve.client import GrpcClient, RestClient
-from featureserve.client.local import LocalClient
+from featureserve.local import LocalClient
 from featureserve.service.settings import Settings
 
 HOMOGRAPHY = np.array([[0.92, 0.12, 18.0], [-0.08, 0.95, 12.0], [1.2e-4, -6e-5, 1.0]])

@@ -55,8 +55,7 @@ from common import (
 
 from featureserve.arrays import to_array
 from featureserve.client import Frame, GrpcClient
-from featureserve.models import KeypointOptions, load_model_with_knobs
-from featureserve.service.workers import MatchOptions, match_pair
+from featureserve.models import KeypointOptions, PairOptions, load_model_with_knobs, match_pair
 from featureserve.service.workers.decoding import DecodeLimits, decode_image
 from featureserve.v1 import features_pb2 as pb
 from featureserve.v1 import service_pb2 as service
@@ -124,7 +123,7 @@ def in_process_frames(model: Any, frames: list[bytes], count: int, max_keypoints
     """The same per-frame work in-process: decode, extract, match + verify to the previous frame and keyframe."""
     limits = DecodeLimits(32 * 1024 * 1024, 40_000_000)
     options = KeypointOptions(max_keypoints=max_keypoints)
-    pair = MatchOptions(geometry="fundamental")
+    pair = PairOptions(geometry="fundamental")
     keyframe = previous = None
     times = []
     for _, image in zip(range(count), itertools.cycle(frames), strict=False):

@@ -69,8 +69,8 @@ from common import (
 )
 
 from featureserve.models import Features, KeypointOptions, load_model_with_knobs
-from featureserve.service.api.extract import extract_response
-from featureserve.service.api.schemas import ExtractOptions
+from featureserve.service.api.rest.extract import extract_response
+from featureserve.service.contract import ExtractOptions
 from featureserve.service.workers.decoding import DecodeLimits, decode_image
 
 DEFAULT_OUT = RESULTS_DIR / "overhead.json"
@@ -117,13 +117,13 @@ def http_probe(
 
 
 def server_operation(include_descriptors: bool) -> str:
-    """The model call ``POST /v1/extract`` makes: ``"detect"`` without descriptors if the endpoint says so.
+    """The model call ``POST /v1/extract`` makes: ``"detect"`` without descriptors if the operations layer says so.
 
-    Read from the endpoint's source, so the in-process reference follows the code being measured.
+    Read from the operations layer's source, so the in-process reference follows the code being measured.
     """
-    from featureserve.service.api import extract as endpoint
+    from featureserve.service.operations import Operations
 
-    if not include_descriptors and "pool.detect" in inspect.getsource(endpoint.extract):
+    if not include_descriptors and "detect" in inspect.getsource(Operations.plan_extract):
         return "detect"
     return "extract"
 

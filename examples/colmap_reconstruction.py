@@ -20,8 +20,8 @@ from pathlib import Path
 import pycolmap
 
 from featureserve.client import GrpcClient, RestClient
-from featureserve.client.local import LocalClient
 from featureserve.interop import write_colmap_database
+from featureserve.local import LocalClient
 
 DEFAULT_IMAGES = (
     Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "strecha_mvs" / "castle-P19" / "images"

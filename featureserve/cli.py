@@ -90,7 +90,7 @@ def open_client(args: argparse.Namespace) -> Iterator[Any]:
         with GrpcClient(args.grpc, api_key=args.api_key, root_certificates=roots) as client:
             yield client
     else:
-        from .client.local import LocalClient
+        from .local import LocalClient
 
         with LocalClient() as client:
             client.model(getattr(args, "model", None))  # loaded before any timing starts
@@ -307,13 +307,12 @@ def _nothing() -> Iterator[None]:
 
 
 def _draw_here(args: argparse.Namespace, result: MatchResult) -> bytes:
-    from .client.local import LocalClient
     from .draw import match_picture
+    from .local import LocalClient
 
-    decode = LocalClient().decode
-    return match_picture(
-        decode(args.image0), decode(args.image1), result.points0, result.points1, result.inliers, result.model
-    )
+    with LocalClient() as local:
+        images = local.decode(args.image0), local.decode(args.image1)
+    return match_picture(*images, result.points0, result.points1, result.inliers, result.model)
 
 
 def _write_hloc(args: argparse.Namespace, result: MatchResult) -> None:

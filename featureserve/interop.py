@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
 import numpy as np
@@ -42,15 +42,6 @@ from .client.results import FeatureSet, MatchResult
 COLMAP_PIXEL_OFFSET = 0.5
 # TwoViewGeometry configuration for each of our verification models.
 COLMAP_CONFIGS = {"essential": "CALIBRATED", "fundamental": "UNCALIBRATED", "homography": "PLANAR_OR_PANORAMIC"}
-
-
-class FeatureLike(Protocol):
-    """What the writers read from a feature set."""
-
-    keypoints: np.ndarray
-    scores: np.ndarray
-    descriptors: np.ndarray | None
-    image_size: tuple[int, int]
 
 
 def _need(module: str) -> Any:

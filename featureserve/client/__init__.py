@@ -3,7 +3,7 @@
 `RestClient` and `GrpcClient` (and `AsyncRestClient`, `AsyncGrpcClient`) share their methods
 (``list_models``, ``extract``, ``extract_batch``, ``match``), keyword options and result types, so
 switching transports is changing the constructor. gRPC adds ``describe`` and ``stream_frames``; REST adds
-``draw=True`` on ``match``. ``featureserve.client.local.LocalClient`` runs the models in process.
+``draw=True`` on ``match``. ``featureserve.local.LocalClient`` runs the models in process.
 """
 
 from .grpc_client import AsyncGrpcClient, GrpcClient

@@ -11,6 +11,7 @@ from .hndesc import HNDesc
 from .keypoints import select_keypoints
 from .matching import Matches, match_batch, match_descriptors
 from .orb_patch import OrbPatch
+from .pairs import PairOptions, PairResult, match_pair
 from .registry import available_models, default_conf, load_model, load_model_with_knobs
 from .scfeat import SCFeat
 from .tiny_cnn import TinyCNN
@@ -29,6 +30,8 @@ __all__ = [
     "Matches",
     "ModelCard",
     "OrbPatch",
+    "PairOptions",
+    "PairResult",
     "SCFeat",
     "TinyCNN",
     "Verification",
@@ -43,6 +46,7 @@ __all__ = [
     "load_model_with_knobs",
     "match_batch",
     "match_descriptors",
+    "match_pair",
     "sample_descriptors",
     "select_keypoints",
     "to_grey",

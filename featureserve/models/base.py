@@ -86,8 +86,6 @@ class FeatureModel(ABC):
     name: ClassVar[str]
     descriptor: ClassVar[DescriptorSpec]
     default_conf: ClassVar[dict[str, Any]] = {}
-    # "threads": the batch is a list run image by image in threads; "tensor": one padded tensor batch.
-    batching: ClassVar[str] = "threads"
 
     def __init__(self, **conf: Any) -> None:
         check_options(self.name, self.default_conf, conf)

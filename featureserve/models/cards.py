@@ -46,7 +46,11 @@ class ModelCard:
     def from_checkpoint(
         cls, name: str, descriptor: DescriptorSpec, card: dict[str, Any], conf: dict[str, Any]
     ) -> ModelCard:
-        """The card of a learned model: its checkpoint's JSON card, with the served ``conf`` in ``details``."""
+        """The card of a learned model: its checkpoint's JSON card, with the served ``conf`` in ``details``.
+
+        The checkpoint appears by its file name: a card is shown to clients, who have no use for host paths.
+        """
+        shown = {k: Path(v).name if k == "card" else v for k, v in conf.items()}
         return cls(
             name=name,
             version=card["version"],
@@ -55,7 +59,7 @@ class ModelCard:
             keypoints=card["keypoints"]["description"],
             licence=card["licence"],
             description=card["description"],
-            details={**card, "conf": dict(conf)},
+            details={**card, "conf": shown},
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -180,7 +180,6 @@ class DenseFeatureModel(FeatureModel):
     caps 0.644 / 0.659, scfeat with its cornerness prior 0.686 / 0.692; docs/MODELS.md).
     """
 
-    batching: ClassVar[str] = "tensor"
     default_conf: ClassVar[dict[str, Any]] = {
         "device": "cpu",
         "pad_multiple": 64,

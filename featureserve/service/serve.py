@@ -11,8 +11,8 @@ from types import FrameType
 
 import uvicorn
 
-from .api import create_app
-from .api.rpc import start_grpc_server
+from .api.grpc import start_grpc_server
+from .api.rest import create_app
 from .metrics import ServiceMetrics
 from .settings import Settings
 from .workers import WorkerPool

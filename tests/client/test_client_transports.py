@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from featureserve.client import AsyncGrpcClient, AsyncRestClient, FeatureSet, GrpcClient, RestClient, RestError
-from featureserve.client.local import LocalClient
+from featureserve.local import LocalClient
 from featureserve.service.errors import ModelNotFound
 from tests.client.conftest import assert_same
 from tests.conftest import Server, start_server

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from featureserve.client import RestClient
-from featureserve.client.local import LocalClient
 from featureserve.draw import (
     CAPTION_PX,
     GAP_PX,
@@ -21,6 +20,7 @@ from featureserve.draw import (
     draw_matches,
     match_picture,
 )
+from featureserve.local import LocalClient
 
 
 def decode_png(data: bytes) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -30,7 +31,11 @@ def test_card_features_and_matches(
     learned_server: Server, photo: np.ndarray, warped_photo: np.ndarray, model: str, dim: int, keypoints: str
 ) -> None:
     with httpx.Client(base_url=learned_server.url, timeout=120) as client:
-        card = client.get(f"/v1/models/{model}").json()
+        listing = client.get(f"/v1/models/{model}")
+        card = listing.json()
+        # A card shows its checkpoint by file name, never a path on the server's host.
+        assert str(Path.cwd()) not in listing.text and card["details"]["conf"]["card"].endswith(".json")
+        assert "/" not in card["details"]["conf"]["card"]
         assert card["descriptor"] == {"kind": "float", "dim": dim, "metric": "cosine"}
         assert card["details"]["training"]["steps"] > 0 and card["details"]["keypoints"]["source"] == keypoints
         files = {"image": ("a.png", encode(photo), "image/png")}

@@ -1,5 +1,1 @@
-"""The REST API (FastAPI): thin routers over the worker pool."""
-
-from .app import create_app
-
-__all__ = ["create_app"]
+"""The two transports over `featureserve.service.operations`: ``rest`` (FastAPI) and ``grpc`` (grpcio)."""

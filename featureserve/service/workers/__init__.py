@@ -2,17 +2,6 @@
 
 from .batcher import BatchPolicy, Job, ModelWorker
 from .decoding import DecodeLimits, decode_image
-from .pairing import MatchOptions, PairResult, match_pair
 from .pool import WorkerPool
 
-__all__ = [
-    "BatchPolicy",
-    "DecodeLimits",
-    "Job",
-    "MatchOptions",
-    "ModelWorker",
-    "PairResult",
-    "WorkerPool",
-    "decode_image",
-    "match_pair",
-]
+__all__ = ["BatchPolicy", "DecodeLimits", "Job", "ModelWorker", "WorkerPool", "decode_image"]

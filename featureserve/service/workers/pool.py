@@ -14,20 +14,18 @@ import numpy as np
 import torch
 
 from ...models import FeatureModel, Features, KeypointOptions, ModelCard, load_model_with_knobs
-from ..errors import InvalidInput, InvalidOption, ModelNotFound, PayloadTooLarge, Unavailable
+from ..errors import InvalidInput, ModelNotFound, Unavailable
 from ..metrics import ServiceMetrics
 from ..settings import Settings
 from .batcher import BatchPolicy, Job, JobKind, ModelWorker
 from .decoding import DecodeLimits, decode_image
-from .pairing import MatchOptions, PairResult, match_pair
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-# Widest descriptor row an uploaded feature set may have (values per row): matching cost grows with it.
-MAX_DESCRIPTOR_WIDTH = 4096
-# Smallest image side served. Fuzzing found OpenCV 4.14 corrupting the heap (the process aborts) on AKAZE
-# images one row high, and ORB failing on images one pixel wide; no detector finds features in fewer pixels.
-MIN_IMAGE_SIDE = 16
+# Smallest image side served: stricter than what a model can compute on (`models.base.MIN_IMAGE_SIDE`).
+# Fuzzing found OpenCV 4.14 corrupting the heap (the process aborts) on AKAZE images one row high, and ORB
+# failing on images one pixel wide; no detector finds features in fewer pixels.
+MIN_SERVED_SIDE = 16
 
 
 def resolve_device(device: str) -> str:
@@ -57,6 +55,14 @@ class WorkerPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._decode_threads = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._cpu_threads = ThreadPoolExecutor(settings.cpu_threads, thread_name_prefix="cpu")
+        self.policy = BatchPolicy(
+            max_batch=settings.max_batch,
+            max_delay_s=settings.max_delay_ms / 1000.0,
+            queue_size=settings.queue_size,
+            reject_unmeetable_deadlines=settings.reject_unmeetable_deadlines,
+            batch_timeout_s=settings.batch_timeout_s,
+            max_queue_delay_s=None if settings.max_queue_delay_ms is None else settings.max_queue_delay_ms / 1000,
+        )
 
     def _load(self, name: str) -> FeatureModel:
         # Torch models take a device, OpenCV models a thread count; each gets the knob it knows.
@@ -68,28 +74,21 @@ class WorkerPool:
         """Load the configured models, warm them up, start their batchers, then report ready."""
         self._loop = asyncio.get_running_loop()
         torch.set_num_threads(self.settings.cpu_threads)
-        policy = BatchPolicy(
-            max_batch=self.settings.max_batch,
-            max_delay_s=self.settings.max_delay_ms / 1000.0,
-            queue_size=self.settings.queue_size,
-            reject_unmeetable_deadlines=self.settings.reject_unmeetable_deadlines,
-            batch_timeout_s=self.settings.batch_timeout_s,
-            max_queue_delay_s=None
-            if self.settings.max_queue_delay_ms is None
-            else self.settings.max_queue_delay_ms / 1000,
-        )
-        loop = asyncio.get_running_loop()
         for name in self.settings.models:
-            model = await loop.run_in_executor(self._cpu_threads, self._load, name)
-            # A worker whose thread dies or hangs gets a freshly loaded model on its replacement thread.
-            worker = ModelWorker(model, policy, self.metrics, reload=functools.partial(self._load, name))
-            if self.settings.warmup:
-                await worker.warmup()
-            worker.start()
-            self.workers[name] = worker
-            logger.info("model %s ready on %s", name, self.device)
+            await self.add_model(name)
         self.ready = not self.draining
         self._notify_state()
+
+    async def add_model(self, name: str) -> None:
+        """Load model ``name`` (warmed up when ``settings.warmup``) and start its worker."""
+        model = await asyncio.get_running_loop().run_in_executor(self._cpu_threads, self._load, name)
+        # A worker whose thread dies or hangs gets a freshly loaded model on its replacement thread.
+        worker = ModelWorker(model, self.policy, self.metrics, reload=functools.partial(self._load, name))
+        if self.settings.warmup:
+            await worker.warmup()
+        worker.start()
+        self.workers[name] = worker
+        logger.info("model %s ready on %s", name, self.device)
 
     def on_state_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` on the event loop when the pool becomes ready and when its drain begins."""
@@ -123,12 +122,6 @@ class WorkerPool:
         if not (self.ready or self.draining):
             raise Unavailable("the service is still loading its models")
 
-    def check_max_keypoints(self, max_keypoints: int | None) -> None:
-        """Refuse a ``max_keypoints`` above the configured limit with `InvalidOption`."""
-        limit = self.settings.max_keypoints_limit
-        if max_keypoints is not None and max_keypoints > limit:
-            raise InvalidOption(f"max_keypoints: must be at most {limit}, got {max_keypoints}")
-
     def worker(self, model: str | None) -> ModelWorker:
         """The worker of ``model`` (the default model when ``None``); raises `ModelNotFound`."""
         name = model or self.settings.default_model
@@ -150,7 +143,7 @@ class WorkerPool:
         return await loop.run_in_executor(self._decode_threads, decode_image, data, self.limits)
 
     async def run_cpu(self, function: Callable[..., T], *args: Any) -> T:
-        """Run ``function(*args)`` on the CPU threads (matching, verification)."""
+        """Run ``function(*args)`` on the CPU threads (matching, verification, drawing)."""
         return await asyncio.get_running_loop().run_in_executor(self._cpu_threads, function, *args)
 
     async def _submit(
@@ -167,10 +160,10 @@ class WorkerPool:
         with worker.incoming():
             array = await self.decode(image) if isinstance(image, bytes) else image
         height, width = array.shape[:2]
-        if min(height, width) < MIN_IMAGE_SIDE:
+        if min(height, width) < MIN_SERVED_SIDE:
             raise InvalidInput(
-                f"image is {width}x{height} pixels; each side must be at least {MIN_IMAGE_SIDE}",
-                {"width": width, "height": height, "min_side": MIN_IMAGE_SIDE},
+                f"image is {width}x{height} pixels; each side must be at least {MIN_SERVED_SIDE}",
+                {"width": width, "height": height, "min_side": MIN_SERVED_SIDE},
             )
         job = Job(kind, array, deadline, asyncio.get_running_loop().create_future(), options, keypoints)
         return await worker.submit(job)
@@ -192,39 +185,6 @@ class WorkerPool:
     ) -> Features:
         """Descriptors of one image at given ``(N, 2)`` pixel keypoints."""
         return await self._submit("describe", model, image, deadline, keypoints=keypoints)
-
-    async def match(
-        self, model: str | None, features0: Features, features1: Features, options: MatchOptions
-    ) -> PairResult:
-        """Match and verify a pair on the CPU threads, recording match and inlier counts.
-
-        Uploaded feature sets are held to the extraction limits: at most ``max_keypoints_limit`` keypoints
-        and `MAX_DESCRIPTOR_WIDTH` values per descriptor, so one request cannot buy minutes of matching.
-        """
-        for name, features in (("features0", features0), ("features1", features1)):
-            self._check_feature_size(name, features)
-        try:
-            result = await self.run_cpu(match_pair, features0, features1, options)
-        except ValueError as error:
-            raise InvalidInput(str(error)) from None
-        label = model or "features"
-        self.metrics.matches.labels(label).observe(len(result.matches))
-        if result.verification is not None:
-            self.metrics.inliers.labels(label).observe(result.verification.num_inliers)
-        return result
-
-    def _check_feature_size(self, name: str, features: Features) -> None:
-        limit = self.settings.max_keypoints_limit
-        if len(features) > limit:
-            raise PayloadTooLarge(
-                f"{name} has {len(features)} keypoints; the limit is {limit}",
-                {"keypoints": len(features), "max_keypoints": limit},
-            )
-        descriptors = features.descriptors
-        if descriptors is not None and descriptors.ndim == 2 and descriptors.shape[1] > MAX_DESCRIPTOR_WIDTH:
-            raise PayloadTooLarge(
-                f"{name}.descriptors rows hold {descriptors.shape[1]} values; the limit is {MAX_DESCRIPTOR_WIDTH}"
-            )
 
     def deadline_from(self, timeout_ms: float | None) -> float:
         """Monotonic deadline ``timeout_ms`` from now (the configured default when ``None``)."""

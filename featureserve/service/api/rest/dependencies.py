@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from ..workers import WorkerPool
+from ...operations import Operations
+from ...workers import WorkerPool
 
 
 def get_pool(request: Request) -> WorkerPool:
@@ -12,3 +13,10 @@ def get_pool(request: Request) -> WorkerPool:
     pool: WorkerPool = request.app.state.pool
     pool.require_started()
     return pool
+
+
+def get_operations(request: Request) -> Operations:
+    """The app's operations layer; 503 until its pool is ready to take work."""
+    operations: Operations = request.app.state.operations
+    operations.pool.require_started()
+    return operations

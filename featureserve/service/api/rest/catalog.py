@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from ..workers import WorkerPool
+from ...workers import WorkerPool
 from .dependencies import get_pool
 
 router = APIRouter(prefix="/v1", tags=["models"])

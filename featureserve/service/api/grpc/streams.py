@@ -19,9 +19,9 @@ from ....arrays import to_array
 from ....models import Features, intrinsics_matrix
 from ....v1 import features_pb2 as pb
 from ....v1 import service_pb2 as service
+from ...contract import MatchOptions
 from ...errors import FeatureServeError, InvalidInput, InvalidOption, Unavailable
-from ...workers import WorkerPool
-from ..schemas import MatchOptions
+from ...operations import Operations
 from .convert import feature_set_message, geometry_message, image_input, parse_options
 
 Backpressure = Literal["queue", "latest"]
@@ -111,24 +111,26 @@ class TrackedFrame:
 class FrameSession:
     """Options and state of one stream: the previous frame, the keyframe and the last intrinsics."""
 
-    def __init__(self, pool: WorkerPool, request: service.SessionOptions | None) -> None:
-        self.pool = pool
+    def __init__(self, ops: Operations, request: service.SessionOptions | None) -> None:
+        self.ops = ops
         options = parse_options(MatchOptions, request and request.options, request and request.match_options)
         if options.intrinsics0 is not None or options.intrinsics1 is not None:
             raise InvalidOption("session match_options must not carry intrinsics; set Frame.intrinsics instead")
-        pool.check_max_keypoints(options.max_keypoints)
         self.options = options
-        self.model = pool.worker(options.model).model.name
-        self.keypoint_options = options.keypoint_options(pool.settings.default_max_keypoints)
-        # None: essential when both frames have intrinsics, fundamental otherwise.
+        # Geometry is chosen per pair: unless set explicitly, essential when both frames have intrinsics,
+        # fundamental otherwise.
         explicit = request is not None and request.match_options.HasField("geometry")
         self.geometry = options.geometry if explicit else None
-        self.pair_options = options.model_copy(update={"geometry": "none"}).pair_options()
+        plan = ops.plan_match(options.model_copy(update={"geometry": "none"}))
+        assert plan.extract is not None
+        self.extract_plan = plan.extract
+        self.model = plan.extract.model
+        self.pair_options = plan.pair
         backpressure = request.backpressure if request is not None and request.HasField("backpressure") else "queue"
         if backpressure not in get_args(Backpressure):
             raise InvalidOption(f"backpressure: must be 'queue' or 'latest', got {backpressure!r}")
         self.backpressure: Backpressure = backpressure  # type: ignore[assignment]
-        deadline_ms = pool.settings.default_deadline_ms
+        deadline_ms = ops.settings.default_deadline_ms
         if request is not None and request.HasField("frame_deadline_ms"):
             if not request.frame_deadline_ms > 0:
                 raise InvalidOption(f"frame_deadline_ms: must be positive, got {request.frame_deadline_ms}")
@@ -142,7 +144,7 @@ class FrameSession:
         """A `FrameJob` for a received frame; problems are recorded on the job, never raised."""
         job = FrameJob(frame.sequence, frame.timestamp, time.monotonic(), keyframe=frame.keyframe)
         try:
-            job.image = image_input(frame.image, "frame.image", self.pool.settings)
+            job.image = image_input(frame.image, "frame.image", self.ops.settings)
             if frame.HasField("intrinsics"):
                 k = frame.intrinsics
                 try:
@@ -167,7 +169,7 @@ class FrameSession:
             result.error.CopyFrom(service.FrameError(status=error.grpc_code, code=error.code, message=error.message))
         result.latency_ms = (time.monotonic() - job.arrived) * 1000.0
         status = Status.Name(result.status).removeprefix("FRAME_STATUS_").lower()
-        self.pool.metrics.stream_frames.labels(self.model, status).inc()
+        self.ops.metrics.stream_frames.labels(self.model, status).inc()
         return result
 
     async def _process(self, job: FrameJob) -> service.FrameResult:
@@ -177,7 +179,7 @@ class FrameSession:
         assert job.image is not None
         intrinsics = job.intrinsics if job.intrinsics is not None else self.intrinsics
         deadline = job.arrived + self.frame_deadline_s
-        features = await self.pool.extract(self.model, job.image, self.keypoint_options, deadline)
+        features = await self.ops.extract(self.extract_plan, job.image, deadline)
         current = TrackedFrame(job.sequence, features, intrinsics)
         result = service.FrameResult(
             features=feature_set_message(features, self.options.include_descriptors, self.options.descriptor_dtype)
@@ -207,7 +209,7 @@ class FrameSession:
             intrinsics0=current.intrinsics,
             intrinsics1=earlier.intrinsics,
         )
-        pair = await self.pool.match(self.model, current.features, earlier.features, options)
+        pair = await self.ops.match_features(self.model, current.features, earlier.features, options)
         message = service.FrameMatches(
             sequence=earlier.sequence, num_matches=len(pair.matches), matches=to_array(pair.matches.indices, "int32")
         )
@@ -247,17 +249,18 @@ async def read_frames(context: grpc.aio.ServicerContext, session: FrameSession, 
         queue.close()
 
 
-async def run_session(pool: WorkerPool, context: grpc.aio.ServicerContext, sessions: set[FrameQueue]) -> None:
+async def run_session(ops: Operations, context: grpc.aio.ServicerContext, sessions: set[FrameQueue]) -> None:
     """Serve one StreamFrames call: answer every frame in order; raise `Unavailable` when cut by a drain."""
     first = await read_message(context)
     if first is grpc.aio.EOF:
         return
-    session = FrameSession(pool, first.session if first.WhichOneof("message") == "session" else None)
-    queue = FrameQueue(session.backpressure, pool.settings.stream_queue_size)
+    session = FrameSession(ops, first.session if first.WhichOneof("message") == "session" else None)
+    queue = FrameQueue(session.backpressure, ops.settings.stream_queue_size)
+    metrics = ops.metrics
     if first.WhichOneof("message") == "frame":
         await queue.put(session.receive(first.frame))
     sessions.add(queue)
-    pool.metrics.stream_sessions.inc()
+    metrics.stream_sessions.inc()
     reader = asyncio.create_task(read_frames(context, session, queue))
     try:
         while (job := await queue.get()) is not None:
@@ -265,6 +268,6 @@ async def run_session(pool: WorkerPool, context: grpc.aio.ServicerContext, sessi
     finally:
         reader.cancel()
         sessions.discard(queue)
-        pool.metrics.stream_sessions.dec()
+        metrics.stream_sessions.dec()
     if queue.drained:
         raise Unavailable("the server is draining; reconnect to continue the session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,21 +12,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ... import __version__
-from ..errors import FeatureServeError, Overloaded
-from ..metrics import ServiceMetrics
-from ..workers import WorkerPool
+from .... import __version__
+from ...contract import describe_validation_error
+from ...errors import FeatureServeError
+from ...metrics import ServiceMetrics
+from ...operations import Operations
+from ...workers import WorkerPool
 from . import catalog, extract, health, match, web
+from .encoding import error_response
 from .guards import RequestGuard
-from .payload import describe_validation_error
 
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
-
-
-def error_response(error: FeatureServeError) -> JSONResponse:
-    """The one error shape, with ``Retry-After`` on 429."""
-    headers = {"Retry-After": str(math.ceil(error.retry_after_s))} if isinstance(error, Overloaded) else None
-    return JSONResponse(error.to_dict(), status_code=error.http_status, headers=headers)
 
 
 async def _service_error(request: Request, error: Exception) -> JSONResponse:
@@ -112,6 +107,7 @@ def create_app(pool: WorkerPool) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.pool = pool
+    app.state.operations = Operations(pool)
     app.state.metrics = pool.metrics
     for router in (extract.router, match.router, catalog.router, health.router, web.router):
         app.include_router(router)

@@ -1,4 +1,4 @@
-"""Protobuf messages <-> the service's options and features; validation shared with REST (pydantic schemas)."""
+"""Protobuf messages <-> the service's options and features; validation is the shared contract's."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ import numpy as np
 import orjson
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ....arrays import from_array, to_array
 from ....models import DescriptorSpec, Features, ModelCard, Verification
 from ....v1 import features_pb2 as pb
-from ...errors import InvalidInput, InvalidOption, PayloadTooLarge
+from ...contract import features_from_arrays, validate_options
+from ...errors import InvalidInput, PayloadTooLarge
 from ...settings import Settings
-from ..encoding import features_from_arrays
-from ..payload import describe_validation_error
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 DESCRIPTOR_DTYPES = ("float32", "float16", "uint8")
@@ -35,14 +34,11 @@ def message_fields(message: Message | None) -> dict[str, Any]:
 
 
 def parse_options(schema: type[OptionsT], *messages: Message | None) -> OptionsT:
-    """Validate the set fields of ``messages`` with the REST ``schema``; raises `InvalidOption`."""
+    """Validate the set fields of ``messages`` with the shared ``schema``; raises `InvalidOption`."""
     fields: dict[str, Any] = {}
     for message in messages:
         fields.update(message_fields(message))
-    try:
-        return schema.model_validate(fields)
-    except ValidationError as error:
-        raise InvalidOption(describe_validation_error(error)) from None
+    return validate_options(schema, fields)
 
 
 def image_input(image: pb.Image, name: str, settings: Settings) -> bytes | np.ndarray:

@@ -9,6 +9,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ....v1.service_pb2_grpc import add_FeatureServiceServicer_to_server
+from ...operations import Operations
 from ...security import ApiKeys
 from ...settings import Settings
 from ...workers import WorkerPool
@@ -56,7 +57,7 @@ async def start_grpc_server(pool: WorkerPool) -> grpc.aio.Server:
         interceptors=[GuardInterceptor(ApiKeys.from_settings(settings), pool.metrics)],
         maximum_concurrent_rpcs=settings.max_in_flight_requests,
     )
-    servicer = FeatureServicer(pool)
+    servicer = FeatureServicer(Operations(pool))
     add_FeatureServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,4 +1,4 @@
-"""Matching plus geometric verification of one image pair, shared by REST and gRPC."""
+"""`match_pair`: descriptor matching plus geometric verification of one image pair."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...models import Features, Matches, Verification, match_descriptors, verify
-from ...models.geometry import Geometry
-from ...models.matching import Matcher
+from .features import Features
+from .geometry import Geometry, Verification, verify
+from .matching import Matcher, Matches, match_descriptors
 
 
 @dataclass(frozen=True)
-class MatchOptions:
+class PairOptions:
     """How a pair is matched and verified (see `match_descriptors` and `verify`)."""
 
     matcher: Matcher = "mnn"
@@ -36,7 +36,7 @@ class PairResult:
     verification: Verification | None
 
 
-def match_pair(features0: Features, features1: Features, options: MatchOptions) -> PairResult:
+def match_pair(features0: Features, features1: Features, options: PairOptions) -> PairResult:
     """Match ``features0`` to ``features1`` and verify the matches; raises ``ValueError`` on a mismatch."""
     if features0.descriptors is None or features1.descriptors is None:
         raise ValueError("both feature sets need descriptors to be matched")

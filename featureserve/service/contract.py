@@ -1,15 +1,23 @@
-"""Request options and response shapes of the REST API (also the vocabulary of the gRPC API)."""
+"""The wire contract both transports share: request options, their validation, and uploaded feature sets.
+
+REST fields, gRPC option messages and the clients' keyword options all carry these names; both
+transports validate with these schemas, so a bad option gets the same message whichever way it came.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ...models import KeypointOptions, intrinsics_matrix
-from ..errors import InvalidOption
-from ..workers import MatchOptions as PairOptions
+from ..models import DescriptorSpec, Features, KeypointOptions, PairOptions, intrinsics_matrix
+from .errors import InvalidInput, InvalidOption
 
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+# The metrics that make sense for each descriptor kind.
+METRICS = {"float": ("l2", "cosine"), "binary": ("hamming",)}
 Intrinsics = list[float] | list[list[float]]
 
 
@@ -87,93 +95,59 @@ class MatchOptions(ExtractOptions):
         )
 
 
-class ImageSize(BaseModel):
-    """Image size in pixels."""
-
-    width: int = Field(ge=1)
-    height: int = Field(ge=1)
-
-
-class DescriptorInfo(BaseModel):
-    """What a model's descriptors are."""
-
-    kind: Literal["float", "binary"]
-    dim: int = Field(ge=1, description="Values (float) or bits (binary) per descriptor.")
-    metric: Literal["l2", "cosine", "hamming"]
+def validate_options(schema: type[OptionsT], fields: dict[str, Any]) -> OptionsT:
+    """``fields`` validated as ``schema``; raises `InvalidOption` naming each bad field."""
+    try:
+        return schema.model_validate(fields)
+    except ValidationError as error:
+        raise InvalidOption(describe_validation_error(error), {"errors": _error_list(error)}) from None
 
 
-class DescriptorArray(BaseModel):
-    """An ``(N, D)`` descriptor array: nested JSON rows, or base64 of packed little-endian bytes."""
-
-    encoding: Literal["json", "base64"]
-    dtype: Literal["float32", "float16", "uint8"]
-    shape: tuple[int, int]
-    data: list[list[float]] | str
+def describe_validation_error(error: ValidationError | RequestValidationError) -> str:
+    """One line per problem: ``field: message``."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors())
 
 
-class FeatureSet(BaseModel):
-    """Features of one image, as returned by ``/v1/extract`` and accepted by ``/v1/match``."""
-
-    keypoints: list[tuple[float, float]] = Field(description="(x, y) pixels; pixel centres at integers.")
-    scores: list[float] | None = None
-    descriptors: DescriptorArray | None = None
-    descriptor: DescriptorInfo | None = Field(None, description="Descriptor kind/dim/metric (inferred if absent).")
-    image_size: ImageSize | None = None
+def _error_list(error: ValidationError) -> list[dict[str, Any]]:
+    return [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in error.errors()]
 
 
-class ExtractResponse(FeatureSet):
-    """``/v1/extract`` answer: the model and its features."""
+def features_from_arrays(
+    name: str,
+    keypoints: np.ndarray,
+    scores: np.ndarray | None,
+    descriptors: np.ndarray,
+    spec: DescriptorSpec | None,
+    image_size: tuple[int, int],
+) -> Features:
+    """Check an uploaded feature set (any transport) and build `Features`; raises `InvalidInput` naming ``name``.
 
-    model: str
-    num_keypoints: int
-
-
-class ExtractBatchResponse(BaseModel):
-    """``/v1/extract/batch`` answer: one result per image, in request order."""
-
-    results: list[ExtractResponse]
-
-
-class GeometryResult(BaseModel):
-    """The fitted model and its support."""
-
-    geometry: Literal["homography", "fundamental", "essential"]
-    matrix: list[list[float]] | None = Field(description="3x3; null when no model could be fitted.")
-    num_inliers: int
-    inlier_ratio: float
-    rotation: list[list[float]] | None = None
-    translation: list[float] | None = None
-    message: str | None = None
-
-
-class MatchResponse(BaseModel):
-    """``/v1/match`` answer."""
-
-    model: str | None = Field(description="Model that extracted the features; null for uploaded features.")
-    num_keypoints0: int
-    num_keypoints1: int
-    num_matches: int
-    matches: list[tuple[int, int]] = Field(description="(index in image 0, index in image 1) pairs.")
-    points0: list[tuple[float, float]]
-    points1: list[tuple[float, float]]
-    distances: list[float]
-    inliers: list[bool] | None = Field(description="Per match; null when geometry is none.")
-    num_inliers: int | None
-    geometry: GeometryResult | None
-    features0: FeatureSet | None = None
-    features1: FeatureSet | None = None
-    drawing: str | None = Field(None, description="With draw: base64 of the PNG picture of the matches.")
-
-
-class ErrorBody(BaseModel):
-    """The one error shape."""
-
-    code: str
-    message: str
-    details: dict = Field(default_factory=dict)
-
-
-class ErrorResponse(BaseModel):
-    """``{"error": {"code", "message", "details"}}``."""
-
-    error: ErrorBody
+    ``descriptors`` are uint8 for binary descriptors and a float dtype otherwise; ``spec`` is inferred from
+    them when absent.
+    """
+    if not np.all(np.isfinite(keypoints)):
+        raise InvalidInput(f"{name}.keypoints contains non-finite values")
+    rows, cols = descriptors.shape
+    if rows != len(keypoints):
+        raise InvalidInput(f"{name}.descriptors has {rows} rows but there are {len(keypoints)} keypoints")
+    binary = descriptors.dtype == np.uint8
+    if not binary:
+        descriptors = descriptors.astype(np.float32)
+        if not np.all(np.isfinite(descriptors)):
+            raise InvalidInput(f"{name}.descriptors contains non-finite values")
+    if spec is None:
+        spec = DescriptorSpec("binary", 8 * cols, "hamming") if binary else DescriptorSpec("float", cols, "l2")
+    if spec.metric not in METRICS.get(spec.kind, ()):
+        raise InvalidInput(f"{name}.descriptor: kind {spec.kind!r} with metric {spec.metric!r} is not supported")
+    if (spec.kind == "binary") != binary or spec.row_length != cols:
+        dtype = "uint8" if binary else "float"
+        raise InvalidInput(f"{name}.descriptor says {spec.kind} {spec.dim}, but descriptors are {dtype} x {cols}")
+    if scores is not None and len(scores) != rows:
+        raise InvalidInput(f"{name}.scores has {len(scores)} values but there are {rows} keypoints")
+    return Features(
+        keypoints=np.ascontiguousarray(keypoints, np.float32),
+        scores=np.ones(rows, np.float32) if scores is None else np.ascontiguousarray(scores, np.float32),
+        descriptors=np.ascontiguousarray(descriptors),
+        image_size=image_size,
+        descriptor=spec,
+    )

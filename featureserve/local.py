@@ -1,9 +1,10 @@
-"""`LocalClient`: the clients' methods and results with the models running in this process, no server.
+"""`LocalClient`: the clients' methods and results with the service running in this process, no server.
 
-What the CLI uses unless it is given ``--url`` or ``--grpc``. Options are validated by the service's own
-schemas, images decoded by the service's decoder and pairs matched by the service's matching code, so a
-result equals the one a server with the same settings returns. Models load on first use. Importing this
-module imports torch and the models; ``featureserve.client`` itself does not.
+What the CLI uses unless it is given ``--url`` or ``--grpc``. It runs the service's own worker pool and
+operations layer (`featureserve.service.operations`) on a private event loop, so options, limits, errors
+and results are the ones a server with the same settings gives. Models load on first use; ``timeout``
+(seconds) is the request deadline, as for the network clients. Importing this module imports torch and
+the models; ``featureserve.client`` does not.
 
 Example:
     >>> client = LocalClient()
@@ -14,26 +15,35 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import ValidationError
 
-from ..draw import match_picture
-from ..models import FeatureModel, Features, available_models, check_image, load_model_with_knobs
-from ..models import ModelCard as ServedCard
-from ..service.api.payload import describe_validation_error
-from ..service.api.schemas import ExtractOptions, MatchOptions
-from ..service.errors import InvalidInput, InvalidOption, ModelNotFound
-from ..service.settings import Settings
-from ..service.workers import PairResult
-from ..service.workers.decoding import DecodeLimits, decode_image
-from ..service.workers.pairing import match_pair
-from ..service.workers.pool import resolve_device
-from .options import DRAW_OPTION, EXTRACT_OPTIONS, MATCH_OPTIONS, check_options
-from .results import DescriptorInfo, FeatureSet, Geometry, ImageInput, MatchResult, ModelCard, ModelList, inlier_ratio
+from .client.options import DRAW_OPTION, EXTRACT_OPTIONS, MATCH_OPTIONS, check_options
+from .client.results import (
+    DescriptorInfo,
+    FeatureSet,
+    Geometry,
+    ImageInput,
+    MatchResult,
+    ModelCard,
+    ModelList,
+    inlier_ratio,
+)
+from .models import FeatureModel, Features, available_models, check_image
+from .models import ModelCard as ServedCard
+from .service.contract import ExtractOptions, MatchOptions, validate_options
+from .service.errors import InvalidInput, ModelNotFound
+from .service.metrics import ServiceMetrics
+from .service.operations import Matched, Operations
+from .service.settings import Settings
+from .service.workers import WorkerPool
+
+T = TypeVar("T")
 
 
 def card(served: ServedCard) -> ModelCard:
@@ -71,14 +81,16 @@ class LocalClient:
     """In-process client: ``list_models``, ``extract``, ``extract_batch``, ``match`` as the network clients.
 
     Settings (default model, keypoint limits, device, threads, image limits) are the service's
-    ``FEATURESERVE_*`` variables, read once here. ``timeout`` is accepted for the same call shape and ignored.
+    ``FEATURESERVE_*`` variables, read once here; models are not warmed up (``warmup`` defaults to false).
     """
 
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings()
-        self.limits = DecodeLimits(self.settings.max_image_bytes, self.settings.max_image_pixels)
-        self.device = resolve_device(self.settings.device)
-        self._models: dict[str, FeatureModel] = {}
+        self.settings = settings or Settings(warmup=False)
+        self.ops = Operations(WorkerPool(self.settings, ServiceMetrics()))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="featureserve-local", daemon=True)
+        self._thread.start()
+        self._closed = False
 
     def __enter__(self) -> LocalClient:
         return self
@@ -87,19 +99,29 @@ class LocalClient:
         self.close()
 
     def close(self) -> None:
-        """Forget the loaded models."""
-        self._models.clear()
+        """Stop the models' workers and the private event loop."""
+        if self._closed:
+            return
+        self._closed = True
+        self._run(self.ops.pool.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def _run(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+
+    def _deadline(self, timeout: float | None) -> float:
+        return self.ops.deadline(None if timeout is None else timeout * 1000.0)
 
     def model(self, name: str | None) -> FeatureModel:
-        """The model ``name`` (the default model when None), loaded on first use; raises `ModelNotFound`."""
+        """The model ``name`` (the default when ``None``), loaded on first use; raises `ModelNotFound`."""
         name = name or self.settings.default_model
-        if name not in self._models:
+        if name not in self.ops.pool.workers:
             if name not in available_models():
                 raise ModelNotFound(f"model {name!r} does not exist; available: {', '.join(available_models())}")
-            self._models[name] = load_model_with_knobs(
-                name, self.settings.model_conf.get(name), device=self.device, num_threads=self.settings.cpu_threads
-            )
-        return self._models[name]
+            self._run(self.ops.pool.add_model(name))
+        return self.ops.pool.workers[name].model
 
     def decode(self, image: ImageInput) -> np.ndarray:
         """An image input as a uint8 grey or RGB array (EXIF orientation applied, as the service does)."""
@@ -109,17 +131,19 @@ class LocalClient:
             except ValueError as error:
                 raise InvalidInput(str(error)) from None
             return image
-        data = Path(image).read_bytes() if isinstance(image, str | Path) else bytes(image)
-        return decode_image(data, self.limits)
+        return self._run(self.ops.decode(self._read(image)))
+
+    def _input(self, image: ImageInput) -> bytes | np.ndarray:
+        """Arrays checked now, encoded images as bytes (decoded by the operation under the service's limits)."""
+        return self.decode(image) if isinstance(image, np.ndarray) else self._read(image)
+
+    @staticmethod
+    def _read(image: bytes | str | Path) -> bytes:
+        return Path(image).read_bytes() if isinstance(image, str | Path) else bytes(image)
 
     def _options(self, schema: type[ExtractOptions], options: dict[str, Any], allowed: frozenset[str]) -> Any:
-        try:
-            parsed = schema.model_validate(check_options(options, allowed))
-        except ValidationError as error:
-            raise InvalidOption(describe_validation_error(error)) from None
-        limit = self.settings.max_keypoints_limit
-        if parsed.max_keypoints is not None and parsed.max_keypoints > limit:
-            raise InvalidOption(f"max_keypoints: must be at most {limit}, got {parsed.max_keypoints}")
+        parsed = validate_options(schema, check_options(options, allowed))
+        self.model(parsed.model)
         return parsed
 
     def list_models(self, timeout: float | None = None) -> ModelList:
@@ -128,19 +152,20 @@ class LocalClient:
 
     def extract(self, image: ImageInput, timeout: float | None = None, **options: Any) -> FeatureSet:
         """Features of one image."""
-        return self.extract_batch([image], timeout, **options)[0]
+        parsed = self._options(ExtractOptions, options, EXTRACT_OPTIONS)
+        plan = self.ops.plan_extract(parsed)
+        features = self._run(self.ops.extract(plan, self._input(image), self._deadline(timeout)))
+        return feature_set(features, plan.model, parsed.include_descriptors, parsed.descriptor_dtype)
 
     def extract_batch(
         self, images: Sequence[ImageInput], timeout: float | None = None, **options: Any
     ) -> list[FeatureSet]:
-        """Features of several images, in order (one model call for the batch)."""
+        """Features of several images, in order (they may share a batch)."""
         parsed = self._options(ExtractOptions, options, EXTRACT_OPTIONS)
-        model = self.model(parsed.model)
-        arrays = [self.decode(image) for image in images]
-        keypoint_options = [parsed.keypoint_options(self.settings.default_max_keypoints)] * len(arrays)
-        run = model.extract if parsed.include_descriptors else model.detect
-        features = run(arrays, keypoint_options)
-        return [feature_set(f, model.name, parsed.include_descriptors, parsed.descriptor_dtype) for f in features]
+        plan = self.ops.plan_extract(parsed)
+        inputs = [self._input(image) for image in images]
+        features = self._run(self.ops.extract_batch(plan, inputs, self._deadline(timeout)))
+        return [feature_set(f, plan.model, parsed.include_descriptors, parsed.descriptor_dtype) for f in features]
 
     def match(
         self, image0: ImageInput, image1: ImageInput, timeout: float | None = None, **options: Any
@@ -148,26 +173,16 @@ class LocalClient:
         """Matches of two images, their verification with ``geometry=...``, and with ``draw=True`` a PNG."""
         draw = bool(options.pop(DRAW_OPTION, False))
         parsed = self._options(MatchOptions, options, EXTRACT_OPTIONS | MATCH_OPTIONS)
-        pair_options = parsed.pair_options()
-        model = self.model(parsed.model)
+        plan = self.ops.plan_match(parsed)
+        # Decoded once, for the model and for the picture.
         arrays = [self.decode(image0), self.decode(image1)]
-        keypoint_options = parsed.keypoint_options(self.settings.default_max_keypoints)
-        features = model.extract(arrays, [keypoint_options] * 2)
-        try:
-            result = match_pair(features[0], features[1], pair_options)
-        except ValueError as error:
-            raise InvalidInput(str(error)) from None
-        return self._result(model.name, features, arrays, result, parsed, draw)
+        matched = self._run(self.ops.match(plan, arrays[0], arrays[1], self._deadline(timeout)))
+        drawing = self._run(self.ops.draw(arrays[0], arrays[1], matched, plan.model or "")) if draw else None
+        return self._result(plan.model or "", matched, parsed, drawing)
 
-    def _result(
-        self,
-        model: str,
-        features: list[Features],
-        images: list[np.ndarray],
-        result: PairResult,
-        options: MatchOptions,
-        draw: bool,
-    ) -> MatchResult:
+    @staticmethod
+    def _result(model: str, matched: Matched, options: MatchOptions, drawing: bytes | None) -> MatchResult:
+        features, result = matched.features, matched.result
         verification = result.verification
         geometry = None
         inliers = None
@@ -195,5 +210,5 @@ class LocalClient:
             features1=sets[1] if options.include_features else None,
             num_keypoints0=len(features[0]),
             num_keypoints1=len(features[1]),
-            drawing=match_picture(*images, result.points0, result.points1, inliers, model) if draw else None,
+            drawing=drawing,
         )

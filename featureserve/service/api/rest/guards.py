@@ -5,10 +5,11 @@ from __future__ import annotations
 from starlette.formparsers import MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import FeatureServeError, Overloaded, PayloadTooLarge, Unauthenticated
-from ..metrics import ServiceMetrics
-from ..security import API_KEY_HEADER, MISSING_KEY_MESSAGE, OPEN_REST_PATHS, ApiKeys, presented_key
-from ..settings import Settings
+from ...errors import FeatureServeError, Overloaded, PayloadTooLarge, Unauthenticated
+from ...metrics import ServiceMetrics
+from ...security import API_KEY_HEADER, MISSING_KEY_MESSAGE, OPEN_REST_PATHS, ApiKeys, presented_key
+from ...settings import Settings
+from .encoding import error_response
 
 # Probes and scrapers must get through while the service is saturated, or it would be restarted for it.
 OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -90,9 +91,6 @@ class RequestGuard:
 
 
 async def _respond(error: FeatureServeError, scope: Scope, receive: Receive, send: Send) -> None:
-    # Imported here: app.py imports this module.
-    from .app import error_response
-
     response = error_response(error)
     if isinstance(error, Unauthenticated):
         response.headers["WWW-Authenticate"] = "Bearer"

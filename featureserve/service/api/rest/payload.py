@@ -9,12 +9,12 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from ..errors import FeatureServeError, InvalidInput, InvalidOption, PayloadTooLarge, UnsupportedMediaType
-from ..settings import Settings
+from ...contract import validate_options
+from ...errors import FeatureServeError, InvalidInput, InvalidOption, UnsupportedMediaType
+from ...settings import Settings
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 DEADLINE_HEADER = "x-deadline-ms"
@@ -52,20 +52,7 @@ class Payload:
 
     def options(self, model: type[OptionsT], exclude: set[str]) -> OptionsT:
         """Validate the non-image fields as ``model``; raises `InvalidOption` naming each bad field."""
-        values = {k: v for k, v in self.fields.items() if k not in exclude}
-        try:
-            return model.model_validate(values)
-        except ValidationError as error:
-            raise InvalidOption(describe_validation_error(error), {"errors": _error_list(error)}) from None
-
-
-def describe_validation_error(error: ValidationError | RequestValidationError) -> str:
-    """One line per problem: ``field: message``."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors())
-
-
-def _error_list(error: ValidationError) -> list[dict[str, Any]]:
-    return [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in error.errors()]
+        return validate_options(model, {k: v for k, v in self.fields.items() if k not in exclude})
 
 
 def _base64_image(value: Any, name: str) -> bytes:
@@ -80,11 +67,10 @@ def _base64_image(value: Any, name: str) -> bytes:
 
 
 async def read_payload(request: Request, settings: Settings) -> Payload:
-    """Parse a JSON or multipart body; raises 413 / 415 / 400 errors for bodies we cannot take."""
-    limit = settings.max_request_bytes
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"request body is {length} bytes; the limit is {limit}")
+    """Parse a JSON or multipart body; raises 415 / 400 errors for bodies we cannot take.
+
+    The body's size is limited before and while it is read, by `RequestGuard`.
+    """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         body = await request.body()
@@ -99,7 +85,7 @@ async def read_payload(request: Request, settings: Settings) -> Payload:
         try:
             form = await request.form(max_files=settings.max_request_images + 2, max_fields=100)
         except FeatureServeError:
-            raise  # the body grew past max_request_bytes while it was read (api/guards.py)
+            raise  # the body grew past max_request_bytes while it was read (guards.py)
         except Exception as error:  # Starlette/python-multipart raise several types for malformed bodies
             raise InvalidInput(f"malformed multipart body: {error}") from None
         files: dict[str, list[bytes]] = {}

@@ -11,16 +11,16 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 
-from ...draw import match_picture
-from ...models import Features
-from ..errors import InvalidInput
-from ..workers import PairResult, WorkerPool
-from .dependencies import get_pool
+from ....models import Features
+from ...contract import MatchOptions, describe_validation_error
+from ...errors import InvalidInput
+from ...operations import ImageInput, Matched, Operations
+from .dependencies import get_operations
 from .encoding import FastJSONResponse, decode_feature_set, encode_features
 from .examples import EXAMPLE_IMAGE, request_body
 from .extract import ERRORS
-from .payload import Payload, deadline_ms, describe_validation_error, read_payload
-from .schemas import FeatureSet, MatchOptions, MatchResponse
+from .payload import Payload, deadline_ms, read_payload
+from .schemas import FeatureSet, MatchResponse
 
 router = APIRouter(prefix="/v1", tags=["matching"])
 SIDES = ("0", "1")
@@ -44,8 +44,9 @@ def uploaded_features(payload: Payload, side: str) -> Features | None:
     return decode_feature_set(feature_set, f"features{side}")
 
 
-def match_response(model: str | None, features: list[Features], result: PairResult, options: MatchOptions) -> dict:
+def match_response(model: str | None, matched: Matched, options: MatchOptions) -> dict:
     """The ``MatchResponse`` JSON."""
+    features, result = matched.features, matched.result
     verification = result.verification
     geometry: dict[str, Any] | None = None
     if verification is not None:
@@ -102,55 +103,45 @@ def server_timing(phases: dict[str, float]) -> str:
         {"image0": EXAMPLE_IMAGE, "image1": EXAMPLE_IMAGE, "model": "sift", "geometry": "homography"},
     ),
 )
-async def match(request: Request, pool: WorkerPool = Depends(get_pool)) -> Response:
+async def match(request: Request, ops: Operations = Depends(get_operations)) -> Response:
     """Mutual-NN (or NN, ratio, distance) matches, their pixel coordinates, and MAGSAC++ verification.
 
     With ``draw`` (or ``Accept: image/png``) also a PNG of the matches. ``Server-Timing`` gives the
     milliseconds of each phase (extract, including decoding and queueing; match; draw).
     """
     started = time.perf_counter()
-    payload = await read_payload(request, pool.settings)
+    payload = await read_payload(request, ops.settings)
     options = payload.options(MatchOptions, exclude={"image0", "image1", "features0", "features1"})
     png_only = accepts_png(request)
     draw = options.draw or png_only
-    pool.check_max_keypoints(options.max_keypoints)
-    worker_options = options.pair_options()
-    deadline = pool.deadline_from(deadline_ms(request))
-    keypoint_options = options.keypoint_options(pool.settings.default_max_keypoints)
     uploaded = {side: uploaded_features(payload, side) for side in SIDES}
-    model: str | None = None
-    if any(f is None for f in uploaded.values()):
-        model = pool.worker(options.model).model.name
-        request.state.model = model
+    plan = ops.plan_match(options, extract=any(f is None for f in uploaded.values()))
+    request.state.model = plan.model or "none"
+    deadline = ops.deadline(deadline_ms(request))
 
-    images: dict[str, bytes | np.ndarray] = {}
+    images: dict[str, np.ndarray] = {}
     if draw:
         missing = [f"image{side}" for side in SIDES if not payload.images(f"image{side}")]
         if missing:
             raise InvalidInput(f"draw needs both images (features are matched, images drawn); missing {missing}")
         # Decoded once, for the model and for the picture.
-        decoded = await asyncio.gather(*(pool.decode(payload.image(f"image{side}")) for side in SIDES))
+        decoded = await asyncio.gather(*(ops.decode(payload.image(f"image{side}")) for side in SIDES))
         images = dict(zip(SIDES, decoded, strict=True))
 
-    async def side_features(side: str) -> Features:
-        features = uploaded[side]
+    def side(name: str) -> ImageInput | Features:
+        features = uploaded[name]
         if features is not None:
             return features
-        image = images[side] if draw else payload.image(f"image{side}")
-        return await pool.extract(model, image, keypoint_options, deadline)
+        return images[name] if draw else payload.image(f"image{name}")
 
-    features = list(await asyncio.gather(*(side_features(side) for side in SIDES)))
-    extracted = time.perf_counter()
-    result = await pool.match(model, features[0], features[1], worker_options)
-    phases = {"extract": extracted - started, "match": time.perf_counter() - extracted}
-    body = match_response(model, features, result, options)
+    matched = await ops.match(plan, side("0"), side("1"), deadline)
+    # The extract phase runs from the request's arrival: reading, decoding and queueing included.
+    phases = {"extract": time.perf_counter() - started - matched.match_s, "match": matched.match_s}
+    body = match_response(plan.model, matched, options)
     if not draw:
         return FastJSONResponse(body, headers={"Server-Timing": server_timing(phases)})
     drawing_started = time.perf_counter()
-    inliers = None if result.verification is None else result.verification.inliers
-    png = await pool.run_cpu(
-        match_picture, images["0"], images["1"], result.points0, result.points1, inliers, model or ""
-    )
+    png = await ops.draw(images["0"], images["1"], matched, plan.model or "")
     phases["draw"] = time.perf_counter() - drawing_started
     headers = {"Server-Timing": server_timing(phases)}
     if png_only:

@@ -1,4 +1,4 @@
-"""`FeatureServicer`: the gRPC FeatureService over the shared worker pool (same options and errors as REST)."""
+"""`FeatureServicer`: the gRPC FeatureService over the operations layer (same options and errors as REST)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 
 from ....arrays import from_array, to_array
 from ....models import Features
-from ....v1 import features_pb2 as pb
 from ....v1 import service_pb2 as service
 from ....v1.service_pb2_grpc import FeatureServiceServicer
-from ...errors import FeatureServeError, InvalidInput, Overloaded, PayloadTooLarge
-from ...workers import PairResult, WorkerPool
-from ..schemas import ExtractOptions, MatchOptions
+from ...contract import ExtractOptions, MatchOptions
+from ...errors import FeatureServeError, InvalidInput, Overloaded
+from ...operations import ImageInput, Matched, Operations
 from .convert import (
     feature_set_message,
     features_from_message,
@@ -84,30 +82,22 @@ def rpc(
 
 
 class FeatureServicer(FeatureServiceServicer):
-    """ListModels, Extract, ExtractBatch, Describe, Match and StreamFrames on one `WorkerPool`."""
+    """ListModels, Extract, ExtractBatch, Describe, Match and StreamFrames on one `Operations` layer."""
 
-    def __init__(self, pool: WorkerPool) -> None:
-        self.pool = pool
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
+        self.pool = ops.pool
         self.sessions: set[FrameQueue] = set()
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
-        return self.pool.deadline_from(None if remaining is None else remaining * 1000.0)
+        return self.ops.deadline(None if remaining is None else remaining * 1000.0)
 
-    def _extract_options(self, options: pb.ExtractOptions) -> tuple[ExtractOptions, str]:
-        parsed = parse_options(ExtractOptions, options)
-        self.pool.check_max_keypoints(parsed.max_keypoints)
-        return parsed, self.pool.worker(parsed.model).model.name
+    def _image(self, image: Any, name: str) -> ImageInput:
+        return image_input(image, name, self.ops.settings)
 
-    def _extract_call(
-        self, options: ExtractOptions, model: str, context: grpc.aio.ServicerContext
-    ) -> Callable[[bytes | Any], Awaitable[Features]]:
-        run = self.pool.extract if options.include_descriptors else self.pool.detect
-        keypoint_options = options.keypoint_options(self.pool.settings.default_max_keypoints)
-        deadline = self._deadline(context)
-        return lambda image: run(model, image, keypoint_options, deadline)
-
-    def _extract_response(self, model: str, features: Features, options: ExtractOptions) -> service.ExtractResponse:
+    @staticmethod
+    def _extract_response(model: str, features: Features, options: ExtractOptions) -> service.ExtractResponse:
         return service.ExtractResponse(
             model=model,
             num_keypoints=len(features),
@@ -120,7 +110,7 @@ class FeatureServicer(FeatureServiceServicer):
     ) -> service.ListModelsResponse:
         """The loaded models and their cards."""
         return service.ListModelsResponse(
-            default_model=self.pool.settings.default_model,
+            default_model=self.ops.settings.default_model,
             models=[model_card_message(card) for card in self.pool.cards()],
         )
 
@@ -129,79 +119,54 @@ class FeatureServicer(FeatureServiceServicer):
         self, request: service.ExtractRequest, context: grpc.aio.ServicerContext
     ) -> service.ExtractResponse:
         """Keypoints, scores and descriptors of one image."""
-        options, model = self._extract_options(request.options)
-        image = image_input(request.image, "image", self.pool.settings)
-        features = await self._extract_call(options, model, context)(image)
-        return self._extract_response(model, features, options)
+        options = parse_options(ExtractOptions, request.options)
+        plan = self.ops.plan_extract(options)
+        features = await self.ops.extract(plan, self._image(request.image, "image"), self._deadline(context))
+        return self._extract_response(plan.model, features, options)
 
     @rpc
     async def ExtractBatch(
         self, request: service.ExtractBatchRequest, context: grpc.aio.ServicerContext
     ) -> service.ExtractBatchResponse:
         """One result per image, in request order; the images may share a batch."""
-        options, model = self._extract_options(request.options)
-        if not request.images:
-            raise InvalidInput("missing images: send at least one")
-        limit = self.pool.settings.max_request_images
-        if len(request.images) > limit:
-            raise PayloadTooLarge(f"{len(request.images)} images in one request; the limit is {limit}")
-        images = [image_input(image, f"images[{i}]", self.pool.settings) for i, image in enumerate(request.images)]
-        extract = self._extract_call(options, model, context)
-        results = await asyncio.gather(*(extract(image) for image in images), return_exceptions=True)
-        for i, result in enumerate(results):
-            if isinstance(result, FeatureServeError):
-                result.message = f"images[{i}]: {result.message}"
-            if isinstance(result, BaseException):
-                raise result
-        return service.ExtractBatchResponse(results=[self._extract_response(model, f, options) for f in results])
+        options = parse_options(ExtractOptions, request.options)
+        plan = self.ops.plan_extract(options)
+        images = [self._image(image, f"images[{i}]") for i, image in enumerate(request.images)]
+        results = await self.ops.extract_batch(plan, images, self._deadline(context))
+        return service.ExtractBatchResponse(results=[self._extract_response(plan.model, f, options) for f in results])
 
     @rpc
     async def Describe(
         self, request: service.DescribeRequest, context: grpc.aio.ServicerContext
     ) -> service.DescribeResponse:
         """Descriptors of one image at the given keypoints."""
-        options, model = self._extract_options(request.options)
-        image = image_input(request.image, "image", self.pool.settings)
+        options = parse_options(ExtractOptions, request.options)
+        plan = self.ops.plan_extract(options, descriptors=True)
+        image = self._image(request.image, "image")
         try:
             keypoints = from_array(request.keypoints, "keypoints", ("float32",), (None, 2))
         except ValueError as error:
             raise InvalidInput(str(error)) from None
-        if not np.all(np.isfinite(keypoints)):
-            raise InvalidInput("keypoints contains non-finite values")
-        self.pool.check_max_keypoints(len(keypoints))
-        features = await self.pool.describe(model, image, keypoints.copy(), self._deadline(context))
+        features = await self.ops.describe(plan, image, keypoints, self._deadline(context))
         return service.DescribeResponse(
-            model=model, features=feature_set_message(features, True, options.descriptor_dtype)
+            model=plan.model, features=feature_set_message(features, True, options.descriptor_dtype)
         )
 
     @rpc
     async def Match(self, request: service.MatchRequest, context: grpc.aio.ServicerContext) -> service.MatchResponse:
         """Matches of two images (or feature sets) and their MAGSAC++ verification."""
         options = parse_options(MatchOptions, request.options, request.match_options)
-        self.pool.check_max_keypoints(options.max_keypoints)
-        pair_options = options.pair_options()
-        sides: list[Features | bytes | Any] = []
+        sides: list[ImageInput | Features] = []
         for side in ("0", "1"):
             if request.HasField(f"features{side}"):
                 sides.append(features_from_message(getattr(request, f"features{side}"), f"features{side}"))
             else:
-                sides.append(image_input(getattr(request, f"image{side}"), f"image{side}", self.pool.settings))
-        model = ""
-        if not all(isinstance(side, Features) for side in sides):
-            model = self.pool.worker(options.model).model.name
-        keypoint_options = options.keypoint_options(self.pool.settings.default_max_keypoints)
-        deadline = self._deadline(context)
-
-        async def side_features(side: Features | Any) -> Features:
-            if isinstance(side, Features):
-                return side
-            return await self.pool.extract(model, side, keypoint_options, deadline)
-
-        features = list(await asyncio.gather(*(side_features(side) for side in sides)))
-        result = await self.pool.match(model or None, features[0], features[1], pair_options)
-        response = match_response(model, features, result)
+                sides.append(self._image(getattr(request, f"image{side}"), f"image{side}"))
+        plan = self.ops.plan_match(options, extract=not all(isinstance(side, Features) for side in sides))
+        matched = await self.ops.match(plan, sides[0], sides[1], self._deadline(context))
+        response = match_response(plan.model or "", matched)
         if options.include_features:
-            for side, f in zip(("0", "1"), features, strict=True):
+            for side, f in zip(("0", "1"), matched.features, strict=True):
                 getattr(response, f"features{side}").CopyFrom(
                     feature_set_message(f, options.include_descriptors, options.descriptor_dtype)
                 )
@@ -210,7 +175,7 @@ class FeatureServicer(FeatureServiceServicer):
     @rpc
     async def StreamFrames(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         """A camera session (see `run_session`); it reads with ``context.read``, not the iterator."""
-        await run_session(self.pool, context, self.sessions)
+        await run_session(self.ops, context, self.sessions)
 
     def begin_drain(self) -> None:
         """End every open stream once its received frames are answered."""
@@ -218,8 +183,9 @@ class FeatureServicer(FeatureServiceServicer):
             queue.drain()
 
 
-def match_response(model: str, features: list[Features], result: PairResult) -> service.MatchResponse:
+def match_response(model: str, matched: Matched) -> service.MatchResponse:
     """The ``MatchResponse`` of a matched (and maybe verified) pair, without feature sets."""
+    features, result = matched.features, matched.result
     response = service.MatchResponse(
         model=model,
         num_keypoints0=len(features[0]),

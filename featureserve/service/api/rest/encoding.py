@@ -1,22 +1,21 @@
-"""Wire encoding of features: numpy arrays to JSON-ready dicts and uploaded feature sets back to arrays."""
+"""JSON encoding: numpy arrays to JSON-ready dicts, uploaded feature sets back to arrays, and the error shape."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import math
 from typing import Any
 
 import numpy as np
 import orjson
 from fastapi.responses import JSONResponse
 
-from ...arrays import WIRE_DTYPES
-from ...models import DescriptorSpec, Features
-from ..errors import InvalidInput
+from ....arrays import WIRE_DTYPES
+from ....models import DescriptorSpec, Features
+from ...contract import features_from_arrays
+from ...errors import FeatureServeError, InvalidInput, Overloaded
 from .schemas import FeatureSet
-
-# The metrics that make sense for each descriptor kind.
-METRICS = {"float": ("l2", "cosine"), "binary": ("hamming",)}
 
 
 class FastJSONResponse(JSONResponse):
@@ -25,6 +24,12 @@ class FastJSONResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         """Serialise ``content`` (numpy arrays allowed)."""
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error_response(error: FeatureServeError) -> JSONResponse:
+    """The one error shape, with ``Retry-After`` on 429."""
+    headers = {"Retry-After": str(math.ceil(error.retry_after_s))} if isinstance(error, Overloaded) else None
+    return JSONResponse(error.to_dict(), status_code=error.http_status, headers=headers)
 
 
 def encode_descriptors(descriptors: np.ndarray, encoding: str, dtype: str) -> dict[str, Any]:
@@ -91,45 +96,4 @@ def decode_feature_set(feature_set: FeatureSet, name: str) -> Features:
         descriptors,
         None if info is None else DescriptorSpec(info.kind, info.dim, info.metric),
         (size.width, size.height) if size is not None else (0, 0),
-    )
-
-
-def features_from_arrays(
-    name: str,
-    keypoints: np.ndarray,
-    scores: np.ndarray | None,
-    descriptors: np.ndarray,
-    spec: DescriptorSpec | None,
-    image_size: tuple[int, int],
-) -> Features:
-    """Check an uploaded feature set (any transport) and build `Features`; raises `InvalidInput` naming ``name``.
-
-    ``descriptors`` are uint8 for binary descriptors and a float dtype otherwise; ``spec`` is inferred from
-    them when absent.
-    """
-    if not np.all(np.isfinite(keypoints)):
-        raise InvalidInput(f"{name}.keypoints contains non-finite values")
-    rows, cols = descriptors.shape
-    if rows != len(keypoints):
-        raise InvalidInput(f"{name}.descriptors has {rows} rows but there are {len(keypoints)} keypoints")
-    binary = descriptors.dtype == np.uint8
-    if not binary:
-        descriptors = descriptors.astype(np.float32)
-        if not np.all(np.isfinite(descriptors)):
-            raise InvalidInput(f"{name}.descriptors contains non-finite values")
-    if spec is None:
-        spec = DescriptorSpec("binary", 8 * cols, "hamming") if binary else DescriptorSpec("float", cols, "l2")
-    if spec.metric not in METRICS.get(spec.kind, ()):
-        raise InvalidInput(f"{name}.descriptor: kind {spec.kind!r} with metric {spec.metric!r} is not supported")
-    if (spec.kind == "binary") != binary or spec.row_length != cols:
-        dtype = "uint8" if binary else "float"
-        raise InvalidInput(f"{name}.descriptor says {spec.kind} {spec.dim}, but descriptors are {dtype} x {cols}")
-    if scores is not None and len(scores) != rows:
-        raise InvalidInput(f"{name}.scores has {len(scores)} values but there are {rows} keypoints")
-    return Features(
-        keypoints=np.ascontiguousarray(keypoints, np.float32),
-        scores=np.ones(rows, np.float32) if scores is None else np.ascontiguousarray(scores, np.float32),
-        descriptors=np.ascontiguousarray(descriptors),
-        image_size=image_size,
-        descriptor=spec,
     )

@@ -1,5 +1,0 @@
-"""The gRPC API (grpcio): a thin servicer over the worker pool, sharing REST's options, errors and batches."""
-
-from .server import start_grpc_server
-
-__all__ = ["start_grpc_server"]
