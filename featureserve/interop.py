@@ -52,7 +52,7 @@ def _need(module: str) -> Any:
 
 
 def _descriptor_info(features: Any) -> dict[str, Any]:
-    """``{"kind", "dim", "metric"}`` of a client `FeatureSet` (dict) or a models `Features` (DescriptorSpec)."""
+    """``{"kind", "dim", "metric"}`` of a client `FeatureSet` (dict) or a models `Features` (DescriptorInfo)."""
     info = features.descriptor
     if isinstance(info, dict):
         return dict(info)

@@ -27,7 +27,7 @@ from .client.options import DRAW_OPTION, EXTRACT_OPTIONS, MATCH_OPTIONS, check_o
 from .client.results import (
     DescriptorInfo,
     FeatureSet,
-    Geometry,
+    GeometryResult,
     ImageInput,
     MatchResult,
     ModelCard,
@@ -183,12 +183,12 @@ class LocalClient:
     @staticmethod
     def _result(model: str, matched: Matched, options: MatchOptions, drawing: bytes | None) -> MatchResult:
         features, result = matched.features, matched.result
-        verification = result.verification
+        verification = result.geometry
         geometry = None
         inliers = None
         if verification is not None:
             inliers = np.asarray(verification.inliers, bool)
-            geometry = Geometry(
+            geometry = GeometryResult(
                 geometry=verification.geometry,
                 matrix=verification.matrix,
                 num_inliers=verification.num_inliers,

@@ -1,6 +1,7 @@
 """Descriptor losses of HNDesc (quantised AP, in-batch hardest negatives) and Markuš et al. (bag ratio).
 
-Equations: METHODS.md §3.3 (AP, after R2D2's differentiable AP) and §4.2 (smoothed keypoint-correspondence
+Equations: HNDesc (Melekhov et al., 3DV 2021; AP, after R2D2's differentiable AP) and Markuš et al. (IEEE TIP
+2019) (smoothed keypoint-correspondence
 ratio). Descriptors are unit vectors throughout, so similarities are cosines.
 """
 
@@ -38,7 +39,7 @@ def quantised_ap(scores: torch.Tensor, labels: torch.Tensor, bins: int = 20) -> 
 
 @dataclass(frozen=True)
 class APConfig:
-    """HNDesc's AP loss: ``negatives`` hardest in-batch negatives per anchor, ``bins`` AP bins (§3.3, §3.4).
+    """HNDesc's AP loss: ``negatives`` hardest in-batch negatives per anchor, ``bins`` AP bins.
 
     ``local_negatives`` > 0 adds, as further candidates for the hardest negatives, that many points of the
     positive's own crop at ``local_min_radius`` to ``local_max_radius`` pixels from the positive: a deviation
@@ -81,7 +82,7 @@ def hardest_negative_ap_loss(
         negatives = torch.cat([negatives, local_similarity.masked_fill(local.abs().sum(-1) == 0, -2.0)], dim=1)
     k = min(config.negatives, negatives.shape[1])
     hardest = negatives.topk(k, dim=1).values
-    # Pad with the smallest kept negative when fewer other-crop points exist (§3.3); -2 marks "none" here.
+    # Pad with the smallest kept negative when fewer other-crop points exist; -2 marks "none" here.
     smallest = torch.where(hardest > -2, hardest, hardest.new_tensor(3.0)).min(dim=1, keepdim=True).values
     hardest = torch.where(hardest > -2, hardest, smallest.clamp_max(1.0))
     if k < config.negatives:
@@ -99,7 +100,7 @@ def hardest_negative_ap_loss(
 
 @dataclass(frozen=True)
 class RatioConfig:
-    """The smoothed ratio loss (§4.2): similarity ``s = (1 + cos) / 2`` matches above ``threshold``.
+    """The smoothed ratio loss: similarity ``s = (1 + cos) / 2`` matches above ``threshold``.
 
     ``slope`` defaults to the reference's (s = 1 maps to 0.99). ``random_negative_steps``: for that many first
     steps the negatives are one other bag, not the hardest patches of all other bags (the paper's earlier
@@ -137,7 +138,7 @@ def bag_ratio_loss(
     negative_mask: torch.Tensor,
     config: RatioConfig = RatioConfig(),
 ) -> torch.Tensor:
-    """``(1 + S(K, K-)) / (1 + S(K, K+))`` of one triplet (the reference code's form, §4.2)."""
+    """``(1 + S(K, K-)) / (1 + S(K, K+))`` of one triplet (the reference code's form)."""
     return (1 + bag_match_score(anchor, negative, negative_mask, config)) / (
         1 + bag_match_score(anchor, positive, positive_mask, config)
     )

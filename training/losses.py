@@ -1,10 +1,10 @@
-"""The CAPS loss: differentiable coarse-to-fine soft-argmax, epipolar and cycle losses (METHODS.md §1.2-1.3).
+"""The CAPS loss: differentiable coarse-to-fine soft-argmax, epipolar and cycle losses (CAPS: Wang et al., ECCV 2020).
 
 Everything is in pixels with the pixel-centre convention of `featureserve.models.dense` (cell ``j`` of a
 stride-``s`` map is centred on pixel ``(j + 0.5) * s - 0.5``). Deviations from the reference code: the
 correlation is cosine similarity times a fixed temperature (as SCFeat, T = 60 there) instead of a raw dot
 product, since the served descriptors are matched by cosine; the fine window is a fixed ``k x k`` grid (the
-reference's ``floor(r * W_f)`` collapses at small images, §6.7.4); window samples outside image 2 are masked out.
+reference's ``floor(r * W_f)`` collapses at small images); window samples outside image 2 are masked out.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def spread_weights(spread: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """CAPS loss settings; lengths are fractions of the image's shorter (S) or longer (L) side (§1.3, §1.6)."""
+    """CAPS loss settings; lengths are fractions of the image's shorter (S) or longer (L) side."""
 
     temperature: float = 60.0
     window: float = 0.125  # half-width of the fine window in normalised units (1 = half the image side)

@@ -1,4 +1,5 @@
-"""SCFeat's two training signals (METHODS.md §2.2-2.3): the line-to-window epipolar descriptor loss and the
+"""SCFeat's two training signals (SCFeat: Sun et al., arXiv 2212.07047): the line-to-window epipolar descriptor
+loss and the
 DISK-style policy gradient of the detector, whose reward is scaled by a fundamental-matrix consistency factor.
 
 Pixel convention as in `training.losses`. Deviations from the reference code, each on purpose:
@@ -29,7 +30,7 @@ from .losses import match_in_window, sample_map, spread_weights, window_offsets
 
 @dataclass(frozen=True)
 class WindowLossConfig:
-    """The line-to-window loss (§2.2): points per cell, temperature, line samples, window and masks."""
+    """The line-to-window loss: points per cell, temperature, line samples, window and masks."""
 
     cell: int = 16  # one random query pixel per cell x cell block of image 1 (and of image 2: symmetric)
     temperature: float = 60.0
@@ -42,7 +43,7 @@ class WindowLossConfig:
 
 @dataclass(frozen=True)
 class DetectorRewardConfig:
-    """The detector's policy gradient (§2.3): cells, matching temperature, epipolar test, F-consistency factor."""
+    """The detector's policy gradient: cells, matching temperature, epipolar test, F-consistency factor."""
 
     cell: int = 8
     temperature: float = 60.0

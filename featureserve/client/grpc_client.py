@@ -27,7 +27,7 @@ from .results import (
     Frame,
     FrameMatches,
     FrameResult,
-    Geometry,
+    GeometryResult,
     ImageInput,
     MatchResult,
     ModelCard,
@@ -83,7 +83,7 @@ def _optional(message: Any, field: str) -> np.ndarray | None:
     return unpack(getattr(message, field)) if message.HasField(field) else None
 
 
-def geometry(message: Any, num_matches: int) -> Geometry | None:
+def geometry(message: Any, num_matches: int) -> GeometryResult | None:
     """The ``geometry`` field of a match message, if set.
 
     The inlier ratio is recomputed from the counts, as the service computes it: the message carries it
@@ -92,7 +92,7 @@ def geometry(message: Any, num_matches: int) -> Geometry | None:
     if not message.HasField("geometry"):
         return None
     g = message.geometry
-    return Geometry(
+    return GeometryResult(
         g.geometry,
         _optional(g, "matrix"),
         g.num_inliers,

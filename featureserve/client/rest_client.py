@@ -29,7 +29,7 @@ from .options import DRAW_OPTION, EXTRACT_OPTIONS, MATCH_OPTIONS, check_options,
 from .results import (
     DescriptorInfo,
     FeatureSet,
-    Geometry,
+    GeometryResult,
     ImageInput,
     MatchResult,
     ModelCard,
@@ -154,11 +154,11 @@ def _matrix(value: list[Any] | None, shape: tuple[int, ...]) -> np.ndarray | Non
     return None if value is None else np.asarray(value, np.float64).reshape(shape)
 
 
-def geometry(body: dict[str, Any] | None, num_matches: int) -> Geometry | None:
+def geometry(body: dict[str, Any] | None, num_matches: int) -> GeometryResult | None:
     """The ``geometry`` object of a match answer."""
     if body is None:
         return None
-    return Geometry(
+    return GeometryResult(
         geometry=body["geometry"],
         matrix=_matrix(body["matrix"], (3, 3)),
         num_inliers=body["num_inliers"],

@@ -66,7 +66,7 @@ class FeatureSet:
 
 
 @dataclass
-class Geometry:
+class GeometryResult:
     """The fitted model: ``matrix`` (3, 3) or None, and for essential matrices ``rotation`` and ``translation``."""
 
     geometry: str
@@ -93,7 +93,7 @@ class MatchResult:
     points1: np.ndarray
     distances: np.ndarray
     inliers: np.ndarray | None
-    geometry: Geometry | None
+    geometry: GeometryResult | None
     features0: FeatureSet | None
     features1: FeatureSet | None
     num_keypoints0: int = 0
@@ -119,7 +119,7 @@ class FrameMatches:
     sequence: int
     matches: np.ndarray
     inliers: np.ndarray | None
-    geometry: Geometry | None
+    geometry: GeometryResult | None
 
 
 @dataclass

@@ -5,8 +5,8 @@ from .caps import CAPS
 from .cards import ModelCard
 from .classical import AKAZE, ORB, SIFT
 from .dense import DenseFeatureModel, sample_descriptors
-from .features import DescriptorSpec, Features, KeypointOptions
-from .geometry import Verification, homography_corner_error, intrinsics_matrix, verify
+from .features import DescriptorInfo, Features, KeypointOptions
+from .geometry import GeometryResult, homography_corner_error, intrinsics_matrix, verify
 from .hndesc import HNDesc
 from .keypoints import select_keypoints
 from .matching import Matches, match_batch, match_descriptors
@@ -22,9 +22,10 @@ __all__ = [
     "ORB",
     "SIFT",
     "DenseFeatureModel",
-    "DescriptorSpec",
+    "DescriptorInfo",
     "FeatureModel",
     "Features",
+    "GeometryResult",
     "HNDesc",
     "KeypointOptions",
     "Matches",
@@ -34,7 +35,6 @@ __all__ = [
     "PairResult",
     "SCFeat",
     "TinyCNN",
-    "Verification",
     "available_models",
     "check_image",
     "check_options",

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from .cards import ModelCard
-from .features import DescriptorSpec, Features, KeypointOptions
+from .features import DescriptorInfo, Features, KeypointOptions
 
 MIN_IMAGE_SIDE = 2  # OpenCV's ORB and A-KAZE pyramids fail on a side of one pixel
 
@@ -84,7 +84,7 @@ class FeatureModel(ABC):
     """
 
     name: ClassVar[str]
-    descriptor: ClassVar[DescriptorSpec]
+    descriptor: ClassVar[DescriptorInfo]
     default_conf: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **conf: Any) -> None:

@@ -6,7 +6,8 @@ again (the released extractor concatenates without normalising; we normalise for
 Keypoints come from OpenCV SIFT, as in the paper's HPatches extractor. Unlike the paper, each keypoint is
 described on an image pyramid, blended from the two levels where its SIFT size is nearest ``reference_size``
 pixels, so that a zoom changes the level rather than the descriptor (docs/MODELS.md has the measurements).
-Deviations from the reference code (METHODS.md §1, §6): GroupNorm instead of BatchNorm, no ImageNet
+Deviations from the reference code (CAPS: Wang et al., ECCV 2020; the CPU sizes are ours): GroupNorm instead of
+BatchNorm, no ImageNet
 initialisation, grey input, and a small "lite" trunk for CPU training; the ResNet trunk stays selectable.
 Pixel convention: that of `dense.py`.
 
@@ -34,11 +35,11 @@ from .base import normalise_rows
 from .cards import CHECKPOINT_DIR, ModelCard, load_network
 from .classical import SIFT
 from .dense import DenseFeatureModel, pyramid_levels, within_max_pixels
-from .features import DescriptorSpec, Features, KeypointOptions
+from .features import DescriptorInfo, Features, KeypointOptions
 
 DEFAULT_CARD = CHECKPOINT_DIR / "caps-lite.json"
 
-# Named network sizes. "lite" is the CPU configuration of METHODS.md §6.5 (four stride-2 stages of 3x3
+# Named network sizes. "lite" is the CPU configuration of our CPU configuration (four stride-2 stages of 3x3
 # convolutions, 1.19 M parameters); "resnet18" / "resnet34" are the CAPS design on a ResNet trunk (GroupNorm,
 # from scratch, 3.6 M / 8.9 M parameters with this decoder).
 SIZES: dict[str, dict[str, Any]] = {
@@ -237,7 +238,7 @@ class CAPS(DenseFeatureModel):
     """CAPS descriptors (coarse + fine, 256-D) at SIFT keypoints, batched as padded tensors."""
 
     name = "caps"
-    descriptor = DescriptorSpec("float", 256, "cosine")
+    descriptor = DescriptorInfo("float", 256, "cosine")
     descriptor_strides: ClassVar[tuple[int, ...]] = CAPSNetwork.strides
     default_conf: ClassVar[dict[str, Any]] = {
         "device": "cpu",

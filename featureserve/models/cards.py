@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .features import DescriptorSpec
+from .features import DescriptorInfo
 
 NetworkT = TypeVar("NetworkT", bound=nn.Module)
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"  # committed weights and their JSON cards
@@ -36,7 +36,7 @@ class ModelCard:
     name: str
     version: str
     method: str
-    descriptor: DescriptorSpec
+    descriptor: DescriptorInfo
     keypoints: str
     licence: str
     description: str
@@ -44,7 +44,7 @@ class ModelCard:
 
     @classmethod
     def from_checkpoint(
-        cls, name: str, descriptor: DescriptorSpec, card: dict[str, Any], conf: dict[str, Any]
+        cls, name: str, descriptor: DescriptorInfo, card: dict[str, Any], conf: dict[str, Any]
     ) -> ModelCard:
         """The card of a learned model: its checkpoint's JSON card, with the served ``conf`` in ``details``.
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .base import FeatureModel, check_image, image_size, to_grey
 from .cards import ModelCard
-from .features import DescriptorSpec, Features, KeypointOptions
+from .features import DescriptorInfo, Features, KeypointOptions
 from .keypoints import candidate_count, select_keypoints
 
 
@@ -130,7 +130,7 @@ class ORB(OpenCVFeatureModel):
     """ORB: oriented FAST keypoints with rotated BRIEF, 256-bit binary descriptors."""
 
     name = "orb"
-    descriptor = DescriptorSpec("binary", 256, "hamming")
+    descriptor = DescriptorInfo("binary", 256, "hamming")
     default_conf: ClassVar[dict[str, Any]] = {
         **OpenCVFeatureModel.default_conf,
         "describe_size": 31.0,
@@ -154,7 +154,7 @@ class SIFT(OpenCVFeatureModel):
     """SIFT: difference-of-Gaussians keypoints with 128-D gradient-histogram descriptors."""
 
     name = "sift"
-    descriptor = DescriptorSpec("float", 128, "l2")
+    descriptor = DescriptorInfo("float", 128, "l2")
     default_conf: ClassVar[dict[str, Any]] = {
         **OpenCVFeatureModel.default_conf,
         "contrast_threshold": 0.04,
@@ -175,7 +175,7 @@ class AKAZE(OpenCVFeatureModel):
     """AKAZE: nonlinear scale-space keypoints with 486-bit binary M-LDB descriptors."""
 
     name = "akaze"
-    descriptor = DescriptorSpec("binary", 486, "hamming")
+    descriptor = DescriptorInfo("binary", 486, "hamming")
     default_conf: ClassVar[dict[str, Any]] = {**OpenCVFeatureModel.default_conf, "threshold": 0.001}
     method = "AKAZE (Alcantarilla, Nuevo, Bartoli, BMVC 2013)"
     description = "Binary features in a nonlinear scale space; robust to blur and noise."

@@ -1,4 +1,4 @@
-"""Typed containers for what feature models return: `Features`, `DescriptorSpec`, `KeypointOptions`."""
+"""Typed containers for what feature models return: `Features`, `DescriptorInfo`, `KeypointOptions`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ UniformSelection = Literal["none", "grid", "anms"]
 
 
 @dataclass(frozen=True)
-class DescriptorSpec:
+class DescriptorInfo:
     """What a model's descriptors are.
 
     Attributes:
@@ -77,7 +77,7 @@ class Features:
             models give ``"sizes"``, the keypoint diameter in pixels (OpenCV's ``KeyPoint.size``).
 
     Example:
-        >>> f = Features.empty((640, 480), DescriptorSpec("float", 128, "l2"))
+        >>> f = Features.empty((640, 480), DescriptorInfo("float", 128, "l2"))
         >>> len(f), f.keypoints.shape, f.descriptors.shape
         (0, (0, 2), (0, 128))
     """
@@ -86,14 +86,14 @@ class Features:
     scores: np.ndarray
     descriptors: np.ndarray | None
     image_size: tuple[int, int]
-    descriptor: DescriptorSpec
+    descriptor: DescriptorInfo
     extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])
 
     @classmethod
-    def empty(cls, image_size: tuple[int, int], descriptor: DescriptorSpec) -> Features:
+    def empty(cls, image_size: tuple[int, int], descriptor: DescriptorInfo) -> Features:
         """Features with zero keypoints (and zero descriptor rows of the right width)."""
         return cls(
             keypoints=np.zeros((0, 2), np.float32),

@@ -9,13 +9,13 @@ from typing import Literal
 import cv2
 import numpy as np
 
-Geometry = Literal["homography", "fundamental", "essential"]
+GeometryKind = Literal["homography", "fundamental", "essential"]
 # Fewest correspondences each estimator accepts (4-point homography, 8-point F, 5-point E).
 MIN_POINTS: dict[str, int] = {"homography": 4, "fundamental": 8, "essential": 5}
 
 
 @dataclass
-class Verification:
+class GeometryResult:
     """The outcome of robust model fitting on matched points.
 
     Attributes:
@@ -28,7 +28,7 @@ class Verification:
         message: Why ``matrix`` is ``None``, for users.
     """
 
-    geometry: Geometry
+    geometry: GeometryKind
     matrix: np.ndarray | None
     inliers: np.ndarray
     rotation: np.ndarray | None = None
@@ -57,13 +57,13 @@ def intrinsics_matrix(intrinsics: Sequence[float] | Sequence[Sequence[float]] | 
 def verify(
     points0: np.ndarray,
     points1: np.ndarray,
-    geometry: Geometry,
+    geometry: GeometryKind,
     threshold: float = 3.0,
     confidence: float = 0.9999,
     max_iterations: int = 10000,
     intrinsics0: np.ndarray | None = None,
     intrinsics1: np.ndarray | None = None,
-) -> Verification:
+) -> GeometryResult:
     """Fit ``geometry`` to ``(M, 2)`` matched pixel coordinates with MAGSAC++.
 
     Args:
@@ -87,7 +87,7 @@ def verify(
     no_model = np.zeros(len(p0), bool)
     if len(p0) < MIN_POINTS[geometry]:
         message = f"{geometry} needs at least {MIN_POINTS[geometry]} matches, got {len(p0)}"
-        return Verification(geometry, None, no_model, message=message)
+        return GeometryResult(geometry, None, no_model, message=message)
     if geometry == "homography":
         matrix, mask = cv2.findHomography(p0, p1, cv2.USAC_MAGSAC, threshold, None, max_iterations, confidence)
         return _verification(geometry, matrix, mask, len(p0))
@@ -105,7 +105,7 @@ def _verify_essential(
     max_iterations: int,
     intrinsics0: np.ndarray,
     intrinsics1: np.ndarray,
-) -> Verification:
+) -> GeometryResult:
     # Cameras may differ, so normalise each side by its own K and fit E with an identity camera; the
     # pixel threshold becomes a normalised one through the mean focal length.
     n0 = cv2.undistortPoints(p0[:, None], intrinsics0, None)[:, 0]
@@ -122,10 +122,10 @@ def _verify_essential(
     return result
 
 
-def _verification(geometry: Geometry, matrix: np.ndarray | None, mask: np.ndarray | None, n: int) -> Verification:
+def _verification(geometry: GeometryKind, matrix: np.ndarray | None, mask: np.ndarray | None, n: int) -> GeometryResult:
     if matrix is None or mask is None or not np.all(np.isfinite(matrix)):
-        return Verification(geometry, None, np.zeros(n, bool), message=f"no {geometry} consistent with the matches")
-    return Verification(geometry, np.asarray(matrix, np.float64), mask.reshape(-1).astype(bool))
+        return GeometryResult(geometry, None, np.zeros(n, bool), message=f"no {geometry} consistent with the matches")
+    return GeometryResult(geometry, np.asarray(matrix, np.float64), mask.reshape(-1).astype(bool))
 
 
 def homography_corner_error(estimate: np.ndarray, truth: np.ndarray, image_size: tuple[int, int]) -> float:

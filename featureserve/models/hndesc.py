@@ -1,7 +1,7 @@
 """`hndesc`: HNDesc descriptors (Melekhov et al., 3DV 2021) at SIFT keypoints.
 
 The network is the CAPS encoder-decoder of `caps.py`, of which only the fine map (128-D, stride 4) is trained
-and served, as in the released HNDesc model whose backbone is the CAPS ResUNet (METHODS.md §3.1).
+and served, as in the released HNDesc model whose backbone is the CAPS ResUNet (HNDesc: Melekhov et al., 3DV 2021).
 Descriptors are bilinear samples of that map, L2-normalised, on the scale pyramid of `caps` (each keypoint where
 its SIFT size is ``reference_size``). Keypoints come from OpenCV SIFT, chosen by measurement against scfeat's
 detector (docs/MODELS.md records both).
@@ -24,7 +24,7 @@ import torch
 from .caps import CAPS, CAPSNetwork
 from .cards import CHECKPOINT_DIR
 from .dense import sample_descriptors
-from .features import DescriptorSpec
+from .features import DescriptorInfo
 
 DEFAULT_CARD = CHECKPOINT_DIR / "hndesc-lite.json"
 
@@ -33,7 +33,7 @@ class HNDesc(CAPS):
     """HNDesc descriptors (the fine map only, 128-D) at SIFT keypoints, batched as padded tensors."""
 
     name = "hndesc"
-    descriptor = DescriptorSpec("float", 128, "cosine")
+    descriptor = DescriptorInfo("float", 128, "cosine")
     descriptor_strides: ClassVar[tuple[int, ...]] = (CAPSNetwork.strides[1],)
     default_conf: ClassVar[dict[str, Any]] = {**CAPS.default_conf, "card": str(DEFAULT_CARD)}
 

@@ -1,6 +1,6 @@
 """`orb-patch`: ORB keypoints with the learned 32x32 patch descriptor of Markuš, Pandžić and Ahlberg.
 
-The network is the "3x32x32 -> 128" model of the reference code (METHODS.md §4.1): five convolutions,
+The network is the "3x32x32 -> 128" model of the reference code (Markuš et al., IEEE TIP 2019): five convolutions,
 no padding and no normalisation layers, 259 296 parameters, an L2-normalised 128-D output. Patches are
 cut at OpenCV ORB keypoints as in the paper's training data: a square of side ``1.5 x keypoint size``,
 rotated by the keypoint angle and resampled to 32x32 (bilinear here, bicubic in the reference), RGB in
@@ -27,12 +27,12 @@ from torch import nn
 from .base import check_image, image_size, rescale_points, resize_image, to_grey
 from .cards import CHECKPOINT_DIR, ModelCard, load_network
 from .classical import ORB
-from .features import DescriptorSpec, Features, KeypointOptions
+from .features import DescriptorInfo, Features, KeypointOptions
 from .keypoints import candidate_count
 
 DEFAULT_CARD = CHECKPOINT_DIR / "orb-patch.json"
 PATCH_SIZE = 32
-SIDE_PER_SIZE = 1.5  # patch side in pixels = 1.5 x the keypoint's size (METHODS.md §4.3)
+SIDE_PER_SIZE = 1.5  # patch side in pixels = 1.5 x the keypoint's size (Markuš et al., IEEE TIP 2019)
 # A patch is sampled from the finest half-octave pyramid level on which its samples lie at most this many level
 # pixels apart. Measured on Oxford MMA@3 with the committed weights: 0.603 sampling the full image, 0.620 at 2,
 # 0.633 at 1.41, 0.638 at 1, 0.645 at 0.71 and at 0.5; 0.5 gave the better epipolar precision on the posed sets
@@ -146,7 +146,7 @@ class OrbPatch(ORB):
     """ORB keypoints (OpenCV, threaded per image) described by the learned patch network."""
 
     name = "orb-patch"
-    descriptor = DescriptorSpec("float", 128, "cosine")
+    descriptor = DescriptorInfo("float", 128, "cosine")
     default_conf: ClassVar[dict[str, Any]] = {
         **ORB.default_conf,
         "card": str(DEFAULT_CARD),

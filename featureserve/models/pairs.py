@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .features import Features
-from .geometry import Geometry, Verification, verify
+from .geometry import GeometryKind, GeometryResult, verify
 from .matching import Matcher, Matches, match_descriptors
 
 
@@ -18,7 +18,7 @@ class PairOptions:
     matcher: Matcher = "mnn"
     ratio: float | None = None
     max_distance: float | None = None
-    geometry: Geometry | None = None
+    geometry: GeometryKind | None = None
     ransac_threshold: float = 3.0
     ransac_confidence: float = 0.9999
     ransac_max_iterations: int = 10000
@@ -33,7 +33,7 @@ class PairResult:
     matches: Matches
     points0: np.ndarray
     points1: np.ndarray
-    verification: Verification | None
+    geometry: GeometryResult | None
 
 
 def match_pair(features0: Features, features1: Features, options: PairOptions) -> PairResult:
@@ -51,9 +51,9 @@ def match_pair(features0: Features, features1: Features, options: PairOptions) -
     )
     points0 = features0.keypoints[matches.indices[:, 0]]
     points1 = features1.keypoints[matches.indices[:, 1]]
-    verification = None
+    geometry = None
     if options.geometry is not None:
-        verification = verify(
+        geometry = verify(
             points0,
             points1,
             options.geometry,
@@ -63,4 +63,4 @@ def match_pair(features0: Features, features1: Features, options: PairOptions) -
             options.intrinsics0,
             options.intrinsics1,
         )
-    return PairResult(matches, points0, points1, verification)
+    return PairResult(matches, points0, points1, geometry)

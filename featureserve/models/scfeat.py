@@ -1,5 +1,5 @@
 """`scfeat`: SCFeat keypoints and descriptors (Sun et al., "Shared Coupling-bridge for Weakly Supervised Local
-Feature Learning", 2022; METHODS.md §2), re-implemented.
+Feature Learning", 2022, arXiv 2212.07047), re-implemented.
 
 The served "fast" network (`HEADS`) is a light trunk (8, 24, 64 and 128 channels at strides 2 to 16, as XFeat
 spends few channels where the resolution is high; Potje et al., CVPR 2024) whose three levels are fused at stride
@@ -43,7 +43,7 @@ from .base import image_size, normalise_rows, rescale_points, resize_image
 from .caps import GREY_MEAN, GREY_STD, SIZES, UNetBackbone, conv_block, resize_like
 from .cards import CHECKPOINT_DIR, ModelCard, load_network
 from .dense import DenseFeatureModel, within_max_pixels
-from .features import DescriptorSpec, Features, KeypointOptions
+from .features import DescriptorInfo, Features, KeypointOptions
 from .keypoints import candidate_count, select_keypoints
 from .orientation import central_gradients, gaussian_blur
 
@@ -116,7 +116,8 @@ def hessian_blobness(image: torch.Tensor, sigma: float = 1.6) -> torch.Tensor:
 
 
 class CouplingBridgeNorm(nn.Module):
-    """Learnable blend of position-wise and channel-wise normalisation of a ``(B, C, h, w)`` map (METHODS.md §2.1).
+    """Learnable blend of position-wise and channel-wise normalisation of a ``(B, C, h, w)`` map (SCFeat: Sun et
+    al., arXiv 2212.07047).
 
     Position-wise: normalise across channels at every pixel, then an affine map whose scale and shift are 7x7
     convolutions of the per-pixel channel mean. Channel-wise: instance normalisation without affine or running
@@ -171,7 +172,8 @@ def combine_scores(
 
 
 class Detector(nn.Module):
-    """Full-resolution keypoint scores from detached features at stride 4 and the image (METHODS.md §2.1).
+    """Full-resolution keypoint scores from detached features at stride 4 and the image (SCFeat: Sun et al., arXiv
+    2212.07047).
 
     ``S = up(P(X)) * Q(I) * o`` where ``P`` is `peakiness`, ``X`` the features, ``I`` the normalised image and
     ``o`` a small convolutional head on both (its image branch sees ``P(I) * I``, as in the reference); every
@@ -311,7 +313,7 @@ class SCFeat(DenseFeatureModel):
     """SCFeat keypoints (its own detector) and 128-D descriptors, batched as padded tensors."""
 
     name = "scfeat"
-    descriptor = DescriptorSpec("float", DESCRIPTOR_DIM, "cosine")
+    descriptor = DescriptorInfo("float", DESCRIPTOR_DIM, "cosine")
     default_conf: ClassVar[dict[str, Any]] = {
         **DenseFeatureModel.default_conf,
         "nms_radius": 1,  # 3x3 NMS as in the reference extractor

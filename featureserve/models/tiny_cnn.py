@@ -14,7 +14,7 @@ from torch import nn
 
 from .cards import ModelCard
 from .dense import DenseFeatureModel
-from .features import DescriptorSpec
+from .features import DescriptorInfo
 
 
 class TinyCNNNetwork(nn.Module):
@@ -46,7 +46,7 @@ class TinyCNN(DenseFeatureModel):
     """Untrained test model with real tensor batching (see the module docstring)."""
 
     name = "tiny-cnn"
-    descriptor = DescriptorSpec("float", 64, "cosine")
+    descriptor = DescriptorInfo("float", 64, "cosine")
     descriptor_strides: ClassVar[tuple[int, ...]] = (4,)
     default_conf: ClassVar[dict[str, Any]] = {**DenseFeatureModel.default_conf, "seed": 0}
 

@@ -12,7 +12,7 @@ import numpy as np
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..models import DescriptorSpec, Features, KeypointOptions, PairOptions, intrinsics_matrix
+from ..models import DescriptorInfo, Features, KeypointOptions, PairOptions, intrinsics_matrix
 from .errors import InvalidInput, InvalidOption
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -117,7 +117,7 @@ def features_from_arrays(
     keypoints: np.ndarray,
     scores: np.ndarray | None,
     descriptors: np.ndarray,
-    spec: DescriptorSpec | None,
+    spec: DescriptorInfo | None,
     image_size: tuple[int, int],
 ) -> Features:
     """Check an uploaded feature set (any transport) and build `Features`; raises `InvalidInput` naming ``name``.
@@ -136,7 +136,7 @@ def features_from_arrays(
         if not np.all(np.isfinite(descriptors)):
             raise InvalidInput(f"{name}.descriptors contains non-finite values")
     if spec is None:
-        spec = DescriptorSpec("binary", 8 * cols, "hamming") if binary else DescriptorSpec("float", cols, "l2")
+        spec = DescriptorInfo("binary", 8 * cols, "hamming") if binary else DescriptorInfo("float", cols, "l2")
     if spec.metric not in METRICS.get(spec.kind, ()):
         raise InvalidInput(f"{name}.descriptor: kind {spec.kind!r} with metric {spec.metric!r} is not supported")
     if (spec.kind == "binary") != binary or spec.row_length != cols:

@@ -182,14 +182,14 @@ class Operations:
             raise InvalidInput(str(error)) from None
         label = model or "features"
         self.metrics.matches.labels(label).observe(len(result.matches))
-        if result.verification is not None:
-            self.metrics.inliers.labels(label).observe(result.verification.num_inliers)
+        if result.geometry is not None:
+            self.metrics.inliers.labels(label).observe(result.geometry.num_inliers)
         return result
 
     async def draw(self, image0: np.ndarray, image1: np.ndarray, matched: Matched, title: str) -> bytes:
         """A PNG of both images side by side with the matches drawn (inliers green, outliers red)."""
         result = matched.result
-        inliers = None if result.verification is None else result.verification.inliers
+        inliers = None if result.geometry is None else result.geometry.inliers
         return await self.pool.run_cpu(match_picture, image0, image1, result.points0, result.points1, inliers, title)
 
     def _check_feature_size(self, name: str, features: Features) -> None:

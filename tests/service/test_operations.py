@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from featureserve.local import LocalClient
-from featureserve.models import DescriptorSpec, Features, KeypointOptions, load_model
+from featureserve.models import DescriptorInfo, Features, KeypointOptions, load_model
 from featureserve.models.registry import MODELS
 from featureserve.service.contract import ExtractOptions, MatchOptions
 from featureserve.service.errors import (
@@ -101,7 +101,7 @@ def test_shared_checks_refuse_with_the_field_named(photo: np.ndarray) -> None:
             np.ones(2, np.float32),
             np.zeros((2, MAX_DESCRIPTOR_WIDTH + 1), np.float32),
             (64, 64),
-            DescriptorSpec("float", MAX_DESCRIPTOR_WIDTH + 1, "l2"),
+            DescriptorInfo("float", MAX_DESCRIPTOR_WIDTH + 1, "l2"),
         )
         pair = ops.plan_match(MatchOptions(), extract=False)
         with pytest.raises(PayloadTooLarge, match=r"features0\.descriptors"):

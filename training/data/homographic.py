@@ -2,10 +2,10 @@
 
 Two datasets, both pure functions of ``(seed, index)``:
 
-- `CropPairs` (HNDesc, METHODS.md §3.2): two homographic crops of one photo, the second with a strong
+- `CropPairs` (HNDesc: Melekhov et al., 3DV 2021): two homographic crops of one photo, the second with a strong
   appearance change (the stand-in for the paper's photorealistic stylisation), and SIFT keypoints of crop A
   mapped into crop B as (anchor, positive) pairs.
-- `PhotoBagPairs` (Markuš et al., METHODS.md §4.3): bags of ORB-keypoint patches from views of photos; two
+- `PhotoBagPairs` (Markuš et al., IEEE TIP 2019, Sec. III): bags of ORB-keypoint patches from views of photos; two
   views of one photo form the matching pair (the image-level weak label), bags of other photos are the
   negatives. No keypoint correspondence leaves this module.
 """
@@ -33,7 +33,7 @@ class ViewConfig:
 
     ``zoom`` is the fraction of the view side covered in the source photo; ``perspective`` scales two opposite
     sides of the view's footprint independently; a ``wide_rotation_fraction`` of views draws its rotation from
-    the whole circle, the rest from ``±max_rotation`` (§3.2 uses ±15°; wider here so the served descriptor
+    the whole circle, the rest from ``±max_rotation`` (HNDesc uses ±15°; wider here so the served descriptor
     copes with rotated sequences).
     """
 
@@ -161,9 +161,9 @@ class CropConfig:
 
     size: int = 192
     keypoints: int = 128
-    shift: float = 0.1  # crop B's centre = crop A's ± shift x size in x and y (§3.2)
+    shift: float = 0.1  # crop B's centre = crop A's ± shift x size in x and y (as HNDesc)
     stylise_probability: float = 0.7
-    min_std: float = 20.0  # grey-level standard deviation crop A needs (§3.2)
+    min_std: float = 20.0  # grey-level standard deviation crop A needs (as HNDesc)
     min_keypoints: int = 8
     tries: int = 10
     view: ViewConfig = ViewConfig()

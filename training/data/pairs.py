@@ -1,6 +1,6 @@
 """Training samples: a posed pair, photometric augmentation and query points, as tensors.
 
-Query points follow CAPS (METHODS.md §1.4): candidates are SIFT detections plus about 10 % uniform random
+Query points follow CAPS (Wang et al., ECCV 2020): candidates are SIFT detections plus about 10 % uniform random
 pixels in image 1, pruned by visibility (the exact mask for synthetic pairs; for real pairs, the epipolar line
 must cross image 2), then ``num_queries`` are drawn with one explicitly seeded generator.
 """

@@ -35,7 +35,7 @@ def procedural_texture(rng: np.random.Generator, size: tuple[int, int]) -> np.nd
 
 @dataclass(frozen=True)
 class PhotometricConfig:
-    """Ranges of the per-view photometric changes (METHODS.md §1.5 uses ColorJitter 1 / 1 / 1 / 0.4)."""
+    """Ranges of the per-view photometric changes (CAPS's code uses ColorJitter 1 / 1 / 1 / 0.4)."""
 
     brightness: float = 0.3
     contrast: float = 0.4

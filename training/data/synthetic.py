@@ -1,10 +1,11 @@
 """Synthetic posed image pairs: piecewise-planar scenes seen by two cameras with known K, R, t.
 
 A scene is a textured back wall, an optional ground plane and 2-7 textured planes with random poses in front
-of camera 1 (METHODS.md §6.4). Each view is rendered by one homography per plane (texture -> image), composited
+of camera 1 (our synthetic posed pairs). Each view is rendered by one homography per plane (texture -> image),
+composited
 with a z-buffer, so depth, plane labels, visibility masks and dense ground-truth correspondences come for free.
 Camera 2 moves by a baseline proportional to the scene depth, looks back at the scene, rolls about its optical
-axis and zooms, so training sees the rotation and scale changes that real sequences have (§6.8 lesson 1).
+axis and zooms, so training sees the rotation and scale changes that real sequences have.
 """
 
 from __future__ import annotations

@@ -6,13 +6,13 @@ from ..config import TrainConfig
 from .base import Method
 from .caps import CAPSMethod
 from .hndesc import HNDescMethod
-from .patch import PatchMethod
+from .orb_patch import OrbPatchMethod
 from .scfeat import SCFeatMethod
 
 METHODS: dict[str, type[Method]] = {
     "caps": CAPSMethod,
     "hndesc": HNDescMethod,
-    "orb-patch": PatchMethod,
+    "orb-patch": OrbPatchMethod,
     "scfeat": SCFeatMethod,
 }
 
@@ -25,4 +25,4 @@ def method_for(config: TrainConfig) -> Method:
         raise ValueError(f"unknown method {config.method!r}; known: {sorted(METHODS)}") from None
 
 
-__all__ = ["METHODS", "CAPSMethod", "HNDescMethod", "Method", "PatchMethod", "SCFeatMethod", "method_for"]
+__all__ = ["METHODS", "CAPSMethod", "HNDescMethod", "Method", "OrbPatchMethod", "SCFeatMethod", "method_for"]

@@ -1,4 +1,4 @@
-"""CAPS (METHODS.md §1): posed pairs, epipolar + cycle losses, coarse + fine maps at SIFT keypoints."""
+"""CAPS (Wang et al., ECCV 2020): posed pairs, epipolar + cycle losses, coarse + fine maps at SIFT keypoints."""
 
 from __future__ import annotations
 

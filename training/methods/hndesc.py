@@ -1,7 +1,8 @@
-"""HNDesc (METHODS.md §3): homographic crop pairs with appearance changes, AP loss with in-batch hard negatives.
+"""HNDesc (Melekhov et al., 3DV 2021): homographic crop pairs with appearance changes, AP loss with in-batch hard
+negatives.
 
 The network is a `CAPSNetwork` of which only the fine (stride 4) map is trained and served, as in the
-released model, whose backbone is the CAPS ResUNet returning its fine map (§3.1).
+released model, whose backbone is the CAPS ResUNet returning its fine map.
 """
 
 from __future__ import annotations

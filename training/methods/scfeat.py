@@ -1,4 +1,4 @@
-"""SCFeat (METHODS.md §2): two stages on CAPS's posed pairs, then one network that detects and describes.
+"""SCFeat (Sun et al., arXiv 2212.07047): two stages on CAPS's posed pairs, then one network that detects and describes.
 
 Stage ``descriptor`` trains the backbone, fusion and coupling bridge with the line-to-window epipolar loss;
 stage ``detector`` freezes them and trains the detector by policy gradient. The detector run starts from the

@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 from pydantic import BaseModel
 
 from ....arrays import from_array, to_array
-from ....models import DescriptorSpec, Features, ModelCard, Verification
+from ....models import DescriptorInfo, Features, GeometryResult, ModelCard
 from ....v1 import features_pb2 as pb
 from ...contract import features_from_arrays, validate_options
 from ...errors import InvalidInput, PayloadTooLarge
@@ -99,12 +99,12 @@ def features_from_message(message: pb.FeatureSet, name: str) -> Features:
         keypoints,
         scores,
         descriptors,
-        None if info is None else DescriptorSpec(info.kind, info.dim, info.metric),
+        None if info is None else DescriptorInfo(info.kind, info.dim, info.metric),
         (size.width, size.height),
     )
 
 
-def geometry_message(verification: Verification, num_matches: int) -> pb.GeometryResult:
+def geometry_message(verification: GeometryResult, num_matches: int) -> pb.GeometryResult:
     """The fitted model and its support."""
     message = pb.GeometryResult(
         geometry=verification.geometry,

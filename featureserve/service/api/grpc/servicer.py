@@ -196,8 +196,8 @@ def match_response(model: str, matched: Matched) -> service.MatchResponse:
         points1=to_array(result.points1, "float32"),
         distances=to_array(result.matches.distances, "float32"),
     )
-    if result.verification is not None:
-        response.inliers.CopyFrom(to_array(result.verification.inliers, "uint8"))
-        response.num_inliers = result.verification.num_inliers
-        response.geometry.CopyFrom(geometry_message(result.verification, len(result.matches)))
+    if result.geometry is not None:
+        response.inliers.CopyFrom(to_array(result.geometry.inliers, "uint8"))
+        response.num_inliers = result.geometry.num_inliers
+        response.geometry.CopyFrom(geometry_message(result.geometry, len(result.matches)))
     return response

@@ -213,10 +213,10 @@ class FrameSession:
         message = service.FrameMatches(
             sequence=earlier.sequence, num_matches=len(pair.matches), matches=to_array(pair.matches.indices, "int32")
         )
-        if pair.verification is not None:
-            message.inliers.CopyFrom(to_array(pair.verification.inliers, "uint8"))
-            message.num_inliers = pair.verification.num_inliers
-            message.geometry.CopyFrom(geometry_message(pair.verification, len(pair.matches)))
+        if pair.geometry is not None:
+            message.inliers.CopyFrom(to_array(pair.geometry.inliers, "uint8"))
+            message.num_inliers = pair.geometry.num_inliers
+            message.geometry.CopyFrom(geometry_message(pair.geometry, len(pair.matches)))
         return message
 
 

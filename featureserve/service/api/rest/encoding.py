@@ -12,7 +12,7 @@ import orjson
 from fastapi.responses import JSONResponse
 
 from ....arrays import WIRE_DTYPES
-from ....models import DescriptorSpec, Features
+from ....models import DescriptorInfo, Features
 from ...contract import features_from_arrays
 from ...errors import FeatureServeError, InvalidInput, Overloaded
 from .schemas import FeatureSet
@@ -94,6 +94,6 @@ def decode_feature_set(feature_set: FeatureSet, name: str) -> Features:
         keypoints,
         None if feature_set.scores is None else np.asarray(feature_set.scores, np.float32),
         descriptors,
-        None if info is None else DescriptorSpec(info.kind, info.dim, info.metric),
+        None if info is None else DescriptorInfo(info.kind, info.dim, info.metric),
         (size.width, size.height) if size is not None else (0, 0),
     )

@@ -47,7 +47,7 @@ def uploaded_features(payload: Payload, side: str) -> Features | None:
 def match_response(model: str | None, matched: Matched, options: MatchOptions) -> dict:
     """The ``MatchResponse`` JSON."""
     features, result = matched.features, matched.result
-    verification = result.verification
+    verification = result.geometry
     geometry: dict[str, Any] | None = None
     if verification is not None:
         geometry = {

@@ -1,9 +1,10 @@
-"""The keypoint-correspondence patch descriptor (METHODS.md §4): bag triplets, smoothed ratio loss, hard negatives.
+"""The keypoint-correspondence patch descriptor (Markuš et al., IEEE TIP 2019): bag triplets, smoothed ratio loss,
+hard negatives.
 
 A batch holds B matching bag pairs (two views of one photo each). Triplet ``b`` is (anchor bag ``b``, positive
 bag ``b``, the union of the bags of the other photos in the batch): ``2 (B - 1)`` negative bags, 14 at B = 8
 against the reference's 12. Hard negatives follow the reference code: with gradients off, each anchor keypoint
-picks its most similar negative patch, and only those patches enter the loss (§4.2), which equals using the
+picks its most similar negative patch, and only those patches enter the loss, which equals using the
 whole union because of the loss's max. Every patch is described once per step, with gradients, so the
 negative bags cost no extra forward pass.
 """
@@ -71,7 +72,7 @@ def triplet_terms(
     }
 
 
-class PatchMethod(Method):
+class OrbPatchMethod(Method):
     """The patch descriptor on ORB-keypoint bags from views of ``data.textures`` photos."""
 
     def network(self) -> nn.Module:
@@ -120,7 +121,7 @@ class PatchMethod(Method):
             "licence": "MIT (this re-implementation)",
             "architecture": {
                 "layers": "conv3x3 32, conv4x4/2 64, conv3x3 128 + maxpool2, conv1x1 32, conv6x6 128; ReLU after the "
-                "first two; L2 normalisation (METHODS.md §4.1)",
+                "first two; L2 normalisation (Markuš et al., IEEE TIP 2019)",
                 "parameters": sum(p.numel() for p in network.parameters()),
             },
             "input": {

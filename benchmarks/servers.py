@@ -1,0 +1,179 @@
+"""The one launcher of real ``featureserve serve`` processes on loopback, shared by the benchmarks and the tests.
+
+`launch` starts a server with the given settings and returns it once ``/readyz`` answers 200; `serving` does
+the same as a context manager that always stops it and records what a benchmark reports (the resolved
+settings, the start-up time, the checkout's state). Inherited ``FEATURESERVE_*`` variables are dropped, so the
+settings in force are the ones given and the defaults. The server's output goes to a log file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import httpx
+
+LOOPBACK = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def environment(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Service settings by field name as ``FEATURESERVE_*`` variables (lists, dicts and booleans as JSON)."""
+    return {
+        f"FEATURESERVE_{key.upper()}": json.dumps(value) if isinstance(value, list | dict | bool) else str(value)
+        for key, value in settings.items()
+    }
+
+
+def resolved_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """Every service setting as a server started with ``env`` sees it (defaults included)."""
+    from featureserve.service.settings import Settings
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESERVE_")}
+    with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
+        return Settings().model_dump()
+
+
+@dataclass
+class ServerProcess:
+    """A running ``featureserve serve`` subprocess on loopback ports."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    grpc_port: int
+    env: dict[str, str]
+    log_path: Path
+    scheme: str = "http"
+    startup_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` (``https`` when it serves TLS)."""
+        return f"{self.scheme}://{LOOPBACK}:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        """``127.0.0.1:GRPC_PORT``."""
+        return f"{LOOPBACK}:{self.grpc_port}"
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        return self.process.pid
+
+    def log(self) -> str:
+        """Everything the server has written so far."""
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")
+        return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of the server's log."""
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (the service drains), wait, SIGKILL if it does not exit; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def launch(settings: Mapping[str, Any], ca: str | None = None, ready_timeout_s: float = 120.0) -> ServerProcess:
+    """Start a server with ``settings`` (by field name) and wait until it is ready; the caller stops it.
+
+    ``ca``: a PEM file that signed the server's certificate (``tls_cert_file``); it then speaks HTTPS.
+    Raises ``RuntimeError`` with the log's tail when the server exits or is not ready in time.
+    """
+    port, grpc_port = free_port(), free_port()
+    env_settings = {
+        "FEATURESERVE_HOST": LOOPBACK,
+        "FEATURESERVE_REST_PORT": str(port),
+        "FEATURESERVE_GRPC_PORT": str(grpc_port),
+        **environment(settings),
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESERVE_")} | env_settings
+    log = tempfile.NamedTemporaryFile(prefix="featureserve-", suffix=".log", delete=False)  # noqa: SIM115
+    start = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "featureserve", "serve"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    server = ServerProcess(process, port, grpc_port, env_settings, Path(log.name), "https" if ca else "http")
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
+    deadline = time.monotonic() + ready_timeout_s
+    with httpx.Client(timeout=2.0, trust_env=False, verify=verify) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}; log tail:\n{server.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(f"{server.url}/readyz").status_code == 200:
+                    server.startup_s = time.monotonic() - start
+                    return server
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server not ready after {ready_timeout_s:.0f} s; log tail:\n{server.log_tail()}")
+
+
+@contextlib.contextmanager
+def serving(
+    models: Sequence[str],
+    default_model: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    ready_timeout_s: float = 180.0,
+) -> Iterator[ServerProcess]:
+    """A benchmark's server: `launch` with ``models``, quiet logs and ``settings``; always stopped and cleaned up.
+
+    ``server.extra`` records the resolved settings, the checkout's state when it started, and its exit code.
+    """
+    from common import git_state
+
+    chosen = {
+        "models": list(models),
+        "default_model": default_model or models[0],
+        "log_level": "warning",
+        **(settings or {}),
+    }
+    server = launch(chosen, ready_timeout_s=ready_timeout_s)
+    server.extra["settings"] = resolved_settings(server.env)
+    # The server imported the code as it was now; a checkout edited during a long run shows up here.
+    server.extra["git"] = git_state()
+    try:
+        yield server
+    finally:
+        code = server.stop()
+        server.extra["exit_code"] = code
+        if code not in (0, -signal.SIGTERM):
+            print(f"warning: server exited with code {code}; log tail:\n{server.log_tail()}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            server.log_path.unlink()
