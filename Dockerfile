@@ -4,7 +4,7 @@
 #   docker build -t featureserve:cpu .                              CPU torch; runs on any x86-64 host
 #   docker build --build-arg VARIANT=cuda -t featureserve:cuda .    CUDA 13.0 torch; NVIDIA driver >= 580 on the host
 #
-# Configured by FEATURESERVE_* environment variables only (docs/GUIDE.md, "Settings"); the image reads no config file.
+# Configured by FEATURESERVE_* environment variables only (docs/configuration.md); the image reads no config file.
 # Needs BuildKit (Docker's default builder since 23.0) for the pip cache mounts.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

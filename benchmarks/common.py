@@ -5,36 +5,28 @@ HTTP server that only reads the upload (the transport baseline), percentiles, th
 information, Prometheus histogram parsing, the repository's paths (results, the Oxford data) and writing
 the JSON + Markdown results.
 
-Run as a script, this module is the null server: ``python benchmarks/common.py null-server --port N``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import hashlib
 import importlib.metadata
 import io
-import json
 import math
 import os
 import platform
 import random
 import re
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 
@@ -249,11 +241,6 @@ def _cpu_model() -> str | None:
     return None
 
 
-def now_iso() -> str:
-    """Local date and time, ISO 8601 with offset, to the second."""
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
 def process_table() -> dict[int, tuple[int, int, str]]:
     """``pid -> (parent pid, CPU ticks used so far, name)`` for every process in /proc."""
     out = {}
@@ -405,205 +392,6 @@ def server_process_setup() -> list[str]:
     return [f"{k}={os.environ.get(k, 'unset')}" for k in MALLOC_ENVIRONMENT]
 
 
-def free_port() -> int:
-    """A TCP port on the loopback interface that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def resolved_settings(env: Mapping[str, str]) -> dict[str, Any]:
-    """Every service setting as the server will see it with ``env`` (defaults included)."""
-    from featureserve.service.settings import Settings
-
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESERVE_")}
-    with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
-        return Settings().model_dump()
-
-
-@dataclass
-class ServerProcess:
-    """A ``featureserve serve`` subprocess on a loopback port; use `start_server` to get one."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    grpc_port: int
-    env: dict[str, str]
-    settings: dict[str, Any]
-    log_path: Path
-    startup_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def grpc_target(self) -> str:
-        """``127.0.0.1:GRPC_PORT``."""
-        return f"{LOOPBACK}:{self.grpc_port}"
-
-    @property
-    def pid(self) -> int:
-        """The server's process id."""
-        return self.process.pid
-
-    def cpu_seconds(self) -> float | None:
-        """CPU seconds the server has used so far."""
-        return process_cpu_seconds(self.pid)
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last ``lines`` lines of the server's log."""
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM (the service drains), wait, SIGKILL if it does not exit; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with code {process.returncode} before it was ready")
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(url).status_code == 200:
-                    return
-            time.sleep(0.1)
-    raise TimeoutError(f"server not ready after {timeout_s:.0f} s")
-
-
-@contextlib.contextmanager
-def start_server(
-    models: Sequence[str],
-    default_model: str | None = None,
-    settings: Mapping[str, Any] | None = None,
-    ready_timeout_s: float = 180.0,
-) -> Iterator[ServerProcess]:
-    """Start ``python -m featureserve serve`` on a free loopback port, wait for ``/readyz``, always stop it.
-
-    ``settings`` are service settings by field name (``{"max_batch": 8, "max_delay_ms": 5}``); they become
-    ``FEATURESERVE_*`` variables. Inherited ``FEATURESERVE_*`` variables are dropped so that the recorded
-    settings are the ones in force. The server log goes to a temporary file (shown if start-up fails).
-    """
-    port, grpc_port = free_port(), free_port()
-    env_settings: dict[str, str] = {
-        "FEATURESERVE_HOST": LOOPBACK,
-        "FEATURESERVE_REST_PORT": str(port),
-        "FEATURESERVE_GRPC_PORT": str(grpc_port),
-        "FEATURESERVE_MODELS": json.dumps(list(models)),
-        "FEATURESERVE_DEFAULT_MODEL": default_model or models[0],
-        "FEATURESERVE_LOG_LEVEL": "warning",
-    }
-    for key, value in (settings or {}).items():
-        env_settings[f"FEATURESERVE_{key.upper()}"] = (
-            json.dumps(value) if isinstance(value, list | dict | bool) else str(value)
-        )
-    resolved = resolved_settings(env_settings)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESERVE_")} | env_settings
-    log = tempfile.NamedTemporaryFile(prefix="featureserve-bench-", suffix=".log", delete=False)  # noqa: SIM115
-    log_path = Path(log.name)
-    start = time.monotonic()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "featureserve", "serve"],
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    log.close()
-    server = ServerProcess(process, port, grpc_port, env_settings, resolved, log_path)
-    try:
-        try:
-            _wait_ready(f"{server.base_url}/readyz", process, ready_timeout_s)
-        except Exception:
-            print(f"server failed to start; log tail:\n{server.log_tail()}", file=sys.stderr)
-            raise
-        server.startup_s = time.monotonic() - start
-        # The server imported the code as it was now; a checkout edited during a long run shows up here.
-        server.extra["git"] = git_state()
-        yield server
-    finally:
-        code = server.stop()
-        server.extra["exit_code"] = code
-        if code not in (0, -signal.SIGTERM):
-            print(f"warning: server exited with code {code}; log tail:\n{server.log_tail()}", file=sys.stderr)
-        with contextlib.suppress(OSError):
-            log_path.unlink()
-
-
-class _NullHandler(BaseHTTPRequestHandler):
-    """Reads the whole body, answers ``X-Reply-Bytes`` bytes (2 by default); HTTP/1.1 keep-alive."""
-
-    protocol_version = "HTTP/1.1"
-    # Without TCP_NODELAY the separate header and body writes meet delayed ACKs: ~40 ms per small reply.
-    disable_nagle_algorithm = True
-
-    def do_POST(self) -> None:
-        remaining = int(self.headers.get("content-length", "0"))
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 1 << 20))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-        reply = b" " * max(2, int(self.headers.get("x-reply-bytes", "2")))
-        self.send_response(200)
-        self.send_header("content-type", "application/octet-stream")
-        self.send_header("content-length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def _serve_null(port: int) -> None:
-    with ThreadingHTTPServer((LOOPBACK, port), _NullHandler) as httpd:
-        httpd.serve_forever()
-
-
-@contextlib.contextmanager
-def start_null_server(ready_timeout_s: float = 20.0) -> Iterator[str]:
-    """Start the null server (this module as a script) on a free loopback port; yields its base URL."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "null-server", "--port", str(port)],
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"null server exited with code {process.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.5):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("null server did not start")
-            time.sleep(0.05)
-        yield f"http://{LOOPBACK}:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Prometheus
 
@@ -692,51 +480,3 @@ def run_rounds(probes: list[Probe], rounds: int, warmup: int, seed: int) -> None
                 probe.samples.append(elapsed)
         if (round_index + 1) % 10 == 0:
             print(f"  round {round_index + 1}/{warmup + rounds}", flush=True)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub Markdown table; floats get 2 decimals (1 from 100 up), ``None`` becomes ``-``."""
-
-    def cell(value: Any) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            if math.isnan(value):
-                return "-"
-            return f"{value:.1f}" if abs(value) >= 100 else f"{value:.2f}"
-        return str(value)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_results(out: Path, report: Mapping[str, Any], markdown: str) -> None:
-    """Write ``report`` as JSON to ``out`` and ``markdown`` beside it (same stem, ``.md``)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    out.with_suffix(".md").write_text(markdown if markdown.endswith("\n") else markdown + "\n")
-    print(f"wrote {out} and {out.with_suffix('.md')}")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Benchmark helpers; run as the null HTTP server.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    null = commands.add_parser("null-server", help="HTTP server that reads the body and answers nothing")
-    null.add_argument("--port", type=int, required=True)
-    args = parser.parse_args(argv)
-    if args.command == "null-server":
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        _serve_null(args.port)
-
-
-if __name__ == "__main__":
-    _main()

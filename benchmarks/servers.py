@@ -4,10 +4,12 @@
 the same as a context manager that always stops it and records what a benchmark reports (the resolved
 settings, the start-up time, the checkout's state). Inherited ``FEATURESERVE_*`` variables are dropped, so the
 settings in force are the ones given and the defaults. The server's output goes to a log file.
+`start_null_server` starts an HTTP server that reads requests and answers nothing: the floor under a round trip.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -20,14 +22,14 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import httpx
 
-LOOPBACK = "127.0.0.1"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import LOOPBACK, REPO_ROOT, git_state
 
 
 def free_port() -> int:
@@ -65,6 +67,8 @@ class ServerProcess:
     log_path: Path
     scheme: str = "http"
     startup_s: float = 0.0
+    # Every setting as the server sees it (filled by `serving`, for the benchmark's report).
+    settings: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -154,10 +158,9 @@ def serving(
 ) -> Iterator[ServerProcess]:
     """A benchmark's server: `launch` with ``models``, quiet logs and ``settings``; always stopped and cleaned up.
 
-    ``server.extra`` records the resolved settings, the checkout's state when it started, and its exit code.
+    ``server.settings`` holds the resolved settings; ``server.extra`` the checkout's state when it started and
+    the exit code.
     """
-    from common import git_state
-
     chosen = {
         "models": list(models),
         "default_model": default_model or models[0],
@@ -165,7 +168,7 @@ def serving(
         **(settings or {}),
     }
     server = launch(chosen, ready_timeout_s=ready_timeout_s)
-    server.extra["settings"] = resolved_settings(server.env)
+    server.settings = resolved_settings(server.env)
     # The server imported the code as it was now; a checkout edited during a long run shows up here.
     server.extra["git"] = git_state()
     try:
@@ -177,3 +180,77 @@ def serving(
             print(f"warning: server exited with code {code}; log tail:\n{server.log_tail()}", file=sys.stderr)
         with contextlib.suppress(OSError):
             server.log_path.unlink()
+
+
+class _NullHandler(BaseHTTPRequestHandler):
+    """Reads the whole body, answers ``X-Reply-Bytes`` bytes (2 by default); HTTP/1.1 keep-alive."""
+
+    protocol_version = "HTTP/1.1"
+    # Without TCP_NODELAY the separate header and body writes meet delayed ACKs: ~40 ms per small reply.
+    disable_nagle_algorithm = True
+
+    def do_POST(self) -> None:
+        remaining = int(self.headers.get("content-length", "0"))
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+        reply = b" " * max(2, int(self.headers.get("x-reply-bytes", "2")))
+        self.send_response(200)
+        self.send_header("content-type", "application/octet-stream")
+        self.send_header("content-length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _serve_null(port: int) -> None:
+    with ThreadingHTTPServer((LOOPBACK, port), _NullHandler) as httpd:
+        httpd.serve_forever()
+
+
+@contextlib.contextmanager
+def start_null_server(ready_timeout_s: float = 20.0) -> Iterator[str]:
+    """Start the null server (``python -m benchmarks.servers null-server``) on a free loopback port; yields its URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.servers", "null-server", "--port", str(port)],
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"null server exited with code {process.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.5):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("null server did not start")
+            time.sleep(0.05)
+        yield f"http://{LOOPBACK}:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Server helpers; run as the null HTTP server.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    null = commands.add_parser("null-server", help="HTTP server that reads the body and answers nothing")
+    null.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "null-server":
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        _serve_null(args.port)
+
+
+if __name__ == "__main__":
+    _main()

@@ -140,7 +140,7 @@ def audit(strict: bool) -> tuple[int, dict[str, Any]]:
         for name, package in sorted(unaudited.items()):
             print(f"    {name} {package['version']}: {package['status'].removeprefix('unaudited: ')}")
         if not strict:
-            print("  (not an error without --strict or FEATURESERVE_AUDIT_STRICT=1; see docs/RELIABILITY.md)")
+            print("  (not an error without --strict or FEATURESERVE_AUDIT_STRICT=1; see docs/reliability.md)")
     code = 1 if vulnerable or (unaudited and strict) else 0
     return code, report
 

@@ -6,6 +6,6 @@ scripts/install.sh test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 # Known vulnerabilities in the installed versions fail CI; packages it cannot check are listed, not hidden
-# (FEATURESERVE_AUDIT_STRICT=1 makes them fail too; docs/RELIABILITY.md).
+# (FEATURESERVE_AUDIT_STRICT=1 makes them fail too; docs/reliability.md).
 .venv/bin/python scripts/audit.py
 exec .venv/bin/python -m pytest "$@"

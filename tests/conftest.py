@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import base64
-import os
-import socket
-import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import cv2
 import httpx
@@ -18,6 +11,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from skimage import data
+
+from benchmarks.servers import ServerProcess as Server
+from benchmarks.servers import launch
 
 # A homography with rotation, scale, shear and perspective, mild enough for every classical model.
 TEST_HOMOGRAPHY = np.array([[0.92, 0.12, 18.0], [-0.08, 0.95, 12.0], [1.2e-4, -6e-5, 1.0]])
@@ -69,62 +65,13 @@ def warped_photo(photo: np.ndarray) -> np.ndarray:
     return cv2.warpPerspective(photo, TEST_HOMOGRAPHY, (photo.shape[1], photo.shape[0]))
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A featureserve process on loopback."""
-
-    process: subprocess.Popen
-    url: str
-    grpc_target: str
-
-    def stop(self, timeout: float = 30) -> int:
-        """SIGTERM, wait, return the exit code."""
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-
 def start_server(ca: str | None = None, **settings: str) -> Server:
     """Start ``python -m featureserve serve`` (REST and gRPC) with ``FEATURESERVE_*`` settings; wait until ready.
 
     ``ca``: a PEM file that signed the server's certificate (``tls_cert_file``); the server then speaks HTTPS.
+    The benchmarks start their servers with the same launcher (`benchmarks.servers`).
     """
-    port, grpc_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "FEATURESERVE_HOST": "127.0.0.1",
-        "FEATURESERVE_REST_PORT": str(port),
-        "FEATURESERVE_GRPC_PORT": str(grpc_port),
-    }
-    env.update({f"FEATURESERVE_{k.upper()}": v for k, v in settings.items()})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "featureserve", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    server = Server(process, f"{'https' if ca else 'http'}://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
-    verify = ssl.create_default_context(cafile=ca) if ca else True
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {process.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1, verify=verify).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError("server did not become ready within 120 s")
+    return launch(settings, ca=ca)
 
 
 @pytest.fixture(scope="session")

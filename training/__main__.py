@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("run_dir", type=Path)
     export.add_argument("--name", default="caps-lite")
     export.add_argument("--evaluation", type=Path, default=None, help="JSON written by `evaluate`")
-    export.add_argument("--speed", type=Path, default=None, help="JSON written by benchmarks/extraction_speed.py")
+    export.add_argument(
+        "--speed", type=Path, default=None, help="JSON written by python -m benchmarks.performance.extraction_speed"
+    )
     export.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     export.add_argument("--out-dir", type=Path, default=None, help="default: featureserve/models/checkpoints")
     export.set_defaults(run=_export)

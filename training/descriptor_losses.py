@@ -43,7 +43,7 @@ class APConfig:
 
     ``local_negatives`` > 0 adds, as further candidates for the hardest negatives, that many points of the
     positive's own crop at ``local_min_radius`` to ``local_max_radius`` pixels from the positive: a deviation
-    from HNDesc, whose negatives all come from other crops (docs/MODELS.md, "hndesc").
+    from HNDesc, whose negatives all come from other crops (docs/models/hndesc.md).
     """
 
     negatives: int = 20

@@ -37,7 +37,8 @@ def initialisation(init_from: str | None) -> dict[str, Any] | None:
 
 
 def speed_summary(report: dict[str, Any], model: str) -> dict[str, Any]:
-    """``model``'s extraction times and their ratios to sift and orb, from a benchmarks/extraction_speed.py report."""
+    """``model``'s extraction times and their ratios to sift and orb, from a ``benchmarks.performance.extraction_speed``
+    report."""
     runs = []
     for run in report["runs"]:
         times = {name: t["median_ms"] for name, t in run["models"].items()}
@@ -45,7 +46,8 @@ def speed_summary(report: dict[str, Any], model: str) -> dict[str, Any]:
             ratios = {f"x_{base}": round(times[model] / times[base], 2) for base in ("sift", "orb") if base in times}
             runs.append({"size": run["size"], "threads": run["threads"], "median_ms": round(times[model], 1), **ratios})
     return {
-        "benchmark": "python benchmarks/extraction_speed.py (in-process extract, same shuffled rounds for every model)",
+        "benchmark": "python -m benchmarks.performance.extraction_speed (in-process extract, same shuffled rounds for "
+        "every model)",
         "date": report["date"],
         "max_keypoints": report["args"]["max_keypoints"],
         "machine": {k: report["machine"].get(k) for k in ("processor", "cpu_count", "torch_threads")},

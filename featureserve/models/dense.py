@@ -97,9 +97,9 @@ def refine_subpixel(scores: torch.Tensor, keypoints: torch.Tensor) -> torch.Tens
     IJCV 2004, §4) without the scale axis. Elsewhere each axis falls back to the vertex of the parabola through
     the peak and its two neighbours, ``(s[-1] - s[+1]) / (2 (s[-1] - 2 s[0] + s[+1]))`` clamped to half a pixel;
     on the map's border, or where the three scores are not strictly concave, the keypoint stays on its pixel.
-    The cross term matters because corner peaks are elongated along the corner's bisector, often diagonal:
-    separable parabolas gave Oxford MMA@1 0.393, the 2-D fit 0.401 (docs/MODELS.md). (The score-weighted 3x3
-    mean of the SCFeat reference pulls every peak towards the pixel centre: 0.320 against 0.362.)
+    The cross term matters because corner peaks are elongated along the corner's bisector, often diagonal;
+    the score-weighted 3x3 mean of the SCFeat reference pulls every peak towards the pixel centre
+    (docs/models/scfeat.md compares the three).
 
     Args:
         scores: ``(H, W)`` score map.
@@ -176,16 +176,16 @@ class DenseFeatureModel(FeatureModel):
     ``descriptor_strides``. Images are padded at the bottom and right to a multiple of ``conf["pad_multiple"]``
     so that images of similar size share a tensor batch; padding never moves keypoints, and detections in the
     padding are discarded. The padding repeats the last row and column: zeros would put a false edge in the
-    image, which convolutions and scfeat's image prior see as structure (Oxford MMA@3 with zeros / repeats:
-    caps 0.644 / 0.659, scfeat with its cornerness prior 0.686 / 0.692; docs/MODELS.md).
+    image, which convolutions and scfeat's image prior see as structure (docs/models/caps.md and
+    docs/models/scfeat.md measure both).
     """
 
     default_conf: ClassVar[dict[str, Any]] = {
         "device": "cpu",
         "pad_multiple": 64,
         # Larger images are downscaled to this many pixels before the network (`within_max_pixels`), which bounds
-        # the memory and time of one image: scfeat takes about 0.8 GiB per megapixel on a CPU. 2**21 keeps
-        # 1920x1080 and 1600x1200 whole; 0 or None: no limit.
+        # the memory and time of one image (docs/models/README.md, "Large images"). 2**21 keeps 1920x1080 and
+        # 1600x1200 whole; 0 or None: no limit.
         "max_pixels": 2**21,
         # Most padded pixels in one network pass: a size bucket with more is run in several passes, so that
         # ``max_batch`` large images do not multiply the peak memory. Small images still share one pass; 0 or None:
@@ -197,8 +197,7 @@ class DenseFeatureModel(FeatureModel):
         "grey": True,
         # False: steer every descriptor by its keypoint's dominant gradient orientation, blending the descriptors
         # of the image turned by the two nearest quarter turns (models/orientation.py). Four network passes per
-        # image instead of one; scfeat on Oxford: MMA@3 0.730 -> 0.727, Hacc@3 0.70 -> 0.75 (docs/MODELS.md,
-        # "Steered descriptors").
+        # image instead of one (docs/models/scfeat.md, "Steered descriptors").
         "upright": True,
     }
     descriptor_strides: ClassVar[Sequence[int]]

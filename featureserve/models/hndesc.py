@@ -4,7 +4,7 @@ The network is the CAPS encoder-decoder of `caps.py`, of which only the fine map
 and served, as in the released HNDesc model whose backbone is the CAPS ResUNet (HNDesc: Melekhov et al., 3DV 2021).
 Descriptors are bilinear samples of that map, L2-normalised, on the scale pyramid of `caps` (each keypoint where
 its SIFT size is ``reference_size``). Keypoints come from OpenCV SIFT, chosen by measurement against scfeat's
-detector (docs/MODELS.md records both).
+detector (docs/models/hndesc.md records both).
 
 Example:
     >>> from featureserve.models import load_model, KeypointOptions

@@ -8,7 +8,7 @@ rotated by the keypoint angle and resampled to 32x32 (bilinear here, bicubic in 
 from a coarser level of a half-octave pyramid so that they do not alias. The patches of an image are cut
 with one ``grid_sample`` call per pyramid level and described in one forward pass.
 
-Registered as ``orb-patch`` with the committed checkpoint (docs/MODELS.md, "orb-patch"); another exported run
+Registered as ``orb-patch`` with the committed checkpoint (docs/models/orb-patch.md); another exported run
 loads with ``OrbPatch(card="path/to/orb-patch.json")``.
 """
 
@@ -34,9 +34,7 @@ DEFAULT_CARD = CHECKPOINT_DIR / "orb-patch.json"
 PATCH_SIZE = 32
 SIDE_PER_SIZE = 1.5  # patch side in pixels = 1.5 x the keypoint's size (Markuš et al., IEEE TIP 2019)
 # A patch is sampled from the finest half-octave pyramid level on which its samples lie at most this many level
-# pixels apart. Measured on Oxford MMA@3 with the committed weights: 0.603 sampling the full image, 0.620 at 2,
-# 0.633 at 1.41, 0.638 at 1, 0.645 at 0.71 and at 0.5; 0.5 gave the better epipolar precision on the posed sets
-# (docs/MODELS.md, "orb-patch").
+# pixels apart: finer spacing scored better on Oxford and on the posed sets (docs/models/orb-patch.md).
 MAX_SAMPLE_SPACING = 0.5
 
 
@@ -46,7 +44,7 @@ class PatchNetwork(nn.Module):
     One deviation, in front of the layers: each patch is standardised (zero mean, unit standard deviation over
     its pixels and channels), as L2-Net and HardNet do, where the reference only divides by 255. Without it an
     untrained network's descriptors follow patch brightness, and the ratio loss collapses them onto one
-    direction before it learns anything (docs/MODELS.md, "orb-patch").
+    direction before it learns anything (docs/models/orb-patch.md).
     """
 
     def __init__(self) -> None:
@@ -137,8 +135,7 @@ def cv_keypoint_rows(cv_keypoints: Sequence[cv2.KeyPoint]) -> np.ndarray:
 def load_checkpoint(card_path: str | Path, device: str | torch.device = "cpu") -> tuple[PatchNetwork, dict[str, Any]]:
     """The network and the JSON card of a checkpoint: ``card_path`` names the card, the card the weights file."""
     network, card = load_network(card_path, lambda _: PatchNetwork(), device)
-    # Channels-last halves the CPU time of this small-kernel network (measured: 0.53 s against 0.90 s per
-    # 1000 patches on 2 cores).
+    # Channels-last halves the CPU time of this small-kernel network (docs/models/orb-patch.md).
     return network.to(memory_format=torch.channels_last), card
 
 
@@ -151,8 +148,8 @@ class OrbPatch(ORB):
         **ORB.default_conf,
         "card": str(DEFAULT_CARD),
         "device": "cpu",
-        # Patches per forward pass. On the 2-core CPU, 128 keeps the activations in cache: 2048 patches took
-        # 0.65 s in chunks of 128 against 1.1 s in one pass (same outputs); a GPU wants all of them at once.
+        # Patches per forward pass: on a CPU, 128 keeps the activations in cache (docs/models/orb-patch.md); a
+        # GPU wants all of them at once.
         "patch_batch": 128,
     }
 

@@ -1,7 +1,7 @@
 """Image gradients and the dominant gradient orientation at keypoints, for descriptors steered by quarter turns.
 
 A dense network that was trained on upright images describes a keypoint well only while the image is rotated by
-less than about 30 degrees (docs/MODELS.md, "Steered descriptors"). Rotating the whole image by multiples of
+less than about 30 degrees (docs/models/scfeat.md, "Steered descriptors"). Rotating the whole image by multiples of
 90 degrees is exact on a pixel grid, so a steered descriptor is the network's descriptor on the two quarter-turn
 rotations of the image that bring the keypoint's dominant orientation nearest to zero, blended linearly by how
 near each one brings it: the blend is a continuous function of the orientation, so noise in the orientation

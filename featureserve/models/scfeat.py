@@ -14,7 +14,7 @@ encoder-decoder fused at stride 4, full-resolution detector) loads from its card
 Inference: on each of three half-octave pyramid levels (one level, a single pass, is an option), 3x3 NMS, score
 threshold and sub-pixel refinement; the strongest keypoints of all levels (top-k or uniform selection), each
 described bilinearly from ``D`` on its level and the next coarser one, summed.
-Deviations from the reference code (docs/MODELS.md): grey input, a backbone distilled from our earlier checkpoint
+Deviations from the reference code (docs/models/scfeat.md): grey input, a backbone distilled from our earlier checkpoint
 instead of ImageNet initialisation, the light trunk and descriptors at stride 8, the cell detector, the Hessian
 blob response as the image prior of the score map, and peakiness inputs divided by their largest magnitude rather
 than their maximum (normalised grey can be negative everywhere).
@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import GREY_MEAN, GREY_STD, SIZES, UNetBackbone, conv_block, resize_like
 from .base import image_size, normalise_rows, rescale_points, resize_image
-from .caps import GREY_MEAN, GREY_STD, SIZES, UNetBackbone, conv_block, resize_like
 from .cards import CHECKPOINT_DIR, ModelCard, load_network
 from .dense import DenseFeatureModel, within_max_pixels
 from .features import DescriptorInfo, Features, KeypointOptions
@@ -91,7 +91,7 @@ def cornerness(image: torch.Tensor, derivative_sigma: float = 1.0, window_sigma:
     The smaller eigenvalue of the structure tensor (Shi and Tomasi, "Good features to track", CVPR 1994): large
     only where the intensity varies in two directions, near zero on edges and in flat areas. The window is 1.5
     times the derivative scale, close to the 1/0.7 of Harris-Laplace (Mikolajczyk and Schmid, IJCV 2004); a
-    window of 2 px put the peak further from the corner (Oxford MMA@1 0.362 against 0.393; docs/MODELS.md).
+    window of 2 px put the peak further from the corner (docs/models/scfeat.md).
     """
     gx, gy = central_gradients(gaussian_blur(image, derivative_sigma))
     xx, xy, yy = gaussian_blur(torch.cat([gx * gx, gx * gy, gy * gy], dim=1), window_sigma).unbind(dim=1)
@@ -105,8 +105,8 @@ def hessian_blobness(image: torch.Tensor, sigma: float = 1.6) -> torch.Tensor:
     The determinant of the Hessian of the image smoothed at ``sigma`` (Lindeberg, IJCV 1998; the SURF and A-KAZE
     detectors) is positive at the centres of bright and dark blobs, negative at saddles and near zero on edges and
     flat areas; saddles are set to zero. Blob centres stay put under blur and change of scale, where corners of
-    the structure tensor move (Oxford MMA@1 0.513 against 0.401 for `cornerness`; docs/MODELS.md). ``sigma`` is the
-    base scale of SIFT and A-KAZE.
+    the structure tensor move (docs/models/scfeat.md compares the two). ``sigma`` is the base scale of SIFT and
+    A-KAZE.
     """
     gx, gy = central_gradients(gaussian_blur(image, sigma))
     gxx, gxy = central_gradients(gx)
@@ -179,7 +179,7 @@ class Detector(nn.Module):
     ``o`` a small convolutional head on both (its image branch sees ``P(I) * I``, as in the reference); every
     factor is non-negative. The image prior ``Q`` is `hessian_blobness` by default, `cornerness` or, as in the
     reference, `peakiness`: on a grey image the channel term of ``P(I)`` is constant, so ``P(I)`` only says
-    "brighter than the 3x3 mean" (docs/MODELS.md compares the three).
+    "brighter than the 3x3 mean" (docs/models/scfeat.md compares the three).
     """
 
     def __init__(self, feature_channels: int, widths: tuple[int, ...], image_prior: str = DEFAULT_IMAGE_PRIOR) -> None:
@@ -321,7 +321,7 @@ class SCFeat(DenseFeatureModel):
         # Keypoints come from the score maps of ``scale_levels`` pyramid levels ``scale_step`` octaves apart (fewer
         # where a level's shorter side would fall under 32 px), the strongest over all levels kept; 1 level (the
         # reference's single-scale detector) is one network pass per image, for about 40 % of the pyramid's time
-        # and less tolerance of scale and rotation (docs/MODELS.md has both).
+        # and less tolerance of scale and rotation (docs/models/scfeat.md has both).
         "scale_levels": 3,
         "scale_step": 0.5,
         # True: each keypoint's descriptor is the normalised sum of its unit descriptors on the level that found it

@@ -38,9 +38,8 @@ class DrainingServer(uvicorn.Server):
 
 
 # glibc malloc settings for the serving process: one arena, no mmap for large blocks, no trimming, so
-# tensor batches reuse freed memory instead of paying page faults on every call. On the 2-core CPU here
-# tiny-cnn's REST throughput at concurrency 16 went from 6.8 to 16.8 images/s with them
-# (benchmarks/results/throughput*.md). `featureserve serve` sets any that are unset and restarts itself.
+# tensor batches reuse freed memory instead of paying page faults on every call (docs/benchmarks.md measures
+# the difference). `featureserve serve` sets any that are unset and restarts itself.
 MALLOC_ENVIRONMENT = {
     "MALLOC_ARENA_MAX": "1",
     "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
@@ -109,7 +108,7 @@ async def serve_async(settings: Settings) -> int:
 def log_final_counts(metrics: ServiceMetrics) -> None:
     """One line at exit: requests answered over the process's life, and any still in flight (0 after a drain).
 
-    Tests and ``benchmarks/overload.py`` compare it with what their clients received, which shows that a
+    Tests and ``benchmarks/reliability/overload.py`` compare it with what their clients received, which shows that a
     call a client saw cancelled during shutdown never reached the service.
     """
     answered = {"rest": 0, "grpc": 0}

@@ -19,7 +19,7 @@ API_KEY_PATTERN = re.compile(r"[\x21-\x7e]{16,}")
 class Settings(BaseSettings):
     """Service configuration; every field is an environment variable ``FEATURESERVE_<NAME>``.
 
-    List values are JSON (``FEATURESERVE_MODELS='["sift","orb"]'``). docs/GUIDE.md ("Settings") lists every knob.
+    List values are JSON (``FEATURESERVE_MODELS='["sift","orb"]'``). docs/configuration.md lists every knob.
     """
 
     # Errors never echo the input: it may hold API keys.
@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     )
     default_model: str = Field("sift", description="Model used when a request names none.")
     model_conf: dict[str, dict[str, Any]] = Field(
-        {}, description='Options per model over its defaults, e.g. {"scfeat": {"upright": false}} (docs/MODELS.md).'
+        {}, description='Options per model over its defaults, e.g. {"scfeat": {"upright": false}} (docs/models/).'
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where torch models run; auto picks cuda when available."

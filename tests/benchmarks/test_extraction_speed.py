@@ -1,4 +1,4 @@
-"""`benchmarks/extraction_speed.py` runs as documented and writes its ratios against sift and orb."""
+"""`benchmarks/performance/extraction_speed.py` runs as documented and writes its ratios against sift and orb."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_speed_benchmark_times_models_against_sift_and_orb_and_writes_its_results(tmp_path: Path) -> None:
     out = tmp_path / "speed.json"
-    argv = [sys.executable, "benchmarks/extraction_speed.py", "--models", "sift", "orb", "scfeat", "--no-variants"]
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.performance.extraction_speed",
+        "--models",
+        "sift",
+        "orb",
+        "scfeat",
+        "--no-variants",
+    ]
     argv += ["--sizes", "160x120", "--threads", "1", "--rounds", "2", "--warmup", "0", "--out", str(out)]
     subprocess.run(argv, cwd=ROOT, check=True, capture_output=True, timeout=300)
     report = json.loads(out.read_text())

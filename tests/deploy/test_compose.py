@@ -1,6 +1,6 @@
 """docker-compose.yml as Docker Compose itself reads it (the `docker-compose` binary, which validates
 against the Compose Specification schema and needs no engine for `config`): valid in every profile, and
-with the services, profiles, ports and settings that the Deployment section of docs/GUIDE.md describes."""
+with the services, profiles, ports and settings that docs/deployment.md describes."""
 
 from __future__ import annotations
 

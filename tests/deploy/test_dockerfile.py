@@ -1,4 +1,4 @@
-"""The Dockerfile: hadolint-clean, built as docs/GUIDE.md says, and fed a build context that holds the package."""
+"""The Dockerfile: hadolint-clean, built as docs/deployment.md says, and fed a build context that holds the package."""
 
 from __future__ import annotations
 

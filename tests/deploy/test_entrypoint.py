@@ -15,9 +15,10 @@ import httpx
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.servers import free_port
 from featureserve.client import GrpcClient
 from featureserve.service.settings import Settings
-from tests.conftest import encode, free_port, metric_value
+from tests.conftest import encode, metric_value
 from tests.deploy.conftest import Container, container_command, dockerfile_stages, exec_form, start_container
 
 

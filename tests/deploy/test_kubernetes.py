@@ -1,6 +1,6 @@
 """Kubernetes manifests, rendered by kubectl's own kustomize (`kubectl kustomize`, offline) and checked
 against the Kubernetes API schemas in strict mode with kubernetes-validate (unknown fields are errors, as
-with kubeconform -strict), then read for what docs/GUIDE.md promises."""
+with kubeconform -strict), then read for what docs/deployment.md promises."""
 
 from __future__ import annotations
 

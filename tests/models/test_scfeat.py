@@ -12,8 +12,8 @@ import torch
 from skimage import data
 
 from featureserve.models import KeypointOptions, load_model, match_descriptors
+from featureserve.models.backbones import resize_like
 from featureserve.models.base import image_size, normalise_rows, rescale_points, resize_image
-from featureserve.models.caps import resize_like
 from featureserve.models.cards import CHECKPOINT_DIR
 from featureserve.models.dense import DenseFeatureModel, max_filter, nms_mask, refine_subpixel
 from featureserve.models.orientation import gaussian_blur

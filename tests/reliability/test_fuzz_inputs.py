@@ -1,6 +1,6 @@
 """Property-based fuzzing (hypothesis) of image decoding and of gRPC messages sent to a live server.
 
-CI runs a bounded number of examples; ``python benchmarks/fuzz.py`` runs the same harnesses for longer.
+CI runs a bounded number of examples; ``python -m benchmarks.reliability.fuzz`` runs the same harnesses for longer.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections import Counter
 import grpc
 from hypothesis import HealthCheck, given, settings
 
+from benchmarks.fuzzing import Call, bombs, check_decode, check_grpc_call, decode_inputs, grpc_calls, seed_images
 from tests.conftest import Server
-from tests.reliability.fuzzing import Call, bombs, check_decode, check_grpc_call, decode_inputs, grpc_calls, seed_images
 
 DECODE_EXAMPLES = 400
 GRPC_EXAMPLES = 150

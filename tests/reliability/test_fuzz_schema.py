@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from benchmarks.fuzzing import schema_fuzz
 from tests.conftest import Server
-from tests.reliability.fuzzing import schema_fuzz
 
 EXAMPLES_PER_OPERATION = 25
 

@@ -1,7 +1,7 @@
 """Overload and SIGTERM on real servers, REST and gRPC, every request accounted for (see `tests.reliability.load`).
 
-Bounded (seconds): ``benchmarks/overload.py`` measures the same at length, capacity included, and
-``benchmarks/soak.py`` holds the load for minutes while watching memory.
+Bounded (seconds): ``benchmarks/reliability/overload.py`` measures the same at length, capacity included, and
+``benchmarks/reliability/soak.py`` holds the load for minutes while watching memory.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Server, encode, metric_value, start_server
-from tests.reliability.load import (
+from benchmarks.load import (
     GrpcTarget,
     Outcome,
     RestTarget,
@@ -28,6 +27,7 @@ from tests.reliability.load import (
     sequential,
     summarize,
 )
+from tests.conftest import Server, encode, metric_value, start_server
 
 # sift, one image per batch; an image is refused when its batch would start more than 30 ms from now.
 OVERLOAD_SETTINGS = {
@@ -74,9 +74,9 @@ def _assert_nothing_lost(summary: Summary) -> None:
 def test_ten_times_capacity_is_shed_by_the_queue_delay_limit_and_nothing_is_lost(
     overload_server: Server, jpeg: bytes, api: str
 ) -> None:
-    # Latency is not asserted here (timings on two shared cores are noise): benchmarks/overload.py measures the
-    # accepted p95 against the unloaded one. This test checks the mechanism that bounds it: the server refuses
-    # by its queue-delay rule, answers every accepted request correctly and loses none.
+    # Latency is not asserted here (timings on two shared cores are noise): benchmarks/reliability/overload.py
+    # measures the accepted p95 against the unloaded one. This test checks the mechanism that bounds it: the server
+    # refuses by its queue-delay rule, answers every accepted request correctly and loses none.
     async def scenario() -> Summary:
         rest, grpc_target = _targets(overload_server, jpeg)
         target = rest if api == "rest" else grpc_target
@@ -120,7 +120,7 @@ def test_sigterm_under_overload_loses_no_accepted_request(jpeg: bytes) -> None:
     try:
         rest_outcomes, grpc_outcomes = asyncio.run(scenario())
         assert server.process.wait(60) == 0
-        rest_answered, grpc_answered, in_flight = final_counts(server.process.stderr.read().decode())
+        rest_answered, grpc_answered, in_flight = final_counts(server.log())
         assert in_flight == 0
         # Requests dropped by the kernel or grpcio while the server closed are shown never to have reached it.
         rest = summarize(reconcile(rest_outcomes, rest_answered, in_flight))

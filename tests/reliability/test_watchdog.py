@@ -1,4 +1,4 @@
-"""The worker watchdog on a real server: a model thread that dies or hangs (the test-only `tests.faults` model)
+"""The worker watchdog on a real server: a model thread that dies or hangs (the test-only `benchmarks.faults` model)
 fails its own requests at once with 503 / UNAVAILABLE, is replaced, and the queue behind it is served."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.faults import CRASH, HANG, SLOW, with_command
 from featureserve.v1 import features_pb2 as pb
 from featureserve.v1 import service_pb2 as service
 from featureserve.v1.service_pb2_grpc import FeatureServiceStub
 from tests.conftest import Server, encode, metric_value, start_server
-from tests.faults import CRASH, HANG, SLOW, with_command
 
 BATCH_TIMEOUT_S = 2.0
 
@@ -27,7 +27,7 @@ def fault_server() -> Iterator[Server]:
     s = start_server(
         models='["faulty","orb"]',
         default_model="orb",
-        plugins='["tests.faults:register"]',
+        plugins='["benchmarks.faults:register"]',
         batch_timeout_s=str(BATCH_TIMEOUT_S),
         max_batch="1",
     )

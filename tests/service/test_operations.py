@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
+from benchmarks.faults import CRASH, SLOW, with_command
 from featureserve.local import LocalClient
 from featureserve.models import DescriptorInfo, Features, KeypointOptions, load_model
 from featureserve.models.registry import MODELS
@@ -28,10 +29,9 @@ from featureserve.service.metrics import ServiceMetrics
 from featureserve.service.operations import MAX_DESCRIPTOR_WIDTH, Operations
 from featureserve.service.settings import Settings
 from featureserve.service.workers import WorkerPool
-from tests.faults import CRASH, SLOW, with_command
 
 T = TypeVar("T")
-FAULTY = {"plugins": ["tests.faults:register"], "models": ["faulty"], "default_model": "faulty"}
+FAULTY = {"plugins": ["benchmarks.faults:register"], "models": ["faulty"], "default_model": "faulty"}
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Settings: validated at start-up, every knob documented in docs/GUIDE.md ("Settings")."""
+"""Settings: validated at start-up, every knob documented in docs/configuration.md."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from featureserve.models import available_models
 from featureserve.service.settings import Settings
 
-GUIDE = Path(__file__).resolve().parents[2] / "docs" / "GUIDE.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_every_setting_is_documented_with_its_default() -> None:

@@ -25,7 +25,7 @@ from training.evaluation import (
     sequence_category,
     sequence_markdown_table,
 )
-from training.evaluation.hpatches import repeatability
+from training.evaluation.metrics import repeatability
 from training.evaluation.report import card_summary
 
 MAX_KEYPOINTS = 512

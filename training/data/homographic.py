@@ -230,7 +230,7 @@ class BagConfig:
 
     ``same_view`` is the fraction of pairs whose positive bag is cut from the anchor's view with a new
     photometric draw only: its patches nearly repeat the anchor's, so even an untrained network ranks them
-    above other photos' patches and the ratio loss starts below 1 instead of collapsing (docs/MODELS.md,
+    above other photos' patches and the ratio loss starts below 1 instead of collapsing (docs/models/orb-patch.md,
     "orb-patch"). The label stays image-level: which patch repeats which is never given.
     """
 

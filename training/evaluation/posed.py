@@ -1,7 +1,7 @@
 """Posed-pair evaluation: relative-pose AUC and epipolar precision of mutual-NN matches.
 
 For each pair, features of both images are matched with plain mutual nearest neighbours (the matcher of
-`hpatches.py`); the essential matrix is fitted with MAGSAC++ from the known intrinsics and decomposed; the
+`extraction.py`); the essential matrix is fitted with MAGSAC++ from the known intrinsics and decomposed; the
 pose error is the larger of the rotation error and the (sign-free) translation-direction error, in degrees,
 and a failed estimate counts as 180°. AUC@t follows SuperGlue (area under the recall-vs-error curve up to
 t, normalised). Epipolar precision@t is the fraction of matches whose symmetric epipolar distance under the
@@ -16,20 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from featureserve.models import verify
 
 from ..data.posed import PosedImage, load_posed_image
 from ..geometry import (
-    epipolar_distance,
     fundamental_matrix,
     pose_auc,
     relative_pose,
     rotation_error_deg,
     translation_error_deg,
 )
-from .hpatches import ExtractFn, extract_capped, mutual_matches
+from .extraction import ExtractFn, extract_capped, mutual_matches
+from .metrics import symmetric_epipolar_distance
 
 
 @dataclass
@@ -76,16 +75,6 @@ class PosedEvaluation:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""
         return dataclasses.asdict(self)
-
-
-def symmetric_epipolar_distance(points1: np.ndarray, points2: np.ndarray, fundamental: np.ndarray) -> np.ndarray:
-    """``(M,)`` mean of the two point-to-epipolar-line distances, pixels."""
-    p1 = torch.as_tensor(points1, dtype=torch.float64)[None]
-    p2 = torch.as_tensor(points2, dtype=torch.float64)[None]
-    f = torch.as_tensor(fundamental, dtype=torch.float64)[None]
-    forward = epipolar_distance(p1, p2, f)
-    backward = epipolar_distance(p2, p1, f.transpose(1, 2))
-    return ((forward + backward) / 2)[0].numpy()
 
 
 def evaluate_posed_pairs(

@@ -9,21 +9,11 @@ from typing import Any
 
 from featureserve.models import load_model
 
-from ..data.posed import load_kapture, load_megadepth, load_strecha, nearby_pairs
-from .hpatches import HomographyEvaluation, evaluate_homography_sequences, markdown_table, model_extractor
-from .hpatches import sequence_markdown_table as homography_sequence_table
+from .data import load_posed_set
+from .extraction import model_extractor
+from .homography import HomographyEvaluation, evaluate_homography_sequences, markdown_table
+from .homography import sequence_markdown_table as homography_sequence_table
 from .posed import PosedEvaluation, evaluate_posed_pairs, posed_markdown_table
-
-
-def load_posed_set(format: str, path: str | Path) -> tuple[list[Any], list[tuple[int, int]]]:
-    """Images and pairs of a posed set: ``strecha`` / ``kapture`` pair neighbours at gaps 1 and 2."""
-    if format == "megadepth":
-        return load_megadepth(path)
-    loaders = {"strecha": load_strecha, "kapture": load_kapture}
-    if format not in loaders:
-        raise ValueError(f"unknown posed-set format {format!r}; known: megadepth, {', '.join(loaders)}")
-    images = loaders[format](path)
-    return images, nearby_pairs(len(images), (1, 2))
 
 
 def evaluate_models(

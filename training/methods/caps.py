@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from featureserve.models.caps import GREY_MEAN, GREY_STD, SIZES, CAPSNetwork
+from featureserve.models.backbones import GREY_MEAN, GREY_STD, SIZES
+from featureserve.models.caps import CAPSNetwork
 
 from ..data.pairs import RealPairs, SyntheticPairs
 from ..data.posed import load_kapture, load_megadepth, load_strecha, nearby_pairs

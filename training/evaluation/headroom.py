@@ -12,7 +12,7 @@ closer than either comes to the ground truth, it is the ground truth (or a scene
 misses, and no feature model can register that pair at 3 px.
 
 Usage (from the repository root):
-    python benchmarks/homography_headroom.py --models sift scfeat --out benchmarks/results/homography_headroom.json
+    python -m training.evaluation.headroom --models sift scfeat --out benchmarks/results/homography_headroom.json
 
 Writes the JSON results and a Markdown file with the same stem next to it, and prints the Markdown.
 """
@@ -20,25 +20,19 @@ Writes the JSON results and a Markdown file with the same stem next to it, and p
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from common import OXFORD_AFFINE, REPO_ROOT, RESULTS_DIR, machine_info, markdown_table, now_iso, write_results
 
 from featureserve.models import image_size, load_model
-from training.evaluation.hpatches import (
-    estimate_homography,
-    extract_capped,
-    finite_corner_error,
-    load_image,
-    load_sequences,
-    model_extractor,
-    mutual_matches,
-    reprojection_errors,
-)
+
+from .data import load_image, load_sequences
+from .extraction import extract_capped, model_extractor, mutual_matches
+from .homography import estimate_homography
+from .metrics import finite_corner_error, reprojection_errors
+from .records import DATA_ROOT, RESULTS_DIR, format_table, now_iso, run_info, write_results
 
 DEFAULT_OUT = RESULTS_DIR / "homography_headroom.json"
 RANSAC_THRESHOLD_PX = 3.0  # the evaluation's
@@ -58,7 +52,7 @@ def estimate_agreement(first: dict[str, Any], other: dict[str, Any]) -> float | 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=OXFORD_AFFINE, help="folder of homography sequences")
+    parser.add_argument("--data", type=Path, default=DATA_ROOT / "oxford_affine", help="folder of homography sequences")
     parser.add_argument("--models", nargs="+", default=["sift", "scfeat"], help="registry names")
     parser.add_argument("--max-keypoints", type=int, default=2048, help="keypoint budget per image")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output; Markdown goes beside it")
@@ -110,8 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {name: pair_headroom(load_model(name), args.data, args.max_keypoints) for name in args.models}
     report = {
         "date": now_iso(),
-        "machine": machine_info(),
-        "data": os.path.relpath(args.data.resolve(), REPO_ROOT),
+        "machine": run_info(),
+        "data": str(args.data),
         "max_keypoints": args.max_keypoints,
         "ransac_threshold_px": RANSAC_THRESHOLD_PX,
         "oracle_threshold_px": ORACLE_THRESHOLD_PX,
@@ -142,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             f"least-squares homography over the matches the true homography puts within {ORACLE_THRESHOLD_PX:g} px "
             "(*oracle matches*). `-`: no estimate.",
             "",
-            markdown_table(headers, rows),
+            format_table(headers, rows),
             "",
             f"*model vs {names[0]}*: mean corner distance (px) between that model's estimate and {names[0]}'s. Pairs "
             f"where every model's estimate is over {RANSAC_THRESHOLD_PX:g} px from the ground truth but at least "

@@ -1,7 +1,7 @@
 """Load on a live server, over REST or gRPC, with every request accounted for.
 
-Shared by ``tests/reliability/test_overload.py`` (seconds) and ``benchmarks/overload.py`` and
-``benchmarks/soak.py`` (minutes). Each request ends in exactly one of:
+Shared by ``tests/reliability/test_overload.py`` (seconds) and ``benchmarks/reliability/overload.py`` and
+``benchmarks/reliability/soak.py`` (minutes). Each request ends in exactly one of:
 
 - ``ok``: answered 200 / OK with exactly the features of an unloaded reference call;
 - ``wrong``: answered 200 / OK with other features (a failure: an accepted request must complete correctly);

@@ -1,8 +1,8 @@
 """Client round trips: `RestClient` vs `GrpcClient` (same calls, same answers) for extract and match.
 
 Usage (from the repository root):
-    python benchmarks/client_roundtrip.py            # orb and sift, 60 rounds
-    python benchmarks/client_roundtrip.py --quick    # 10 rounds
+    python -m benchmarks.performance.client_roundtrip            # orb and sift, 60 rounds
+    python -m benchmarks.performance.client_roundtrip --quick    # 10 rounds
 
 Each probe is one blocking client call as a user writes it, from encoded JPEG bytes to numpy arrays: the
 request is built, sent over a persistent connection (concurrency 1), answered by one started server
@@ -22,7 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from common import (
+
+from benchmarks.common import (
     RESULTS_DIR,
     ForeignLoad,
     Probe,
@@ -31,19 +32,16 @@ from common import (
     describe_foreign_load,
     encode_image,
     machine_info,
-    markdown_table,
-    now_iso,
     run_rounds,
     server_process_setup,
-    start_server,
     summarize_ms,
     timed,
-    write_results,
 )
-
+from benchmarks.servers import serving
 from featureserve.client import GrpcClient, RestClient
 from featureserve.local import LocalClient
 from featureserve.service.settings import Settings
+from training.evaluation.records import format_table, now_iso, write_results
 
 HOMOGRAPHY = np.array([[0.92, 0.12, 18.0], [-0.08, 0.95, 12.0], [1.2e-4, -6e-5, 1.0]])
 
@@ -93,8 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     probes: list[Probe] = []
     with (
         ForeignLoad() as foreign,
-        start_server(args.models, args.models[0], {"cpu_threads": args.cpu_threads}) as server,
-        RestClient(server.base_url) as rest,
+        serving(args.models, args.models[0], {"cpu_threads": args.cpu_threads}) as server,
+        RestClient(server.url) as rest,
         GrpcClient(server.grpc_target) as grpc_client,
     ):
         report["settings"]["server_settings"] = server.settings
@@ -136,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
             + describe_foreign_load(report["foreign_load"]),
             f"## RestClient vs GrpcClient, concurrency 1, 640x480 JPEG, {args.max_keypoints} keypoints, "
             f"{args.iterations} rounds (ms, JPEG bytes in -> numpy arrays out)",
-            markdown_table(headers, rows),
+            format_table(headers, rows),
         ]
     )
     print(markdown)

@@ -1,13 +1,13 @@
 """Overload on loopback: ten times capacity over REST and gRPC, then SIGTERM under that load.
 
-    .venv/bin/python benchmarks/overload.py [--seconds 30] [--factor 10] [--model sift]
+    .venv/bin/python -m benchmarks.reliability.overload [--seconds 30] [--factor 10] [--model sift]
 
 For each API, against a real ``featureserve serve`` on 127.0.0.1:
 1. unloaded latency: requests one at a time (``--unloaded`` of them), before and after the rest;
 2. capacity: ``--concurrency`` clients back to back for ``--capacity-seconds``: answers per second;
 3. overload: an open loop at ``--factor`` x capacity for ``--seconds``, whatever the answers.
 Then a fresh server (no queue-delay limit, so work is queued and running) takes both APIs at that rate and
-gets SIGTERM half way. Every request is classified (``tests/reliability/load.py``: ok, wrong, shed, refused,
+gets SIGTERM half way. Every request is classified (``benchmarks/load.py``: ok, wrong, shed, refused,
 failed, lost) and checked against an unloaded reference answer. Bounded: it stops by itself after about
 ``4 x --seconds + 2 x --capacity-seconds`` plus the unloaded rounds. Writes ``benchmarks/results/overload.json``
 and ``.md``.
@@ -24,22 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from benchmarks.common import (
     RESULTS_DIR,
     ForeignLoad,
-    ServerProcess,
     benchmark_image,
     describe_foreign_load,
     encode_image,
     machine_info,
-    markdown_table,
-    now_iso,
-    start_server,
-    write_results,
 )
-from tests.reliability.load import (
+from benchmarks.load import (
     GrpcTarget,
     RestTarget,
     closed_loop,
@@ -49,6 +42,8 @@ from tests.reliability.load import (
     sequential,
     summarize,
 )
+from benchmarks.servers import ServerProcess, serving
+from training.evaluation.records import format_table, now_iso, write_results
 
 OVERLOAD_SETTINGS = {"max_batch": 1, "queue_size": 4, "max_queue_delay_ms": 30, "cpu_threads": 2}
 DRAIN_SETTINGS = {"max_batch": 2, "queue_size": 8, "cpu_threads": 2, "log_level": "info"}
@@ -58,7 +53,7 @@ def make_target(api: str, server: ServerProcess, image: bytes, keepalive: bool =
     """The extract request of one API, 1000 keypoints, compared with its first answer."""
     if api == "rest":
         fields = {"max_keypoints": "1000", "descriptor_encoding": "base64"}
-        return RestTarget(server.base_url, image, fields, keepalive)
+        return RestTarget(server.url, image, fields, keepalive)
     return GrpcTarget(server.grpc_target, image, {"max_keypoints": 1000})
 
 
@@ -130,7 +125,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Overload: ten times capacity, and SIGTERM under it",
         "",
-        f"{report['date']}, `benchmarks/overload.py {' '.join(report['argv'])}`; model `{report['model']}`, "
+        f"{report['date']}, `python -m benchmarks.reliability.overload {' '.join(report['argv'])}`; "
+        f"model `{report['model']}`, "
         f"640x480 JPEG, 1000 keypoints. {report['foreign_load']}.",
         "",
         f"Server settings: {', '.join(f'{k}={v}' for k, v in report['settings'].items())}.",
@@ -148,7 +144,7 @@ def markdown(report: dict[str, Any]) -> str:
             ]
         )  # fmt: skip
     lines.append(
-        markdown_table(
+        format_table(
             [
                 "API",
                 "unloaded p50 ms",
@@ -184,7 +180,7 @@ def markdown(report: dict[str, Any]) -> str:
              r["lost"], d["server_answered"]]
         )  # fmt: skip
     lines.append(
-        markdown_table(
+        format_table(
             [
                 "API",
                 "tried",
@@ -224,12 +220,12 @@ def main() -> None:
         "machine": machine_info(),
     }
     with ForeignLoad() as foreign:
-        with start_server([args.model], settings=OVERLOAD_SETTINGS) as server:
+        with serving([args.model], settings=OVERLOAD_SETTINGS) as server:
             for api in ("rest", "grpc"):
                 report[api] = asyncio.run(measure_api(api, server, image, args))
         rates = {api: report[api]["offered_per_s"] for api in ("rest", "grpc")}
         print("drain", flush=True)
-        with start_server([args.model], settings=DRAIN_SETTINGS) as server:
+        with serving([args.model], settings=DRAIN_SETTINGS) as server:
             report["drain"] = asyncio.run(measure_drain(server, image, rates, args.seconds))
         report["foreign_load_summary"] = foreign.summary()
     report["foreign_load"] = describe_foreign_load(report["foreign_load_summary"])

@@ -1,8 +1,8 @@
 """REST throughput and latency under concurrency, and tiny-cnn's REST throughput vs in-process batches.
 
 Usage (from the repository root):
-    python benchmarks/throughput.py            # full run
-    python benchmarks/throughput.py --quick    # short run
+    python -m benchmarks.performance.throughput            # full run
+    python -m benchmarks.performance.throughput --quick    # short run
 
 The script restarts itself once under the glibc malloc settings that ``featureserve serve`` gives
 itself (``featureserve.service.serve.MALLOC_ENVIRONMENT``), so in-process and REST figures share them;
@@ -44,11 +44,11 @@ from typing import Any
 
 import httpx
 import torch
-from common import (
+
+from benchmarks.common import (
     LOOPBACK,
     RESULTS_DIR,
     ForeignLoad,
-    ServerProcess,
     add_shared_arguments,
     benchmark_image,
     bucket_counts,
@@ -60,17 +60,14 @@ from common import (
     histogram,
     histogram_delta,
     machine_info,
-    markdown_table,
     multipart_body,
-    now_iso,
     server_process_setup,
-    start_server,
     summarize_ms,
-    write_results,
 )
-
+from benchmarks.servers import ServerProcess, serving
 from featureserve.models import KeypointOptions, load_model_with_knobs
 from featureserve.service.workers.decoding import DecodeLimits, decode_image
+from training.evaluation.records import format_table, now_iso, write_results
 
 DEFAULT_OUT = RESULTS_DIR / "throughput.json"
 DESCRIPTOR_FIELDS = {
@@ -317,7 +314,7 @@ async def run_level(
     this level's load once); then /metrics and the CPU counters are read, the level runs, and they are
     read again.
     """
-    sender = CLIENTS[client](f"{server.base_url}/v1/extract", body, content_type, concurrency, cap_s)
+    sender = CLIENTS[client](f"{server.url}/v1/extract", body, content_type, concurrency, cap_s)
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     issued = 0
@@ -326,7 +323,7 @@ async def run_level(
         failed = [r for r in warmup if r != 200]
         if failed:
             print(f"  warning: {len(failed)} warm-up requests failed: {failed[0]!r}")
-        metrics_before = await _metrics_text(server.base_url)
+        metrics_before = await _metrics_text(server.url)
         server_cpu_before, client_cpu_before = server.cpu_seconds(), time.process_time()
         foreign_before = foreign.total_s() if foreign else None
         start = time.perf_counter()
@@ -356,7 +353,7 @@ async def run_level(
         wall = time.perf_counter() - start
         server_cpu_after, client_cpu_after = server.cpu_seconds(), time.process_time()
         foreign_after = foreign.total_s() if foreign else None
-        metrics_after = await _metrics_text(server.base_url)
+        metrics_after = await _metrics_text(server.url)
     finally:
         await sender.aclose()
     ok = len(latencies)
@@ -452,7 +449,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     batches = settings["inprocess_batches"]
     lines.append(
-        markdown_table(
+        format_table(
             [
                 "model",
                 *(f"list of {b}, main thread" for b in batches),
@@ -491,7 +488,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "others' CPU",
     ]
     ordered = sorted(report["main"], key=lambda row: settings["clients"].index(row["client"]))  # stable sort
-    lines.append(markdown_table(headers, [_level_cells(row) for row in ordered]))
+    lines.append(format_table(headers, [_level_cells(row) for row in ordered]))
     lines += [
         "",
         "batch sizes: `images per batch: number of batches` during the level (from the `featureserve_batch_size` "
@@ -525,7 +522,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             ]
         )
     lines.append(
-        markdown_table(
+        format_table(
             [
                 "run",
                 "client",
@@ -660,7 +657,7 @@ def main(argv: list[str] | None = None) -> None:
     }
 
     print(f"main run: {main_settings}", flush=True)
-    with start_server(args.models, args.models[0], main_settings) as server:
+    with serving(args.models, args.models[0], main_settings) as server:
         report["settings"]["main_server_env"] = server.env
         report["settings"]["main_server_settings"] = server.settings
         report["settings"]["main_server_git"] = server.extra["git"]
@@ -678,7 +675,7 @@ def main(argv: list[str] | None = None) -> None:
             settings = {**common_settings, "max_batch": max_batch, "max_delay_ms": max_delay_ms}
             print(f"sweep: {settings}", flush=True)
             requests = max(args.min_requests, args.requests_per_connection * args.sweep_concurrency)
-            with start_server([BATCHED_MODEL], BATCHED_MODEL, settings) as server:
+            with serving([BATCHED_MODEL], BATCHED_MODEL, settings) as server:
                 row = asyncio.run(
                     run_level(
                         server,

@@ -1,7 +1,7 @@
 """Time and peak memory of torch models on large images, with the served `max_pixels` limit and without it.
 
 Usage (from the repository root):
-    python benchmarks/large_images.py --models scfeat caps --sizes 1600x1200 3000x2250 \
+    python -m benchmarks.performance.large_images --models scfeat caps --sizes 1600x1200 3000x2250 \
         --out benchmarks/results/large_images.json
 
 Each measurement runs in a fresh Python process (one warm-up extract on a small image, then one timed extract),
@@ -18,9 +18,14 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO_ROOT, RESULTS_DIR, benchmark_image, machine_info, markdown_table, now_iso, write_results
-
+from benchmarks.common import (
+    REPO_ROOT,
+    RESULTS_DIR,
+    benchmark_image,
+    machine_info,
+)
 from featureserve.models import KeypointOptions, load_model
+from training.evaluation.records import format_table, now_iso, write_results
 
 DEFAULT_OUT = RESULTS_DIR / "large_images.json"
 GIB = 2**30
@@ -41,7 +46,17 @@ def measure_here(model: str, width: int, height: int, max_keypoints: int, conf: 
 
 def measure(model: str, width: int, height: int, max_keypoints: int, conf: dict) -> dict:
     """`measure_here` in a fresh process (this script with ``--measure``), so the peak RSS is that run's alone."""
-    argv = [sys.executable, __file__, "--measure", model, str(width), str(height), str(max_keypoints), json.dumps(conf)]
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.performance.large_images",
+        "--measure",
+        model,
+        str(width),
+        str(height),
+        str(max_keypoints),
+        json.dumps(conf),
+    ]
     done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -68,7 +83,7 @@ def main() -> None:
                 rows.append({"model": model, "width": width, "height": height, "max_pixels": limit, **result})
                 print(rows[-1], flush=True)
     report = {"date": now_iso(), "machine": machine_info(), "max_keypoints": args.max_keypoints, "rows": rows}
-    table = markdown_table(
+    table = format_table(
         ["model", "image", "max_pixels", "seconds", "peak RSS (GiB)", "keypoints"],
         [
             [

@@ -5,7 +5,8 @@ perspective, no illumination change), so the figures isolate what a model does u
 zoom; a drop here names the cause of a drop on sequences such as Oxford boat (rotation and zoom) or wall.
 
 Usage (from the repository root):
-    python benchmarks/invariance.py --models sift scfeat --steered scfeat --out benchmarks/results/invariance.json
+    python -m training.evaluation.invariance --models sift scfeat --steered scfeat \
+        --out benchmarks/results/invariance.json
 
 Writes the JSON results and a Markdown file with the same stem next to it, and prints the Markdown.
 """
@@ -13,17 +14,19 @@ Writes the JSON results and a Markdown file with the same stem next to it, and p
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from common import OXFORD_AFFINE, REPO_ROOT, RESULTS_DIR, machine_info, markdown_table, now_iso, write_results
 
 from featureserve.models import KeypointOptions, load_model
 from featureserve.models.base import image_size, resize_image
-from training.evaluation.hpatches import load_image, matching_accuracy, mutual_matches, reprojection_errors
+
+from .data import load_image
+from .extraction import mutual_matches
+from .metrics import matching_accuracy, reprojection_errors
+from .records import DATA_ROOT, RESULTS_DIR, format_table, now_iso, run_info, write_results
 
 DEFAULT_OUT = RESULTS_DIR / "invariance.json"
 # (rotation in degrees, scale): rotations alone, zooms alone, and boat's pair 1-3 (about 40 degrees, 0.74).
@@ -43,7 +46,7 @@ THRESHOLD_PX = 3.0
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=OXFORD_AFFINE, help="folder of homography sequences")
+    parser.add_argument("--data", type=Path, default=DATA_ROOT / "oxford_affine", help="folder of homography sequences")
     parser.add_argument("--sequences", nargs="+", default=["bikes", "wall", "leuven"], help="whose img1 to warp")
     parser.add_argument("--models", nargs="+", default=["sift", "orb"], help="registry names")
     parser.add_argument(
@@ -97,8 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {name: warp_accuracy(model, images, args.max_keypoints) for name, model in models.items()}
     report = {
         "date": now_iso(),
-        "machine": machine_info(),
-        "data": os.path.relpath(args.data.resolve(), REPO_ROOT),
+        "machine": run_info(),
+        "data": str(args.data),
         "sequences": args.sequences,
         "max_keypoints": args.max_keypoints,
         "threshold_px": THRESHOLD_PX,
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             f"MMA@{THRESHOLD_PX:g} of plain mutual nearest neighbours, at most {args.max_keypoints} keypoints "
             "per image, mean over the images.",
             "",
-            markdown_table(["model", *warps], rows),
+            format_table(["model", *warps], rows),
             "",
         ]
     )

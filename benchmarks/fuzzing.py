@@ -1,4 +1,4 @@
-"""Fuzzing harnesses shared by the CI tests (few examples) and ``benchmarks/fuzz.py`` (many).
+"""Fuzzing harnesses shared by the CI tests (few examples) and ``benchmarks/reliability/fuzz.py`` (many).
 
 Three targets:
 - `schema_fuzz`: schemathesis cases from the live server's ``/openapi.json``, for every operation, both

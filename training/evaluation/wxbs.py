@@ -9,8 +9,9 @@ labelled correspondences within t px (0 when no F was found); the table averages
 mean of that over t = 1 ... 20 px. No data of the set is used to choose anything.
 
 Usage (from the repository root):
-    python benchmarks/wxbs.py --models sift akaze scfeat --out benchmarks/results/wxbs.json
-    python benchmarks/wxbs.py --models scfeat --model-conf '{"scfeat": {"image_prior": "cornerness"}}' --out X.json
+    python -m training.evaluation.wxbs --models sift akaze scfeat --out benchmarks/results/wxbs.json
+    python -m training.evaluation.wxbs --models scfeat --model-conf '{"scfeat": {"image_prior": "cornerness"}}' \
+        --out X.json
 
 Writes the JSON results and a Markdown file with the same stem next to it, and prints the Markdown.
 """
@@ -19,19 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from common import REPO_ROOT, RESULTS_DIR, machine_info, markdown_table, now_iso, write_results
 
 from featureserve.models import load_model
-from training.evaluation.hpatches import extract_capped, load_image, model_extractor, mutual_matches
-from training.evaluation.posed import symmetric_epipolar_distance
 
-WXBS = REPO_ROOT.parent / "shared" / "data" / "wxbs_v1.1"
+from .data import load_image
+from .extraction import extract_capped, model_extractor, mutual_matches
+from .metrics import symmetric_epipolar_distance
+from .records import DATA_ROOT, RESULTS_DIR, format_table, now_iso, run_info, write_results
+
+WXBS = DATA_ROOT / "wxbs_v1.1"
 DEFAULT_OUT = RESULTS_DIR / "wxbs.json"
 RANSAC_THRESHOLD_PX = 1.0
 THRESHOLDS_PX = tuple(float(t) for t in range(1, 21))
@@ -102,8 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     report = {
         "date": now_iso(),
-        "machine": machine_info(),
-        "data": os.path.relpath(args.data.resolve(), REPO_ROOT),
+        "machine": run_info(),
+        "data": str(args.data),
         "num_pairs": len(folders),
         "max_keypoints": args.max_keypoints,
         "model_conf": args.model_conf,
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             "of the estimated F, averaged over pairs; mAA averages t = 1 ... 20 px. "
             f"Model conf: {args.model_conf or 'defaults'}.",
             "",
-            markdown_table(headers, rows),
+            format_table(headers, rows),
             "",
         ]
     )

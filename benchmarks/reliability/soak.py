@@ -1,8 +1,8 @@
 """Soak: minutes of overload, bad input and injected faults on one server, watching its memory.
 
-    .venv/bin/python benchmarks/soak.py [--minutes 10] [--factor 5]
+    .venv/bin/python -m benchmarks.reliability.soak [--minutes 10] [--factor 5]
 
-One ``featureserve serve`` on 127.0.0.1 with ``sift`` and the test-only ``faulty`` model (``tests/faults.py``,
+One ``featureserve serve`` on 127.0.0.1 with ``sift`` and the test-only ``faulty`` model (``benchmarks/faults.py``,
 registered through ``FEATURESERVE_PLUGINS``) takes, for ``--minutes``:
 - REST and gRPC extract requests for ``sift`` in an open loop at ``--factor`` x its measured capacity (half
   each), every answer checked against an unloaded reference;
@@ -32,29 +32,24 @@ import httpx
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from benchmarks.common import (
     RESULTS_DIR,
     ForeignLoad,
-    ServerProcess,
     benchmark_image,
     describe_foreign_load,
     encode_image,
     machine_info,
-    markdown_table,
-    now_iso,
-    start_server,
-    write_results,
 )
+from benchmarks.faults import CRASH, HANG, with_command
+from benchmarks.load import GrpcTarget, RestTarget, closed_loop, open_loop, sequential, summarize
+from benchmarks.servers import ServerProcess, serving
 from featureserve.v1 import features_pb2 as pb
 from featureserve.v1 import service_pb2 as service
 from featureserve.v1.service_pb2_grpc import FeatureServiceStub
-from tests.faults import CRASH, HANG, with_command
-from tests.reliability.load import GrpcTarget, RestTarget, closed_loop, open_loop, sequential, summarize
+from training.evaluation.records import format_table, now_iso, write_results
 
 SETTINGS = {
-    "plugins": ["tests.faults:register"],
+    "plugins": ["benchmarks.faults:register"],
     "max_batch": 2,
     "queue_size": 8,
     "max_queue_delay_ms": 50,
@@ -92,7 +87,7 @@ async def bad_inputs(server: ServerProcess, until: float, counts: Counter[str]) 
         ({"image": ("x.png", png)}, {"max_keypoints": "-5"}, 422),
     ]
     async with (
-        httpx.AsyncClient(base_url=server.base_url, timeout=60, trust_env=False) as client,
+        httpx.AsyncClient(base_url=server.url, timeout=60, trust_env=False) as client,
         grpc.aio.insecure_channel(server.grpc_target) as channel,
     ):
         stub = FeatureServiceStub(channel)
@@ -128,7 +123,7 @@ async def faults(server: ServerProcess, until: float, crash_every: float, hang_e
     record: dict[str, Any] = {"injected": Counter(), "answered_503": Counter(), "survived": Counter(), "other": []}
     start = time.monotonic()
     next_crash, next_hang = start + crash_every / 2, start + hang_every / 2
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=120, trust_env=False) as client:
+    async with httpx.AsyncClient(base_url=server.url, timeout=120, trust_env=False) as client:
 
         async def extract(body: bytes) -> httpx.Response:
             return await client.post("/v1/extract", files={"image": ("x.png", body)}, data={"model": "faulty"})
@@ -166,7 +161,7 @@ async def faults(server: ServerProcess, until: float, crash_every: float, hang_e
 async def soak(server: ServerProcess, args: argparse.Namespace) -> dict[str, Any]:
     """The whole run."""
     image = encode_image(benchmark_image(640, 480), "jpeg")
-    rest = RestTarget(server.base_url, image, {"max_keypoints": "1000", "descriptor_encoding": "base64"})
+    rest = RestTarget(server.url, image, {"max_keypoints": "1000", "descriptor_encoding": "base64"})
     grpc_target = GrpcTarget(server.grpc_target, image, {"max_keypoints": 1000})
     samples: list[dict[str, float]] = []
     try:
@@ -249,12 +244,13 @@ def markdown(report: dict[str, Any]) -> str:
             [
                 "# Soak: overload, bad input and faults",
                 "",
-                f"{report['date']}, `benchmarks/soak.py {' '.join(report['argv'])}`: {report['minutes']:g} minutes, "
+                f"{report['date']}, `python -m benchmarks.reliability.soak {' '.join(report['argv'])}`: "
+                f"{report['minutes']:g} minutes, "
                 f"`sift` at {report['offered_per_s_each']:.1f} requests/s over REST and over gRPC each "
                 f"({report['factor']:g} x the measured capacity of {report['capacity_per_s']:.1f}/s), 640x480 JPEG. "
                 f"{report['foreign_load']}.",
                 "",
-                markdown_table(["API", "tried", "ok", "shed", "failed", "lost", "accepted p95 ms"], rows),
+                format_table(["API", "tried", "ok", "shed", "failed", "lost", "accepted p95 ms"], rows),
                 "",
                 f"Bad input: {', '.join(f'{k}: {v}' for k, v in report['bad_input'].items())}.",
                 "",
@@ -284,7 +280,7 @@ def minute_table(samples: list[dict[str, float]]) -> str:
         if inside:
             rss = [s["rss_mib"] for s in inside]
             rows.append([minute, float(np.median(rss)), max(rss), inside[-1]["threads"], inside[-1]["open_files"]])
-    return markdown_table(["minute", "RSS median MiB", "RSS peak MiB", "threads", "open files"], rows)
+    return format_table(["minute", "RSS median MiB", "RSS peak MiB", "threads", "open files"], rows)
 
 
 def main() -> None:
@@ -304,7 +300,7 @@ def main() -> None:
         "settings": SETTINGS,
         "machine": machine_info(),
     }
-    with ForeignLoad() as foreign, start_server(["sift", "faulty"], settings=SETTINGS) as server:
+    with ForeignLoad() as foreign, serving(["sift", "faulty"], settings=SETTINGS) as server:
         report.update(asyncio.run(soak(server, args)))
         report["foreign_load_summary"] = foreign.summary()
         with contextlib.suppress(OSError):

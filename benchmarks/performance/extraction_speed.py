@@ -1,7 +1,7 @@
 """Extraction time of every served model against `sift` and `orb`, in-process, measured in the same run.
 
 Usage (from the repository root):
-    python benchmarks/extraction_speed.py --out benchmarks/results/extraction_speed.json
+    python -m benchmarks.performance.extraction_speed --out benchmarks/results/extraction_speed.json
 
 For each image size and thread count, every model (and every variant: scfeat on one level and the earlier
 scfeat-lite network) extracts the same photo (``skimage.data.astronaut`` resized) in interleaved, shuffled rounds,
@@ -23,21 +23,19 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from common import (
+
+from benchmarks.common import (
     RESULTS_DIR,
     Probe,
     benchmark_image,
     machine_info,
-    markdown_table,
-    now_iso,
     run_rounds,
     timed,
-    write_results,
 )
-
 from featureserve.models import KeypointOptions, load_model
 from featureserve.models.cards import CHECKPOINT_DIR
 from featureserve.models.registry import available_models
+from training.evaluation.records import format_table, now_iso, write_results
 
 DEFAULT_OUT = RESULTS_DIR / "extraction_speed.json"
 # name -> (model, conf): variants measured beside the served models.
@@ -172,7 +170,7 @@ def main() -> None:
         "",
         f"{report['date']}; {args.max_keypoints} keypoints; {args.rounds} rounds after {args.warmup} warm-up.",
         "",
-        markdown_table(headers, rows),
+        format_table(headers, rows),
     ]
     if args.runtimes and "scfeat" in extractors:
         set_threads(max(args.threads))
@@ -183,7 +181,7 @@ def main() -> None:
             "",
             f"## scfeat network alone, 640x512, {max(args.threads)} threads",
             "",
-            markdown_table(["runtime", "median ms", "max difference"], runtime_rows),
+            format_table(["runtime", "median ms", "max difference"], runtime_rows),
         ]
     write_results(args.out, report, "\n".join(markdown))
 

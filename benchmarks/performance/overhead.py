@@ -1,8 +1,8 @@
 """What the REST service adds to one extraction at concurrency 1: REST latency vs in-process ``model.extract``.
 
 Usage (from the repository root):
-    python benchmarks/overhead.py            # full run (100 measured rounds)
-    python benchmarks/overhead.py --quick    # short run
+    python -m benchmarks.performance.overhead            # full run (100 measured rounds)
+    python -m benchmarks.performance.overhead --quick    # short run
 
 The script restarts itself once under the glibc malloc settings that ``featureserve serve`` gives
 itself (``featureserve.service.serve.MALLOC_ENVIRONMENT``), so in-process and REST figures share them;
@@ -44,7 +44,8 @@ import httpx
 import numpy as np
 import orjson
 import torch
-from common import (
+
+from benchmarks.common import (
     RESULTS_DIR,
     ForeignLoad,
     Probe,
@@ -56,22 +57,18 @@ from common import (
     describe_performance_env,
     encode_image,
     machine_info,
-    markdown_table,
     multipart_body,
-    now_iso,
     run_rounds,
     server_process_setup,
-    start_null_server,
-    start_server,
     summarize_ms,
     timed,
-    write_results,
 )
-
+from benchmarks.servers import serving, start_null_server
 from featureserve.models import Features, KeypointOptions, load_model_with_knobs
 from featureserve.service.api.rest.extract import extract_response
 from featureserve.service.contract import ExtractOptions
 from featureserve.service.workers.decoding import DecodeLimits, decode_image
+from training.evaluation.records import format_table, now_iso, write_results
 
 DEFAULT_OUT = RESULTS_DIR / "overhead.json"
 MODES = {
@@ -218,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with (
         ForeignLoad() as foreign,
-        start_server(args.models, args.models[0], server_settings) as server,
+        serving(args.models, args.models[0], server_settings) as server,
         start_null_server() as null_url,
         httpx.Client(timeout=60.0, trust_env=False) as client,
     ):
@@ -226,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         report["settings"]["server_settings"] = server.settings
         report["server_startup_s"] = server.startup_s
         report["settings"]["server_git"] = server.extra["git"]
-        extract_url = f"{server.base_url}/v1/extract"
+        extract_url = f"{server.url}/v1/extract"
         responses: dict[tuple[str, str, str], dict[str, Any]] = {}
         uploads: dict[str, dict[str, int]] = {}
         for fmt in args.formats:
@@ -259,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
                     add(("rest", fmt, name, mode), http_probe(client, extract_url, body, headers, 200))
                     sized = {**headers, "x-reply-bytes": str(len(response.content))}
                     add(("null_sized", fmt, name, mode), http_probe(client, null_url, body, sized, 200))
-        health_url = f"{server.base_url}/healthz"
+        health_url = f"{server.url}/healthz"
 
         def health() -> float:
             start = time.perf_counter()
@@ -389,7 +386,7 @@ def render_markdown(report: dict[str, Any], stats: dict[tuple[str, ...], dict[st
             ]
         )
     lines.append(
-        markdown_table(
+        format_table(
             [
                 "format",
                 "image bytes",
@@ -424,7 +421,7 @@ def render_markdown(report: dict[str, Any], stats: dict[tuple[str, ...], dict[st
             ]
         )
     lines.append(
-        markdown_table(
+        format_table(
             [
                 "format",
                 "model",
@@ -455,7 +452,7 @@ def render_markdown(report: dict[str, Any], stats: dict[tuple[str, ...], dict[st
     ]
     parts = list(report["results"][0]["decomposition_p50_ms"]) if report["results"] else []
     lines.append(
-        markdown_table(
+        format_table(
             ["format", "model", "descriptors", *parts, "REST p50"],
             [
                 [row["format"], row["model"], row["mode"], *row["decomposition_p50_ms"].values(), row["rest_ms"]["p50"]]

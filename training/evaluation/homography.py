@@ -1,4 +1,4 @@
-"""Homography-sequence evaluation (HPatches layout, D2-Net protocol): MMA, homography accuracy, repeatability.
+"""The homography-sequence evaluation loop (HPatches layout, D2-Net protocol): MMA, homography accuracy, repeatability.
 
 A sequence is a folder with six images of one planar scene, ``1.ppm`` .. ``6.ppm`` (HPatches) or
 ``img1.png`` .. ``img6.png`` (Oxford), and ground-truth homographies ``H_1_N`` (HPatches) or ``H1toNp``
@@ -8,248 +8,24 @@ mutual nearest neighbours. The protocol follows the D2-Net HPatches notebook: a 
 pixels when the image-1 keypoint mapped by the true H lies within ``t`` px of its matched image-N keypoint;
 the MMA of a pair is correct / matches (0 without matches) and MMA@t is the mean over pairs.
 
-Detector repeatability follows the SuperPoint protocol (DeTone, Malisiewicz and Rabinovich, "SuperPoint:
-Self-Supervised Interest Point Detection and Description", CVPR Workshops 2018, section "Detector
-repeatability"; the same measure is reported by D2-Net and R2D2). For pair (1, N) with true homography H, the
-shared keypoints are those of image 1 whose H-warped position falls inside image N and those of image N whose
-H^-1-warped position falls inside image 1; a point warped to or beyond the horizon (non-finite position) is
-not shared. "Inside" is the pixel area ``-0.5 <= x <= W - 0.5``, ``-0.5 <= y <= H - 0.5``. Both shared sets
-are compared in image N's frame: a shared keypoint is repeated when the nearest shared keypoint of the other
-image lies within ``eps`` px (``<=``, as for MMA). Repeatability = (repeated in image 1 + repeated in image N)
-/ (shared in image 1 + shared in image N), 0 when nothing is shared; it is computed at ``eps`` = 3 px by
-default on the same capped keypoint sets as the MMA (the ``max_keypoints`` strongest by score) and averaged
-over pairs like the MMA.
+Repeatability is measured as `metrics.repeatability` describes; the sequences are loaded by `data`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from featureserve.models import (
-    FeatureModel,
-    Features,
-    KeypointOptions,
-    homography_corner_error,
-    image_size,
-    match_descriptors,
-    verify,
-)
+from featureserve.models import Features, image_size, verify
 
-from ..geometry import warp_points
-
-ExtractFn = Callable[[np.ndarray], Features]
-
-# Sequences not named i_* / v_* by HPatches category. Oxford affine: only leuven changes the light; blur (bikes,
-# trees) and JPEG (ubc) keep the geometry-changing "v" label that the Oxford names carry in the literature. The
-# A-KAZE Iguazu set (one view, Gaussian noise) changes no geometry, like an illumination sequence.
-SEQUENCE_CATEGORIES: dict[str, str] = {
-    "akaze_iguazu_noise": "i",
-    "bark": "v",
-    "bikes": "v",
-    "boat": "v",
-    "graf": "v",
-    "leuven": "i",
-    "trees": "v",
-    "ubc": "v",
-    "wall": "v",
-}
-CATEGORY_NAMES: dict[str, str] = {"i": "illumination", "v": "viewpoint"}
-
-_IMAGE_NAME = re.compile(r"^(?:img)?([1-9][0-9]*)\.(?:ppm|pgm|png|jpe?g)$", re.IGNORECASE)
-_HOMOGRAPHY_NAME = re.compile(r"^(?:H_1_([1-9][0-9]*)|H1to([1-9][0-9]*)p)$")
-
-
-@dataclass(frozen=True)
-class HomographyPair:
-    """Image N of a sequence and the ground-truth homography mapping image-1 pixels to it."""
-
-    index: int
-    image_path: Path
-    homography: np.ndarray
-
-
-@dataclass(frozen=True)
-class HomographySequence:
-    """One sequence: its name, category (``"i"`` or ``"v"``), reference image 1 and pairs (1, N)."""
-
-    name: str
-    category: str
-    reference_path: Path
-    pairs: tuple[HomographyPair, ...]
-
-
-def sequence_category(name: str, categories: Mapping[str, str] = SEQUENCE_CATEGORIES) -> str:
-    """``"i"`` or ``"v"`` for a sequence: from ``categories``, else the HPatches ``i_`` / ``v_`` prefix."""
-    category = categories.get(name)
-    if category is None and name[:2] in ("i_", "v_"):
-        category = name[0]
-    if category not in CATEGORY_NAMES:
-        hint = f"name it i_* / v_* or pass categories={{{name!r}: 'i' or 'v'}}"
-        raise ValueError(f"no category for sequence {name!r}: {hint}")
-    return category
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB image (grey files are expanded to three channels)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise OSError(f"cannot read image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def load_homography(path: str | Path) -> np.ndarray:
-    """``(3, 3)`` float64 homography from a whitespace-separated text file."""
-    matrix = np.loadtxt(path, dtype=np.float64)
-    if matrix.shape != (3, 3) or not np.all(np.isfinite(matrix)):
-        raise ValueError(f"{path}: expected a finite 3x3 matrix, got shape {matrix.shape}")
-    return matrix
-
-
-def _numbered_files(folder: Path) -> tuple[dict[int, Path], dict[int, Path]]:
-    """Images and homography files of a folder, keyed by their image number."""
-    images: dict[int, Path] = {}
-    homographies: dict[int, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file():
-            continue
-        image_match = _IMAGE_NAME.match(path.name)
-        h_match = _HOMOGRAPHY_NAME.match(path.name)
-        if image_match:
-            found, index = images, int(image_match.group(1))
-        elif h_match:
-            found, index = homographies, int(h_match.group(1) or h_match.group(2))
-        else:
-            continue
-        if index in found:
-            raise ValueError(f"{folder}: both {found[index].name} and {path.name} claim number {index}")
-        found[index] = path
-    return images, homographies
-
-
-def load_sequence(folder: str | Path, categories: Mapping[str, str] = SEQUENCE_CATEGORIES) -> HomographySequence:
-    """Read one sequence folder; raise ``ValueError`` if images and homography files do not pair up."""
-    folder = Path(folder)
-    images, homographies = _numbered_files(folder)
-    if 1 not in images:
-        raise ValueError(f"{folder}: no reference image (1.ppm or img1.png style)")
-    if 1 in homographies:  # the A-KAZE sets ship an identity H1to1p; anything else is a mislabelled file
-        if not np.allclose(load_homography(homographies[1]), np.eye(3), rtol=0, atol=1e-9):
-            raise ValueError(f"{folder}: {homographies[1].name} maps image 1 to itself but is not the identity")
-        del homographies[1]
-    targets = sorted(set(images) - {1})
-    if not targets or targets != sorted(homographies):
-        raise ValueError(
-            f"{folder}: images {sorted(images)} and homographies {sorted(homographies)} are not pairs (1, N)"
-        )
-    pairs = tuple(HomographyPair(n, images[n], load_homography(homographies[n])) for n in targets)
-    return HomographySequence(folder.name, sequence_category(folder.name, categories), images[1], pairs)
-
-
-def _holds_images(folder: Path) -> bool:
-    return any(_IMAGE_NAME.match(f.name) for f in folder.iterdir() if f.is_file())
-
-
-def load_sequences(
-    root: str | Path,
-    categories: Mapping[str, str] = SEQUENCE_CATEGORIES,
-    names: Iterable[str] | None = None,
-) -> list[HomographySequence]:
-    """Every sequence folder under ``root`` (sorted by name), or only those in ``names``; ``root`` itself when it
-    is one sequence folder."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"no sequence folder at {root}")
-    # A folder is a sequence when it holds numbered images; anything else under root is not ours to judge.
-    if _holds_images(root):
-        folders = {root.name: root}
-    else:
-        folders = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and _holds_images(p)}
-    if names is not None:
-        wanted = list(names)
-        missing = sorted(set(wanted) - set(folders))
-        if missing:
-            raise FileNotFoundError(f"sequences {missing} not found under {root}")
-        folders = {name: folders[name] for name in wanted}
-    if not folders:
-        raise FileNotFoundError(f"no homography sequences under {root}")
-    return [load_sequence(folder, categories) for folder in folders.values()]
-
-
-def reprojection_errors(points0: np.ndarray, points1: np.ndarray, homography: np.ndarray) -> np.ndarray:
-    """``(M,)`` pixel distance between ``H @ points0[i]`` and ``points1[i]`` (``inf`` at the horizon)."""
-    p1 = np.asarray(points1, np.float64).reshape(-1, 2)
-    with np.errstate(invalid="ignore"):
-        errors = np.linalg.norm(warp_points(points0, homography) - p1, axis=1)
-    return np.where(np.isfinite(errors), errors, np.inf)
-
-
-def inside_image(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``(M,)`` bool: finite and within the pixel area of an image of ``size`` = ``(width, height)``."""
-    width, height = size
-    points = np.asarray(points, np.float64).reshape(-1, 2)
-    with np.errstate(invalid="ignore"):
-        x_in = (points[:, 0] >= -0.5) & (points[:, 0] <= width - 0.5)
-        y_in = (points[:, 1] >= -0.5) & (points[:, 1] <= height - 0.5)
-    return np.all(np.isfinite(points), axis=1) & x_in & y_in
-
-
-def _nearest_distances(points: np.ndarray, others: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """``(M,)`` distance from each of ``points`` to its nearest neighbour in ``others`` (``inf`` if none)."""
-    if len(others) == 0:
-        return np.full(len(points), np.inf)
-    # Chunked so that uncapped keypoint sets (max_keypoints=None) do not build one huge distance matrix.
-    nearest = [
-        np.sqrt(((points[i : i + chunk, None, :] - others[None, :, :]) ** 2).sum(axis=2).min(axis=1))
-        for i in range(0, len(points), chunk)
-    ]
-    return np.concatenate(nearest) if nearest else np.zeros(0)
-
-
-def repeatability(
-    keypoints0: np.ndarray,
-    keypoints1: np.ndarray,
-    homography: np.ndarray,
-    size0: tuple[int, int],
-    size1: tuple[int, int],
-    threshold: float = 3.0,
-) -> float:
-    """SuperPoint detector repeatability of a pair at ``threshold`` px (see the module docstring).
-
-    Args:
-        keypoints0: ``(M0, 2)`` keypoints ``(x, y)`` of image 1 in pixels, pixel centres at integers.
-        keypoints1: ``(M1, 2)`` keypoints of image N.
-        homography: ``(3, 3)`` true homography mapping image-1 pixels to image N.
-        size0: ``(width, height)`` of image 1.
-        size1: ``(width, height)`` of image N.
-        threshold: ``eps`` in pixels of image N.
-    """
-    homography = np.asarray(homography, np.float64)
-    warped0 = warp_points(keypoints0, homography)
-    shared0 = warped0[inside_image(warped0, size1)]
-    points1 = np.asarray(keypoints1, np.float64).reshape(-1, 2)
-    shared1 = points1[inside_image(warp_points(points1, np.linalg.inv(homography)), size0)]
-    total = len(shared0) + len(shared1)
-    if total == 0:
-        return 0.0
-    repeated0 = int((_nearest_distances(shared0, shared1) <= threshold).sum())
-    repeated1 = int((_nearest_distances(shared1, shared0) <= threshold).sum())
-    return (repeated0 + repeated1) / total
-
-
-def matching_accuracy(errors: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
-    """Fraction of matches with reprojection error ``<= t`` for each threshold ``t`` (0 with no matches)."""
-    if len(errors) == 0:
-        return np.zeros(len(thresholds))
-    return (np.asarray(errors)[None, :] <= np.asarray(thresholds, np.float64)[:, None]).mean(axis=1)
+from .data import CATEGORY_NAMES, SEQUENCE_CATEGORIES, HomographyPair, HomographySequence, load_image, load_sequences
+from .extraction import ExtractFn, extract_capped, mutual_matches
+from .metrics import finite_corner_error, matching_accuracy, repeatability, reprojection_errors
 
 
 @dataclass
@@ -344,42 +120,6 @@ def _position(thresholds: Sequence[float], threshold: float) -> int:
         if np.isclose(t, threshold):
             return i
     raise KeyError(f"threshold {threshold} was not evaluated; evaluated: {list(thresholds)}")
-
-
-def model_extractor(model: FeatureModel, max_keypoints: int) -> ExtractFn:
-    """An ``extract_fn`` that runs ``model`` in process on one image with a keypoint budget."""
-    options = [KeypointOptions(max_keypoints=max_keypoints)]
-    return lambda image: model.extract([image], options)[0]
-
-
-def extract_capped(extract_fn: ExtractFn, image: np.ndarray, max_keypoints: int | None) -> tuple[Features, float]:
-    """Features of ``image`` capped at ``max_keypoints`` (strongest first) and the seconds they took."""
-    start = time.perf_counter()
-    features = extract_fn(image)
-    seconds = time.perf_counter() - start
-    if features.descriptors is None:
-        raise ValueError("extract_fn returned features without descriptors")
-    # The cap holds whatever the extractor does, so remote or learned models compete at the same budget.
-    if max_keypoints is not None and len(features) > max_keypoints:
-        features = features.subset(np.argsort(-features.scores, kind="stable")[:max_keypoints])
-    return features, seconds
-
-
-def mutual_matches(features0: Features, features1: Features) -> tuple[np.ndarray, np.ndarray]:
-    """``(points0, points1)``: the keypoints of the plain mutual nearest-neighbour matches, ``(M, 2)`` each."""
-    metric = features0.descriptor.metric
-    if features1.descriptor.metric != metric:
-        raise ValueError(f"descriptor metrics differ: {metric} vs {features1.descriptor.metric}")
-    matches = match_descriptors(features0.descriptors, features1.descriptors, metric=metric, matcher="mnn")
-    return features0.keypoints[matches.indices[:, 0]], features1.keypoints[matches.indices[:, 1]]
-
-
-def finite_corner_error(estimate: np.ndarray | None, truth: np.ndarray, size: tuple[int, int]) -> float | None:
-    """Mean corner error of ``estimate`` against ``truth`` in pixels; ``None`` without an estimate or when infinite."""
-    if estimate is None:
-        return None
-    error = homography_corner_error(estimate, truth, size)
-    return error if np.isfinite(error) else None
 
 
 def estimate_homography(

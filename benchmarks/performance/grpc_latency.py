@@ -1,9 +1,9 @@
 """gRPC figures: unary ``Extract`` overhead vs in-process extraction, and ``StreamFrames`` per-frame latency.
 
 Usage (from the repository root):
-    python benchmarks/grpc_latency.py                 # orb and sift, 100 rounds, 100 stream frames
-    python benchmarks/grpc_latency.py --quick
-    python benchmarks/grpc_latency.py --models orb sift caps
+    python -m benchmarks.performance.grpc_latency                 # orb and sift, 100 rounds, 100 stream frames
+    python -m benchmarks.performance.grpc_latency --quick
+    python -m benchmarks.performance.grpc_latency --models orb sift caps
 
 Unary: one 640x480 JPEG (``skimage.data.astronaut()`` resized, quality 95), 1000 keypoints, float32
 descriptors. Probes run interleaved in shuffled rounds: in-process ``decode_image`` and ``model.extract``,
@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import (
+
+from benchmarks.common import (
     REPO_ROOT,
     RESULTS_DIR,
     ForeignLoad,
@@ -43,22 +44,19 @@ from common import (
     describe_foreign_load,
     encode_image,
     machine_info,
-    markdown_table,
-    now_iso,
     run_rounds,
     server_process_setup,
-    start_server,
     summarize_ms,
     timed,
-    write_results,
 )
-
+from benchmarks.servers import serving
 from featureserve.arrays import to_array
 from featureserve.client import Frame, GrpcClient
 from featureserve.models import KeypointOptions, PairOptions, load_model_with_knobs, match_pair
 from featureserve.service.workers.decoding import DecodeLimits, decode_image
 from featureserve.v1 import features_pb2 as pb
 from featureserve.v1 import service_pb2 as service
+from training.evaluation.records import format_table, now_iso, write_results
 
 DEFAULT_OUT = RESULTS_DIR / "grpc_latency.json"
 TUM_FRAMES = REPO_ROOT.parent / "shared" / "data" / "tum_rgbd_unlabeled" / "freiburg2_desk"
@@ -179,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     streams: dict[str, dict] = {}
     with (
         ForeignLoad() as foreign,
-        start_server(args.models, args.models[0], {"cpu_threads": args.cpu_threads}) as server,
+        serving(args.models, args.models[0], {"cpu_threads": args.cpu_threads}) as server,
         GrpcClient(server.grpc_target) as client,
     ):
         report["settings"]["server_settings"] = server.settings
@@ -234,9 +232,9 @@ def main(argv: list[str] | None = None) -> None:
             + describe_foreign_load(report["foreign_load"]),
             f"## Unary Extract, concurrency 1, {args.width}x{args.height} JPEG, {args.max_keypoints} keypoints, "
             f"float32 descriptors (ms; target: overhead < {TARGET_MS:g} ms)",
-            markdown_table(unary_headers, unary_rows),
+            format_table(unary_headers, unary_rows),
             f"## StreamFrames, lock-step, {args.stream_frames} frames of {frames_origin} (ms per frame)",
-            markdown_table(stream_headers, stream_rows),
+            format_table(stream_headers, stream_rows),
         ]
     )
     print(markdown)

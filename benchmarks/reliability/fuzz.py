@@ -1,6 +1,6 @@
-"""The fuzzing harnesses of ``tests/reliability/fuzzing.py``, run for longer than CI does.
+"""The fuzzing harnesses of ``benchmarks/fuzzing.py``, run for longer than CI does.
 
-    .venv/bin/python benchmarks/fuzz.py [--decode 20000] [--grpc 5000] [--schema 400]
+    .venv/bin/python -m benchmarks.reliability.fuzz [--decode 20000] [--grpc 5000] [--schema 400]
 
 1. hypothesis on `decode_image` (in process): ``--decode`` inputs;
 2. hypothesis on gRPC messages to a live server with every model: ``--grpc`` calls;
@@ -24,10 +24,10 @@ from typing import Any
 import grpc
 from hypothesis import HealthCheck, given, settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import RESULTS_DIR, machine_info, markdown_table, now_iso, start_server, write_results
-from tests.reliability.fuzzing import Call, check_decode, check_grpc_call, decode_inputs, grpc_calls, schema_fuzz
+from benchmarks.common import RESULTS_DIR, machine_info
+from benchmarks.fuzzing import Call, check_decode, check_grpc_call, decode_inputs, grpc_calls, schema_fuzz
+from benchmarks.servers import serving
+from training.evaluation.records import format_table, now_iso, write_results
 
 MODELS = ["sift", "orb", "akaze", "caps", "tiny-cnn"]
 
@@ -85,9 +85,9 @@ def main() -> None:
     warnings.simplefilter("ignore")  # Pillow warns on truncated files; each is an expected 400
     report: dict[str, Any] = {"date": now_iso(), "argv": sys.argv[1:], "models": MODELS, "machine": machine_info()}
     report["decode"] = run_harness("decode", lambda: decode_harness(args.decode))
-    with start_server(MODELS, default_model="sift", settings={"queue_size": 256}) as server:
+    with serving(MODELS, default_model="sift", settings={"queue_size": 256}) as server:
         report["grpc"] = run_harness("grpc", lambda: grpc_harness(server.grpc_target, args.grpc))
-        report["schema"] = run_harness("schema", lambda: schema_fuzz(server.base_url, args.schema))
+        report["schema"] = run_harness("schema", lambda: schema_fuzz(server.url, args.schema))
         report["server_tracebacks"] = server.log_tail(100000).count("Traceback")
     rows = []
     for name in ("decode", "grpc", "schema"):
@@ -99,10 +99,11 @@ def main() -> None:
         [
             "# Fuzzing",
             "",
-            f"{report['date']}, `benchmarks/fuzz.py {' '.join(report['argv'])}`; server models: {', '.join(MODELS)}. "
+            f"{report['date']}, `python -m benchmarks.reliability.fuzz {' '.join(report['argv'])}`; "
+            f"server models: {', '.join(MODELS)}. "
             f"Tracebacks in the server log: {report['server_tracebacks']}.",
             "",
-            markdown_table(["target", "inputs", "seconds", "failure", "outcomes (most common)"], rows),
+            format_table(["target", "inputs", "seconds", "failure", "outcomes (most common)"], rows),
         ]
     )
     write_results(args.out, report, markdown)

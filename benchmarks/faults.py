@@ -1,9 +1,9 @@
-"""Test-only fault injection: a model that crashes or hangs its worker thread when an image tells it to.
+"""Fault injection for tests and the soak benchmark: a model that crashes or hangs its worker thread on command.
 
-It can never be served by accident: it lives under ``tests/`` (outside the installed package and the
-Docker build context) and exists only in a server started with ``FEATURESERVE_PLUGINS='["tests.faults:register"]'``
-(run from the repository root) that also lists ``faulty`` in ``FEATURESERVE_MODELS``; registering it logs a
-warning.
+It can never be served by accident: it lives under ``benchmarks/`` (outside the installed package and the
+Docker build context) and exists only in a server started from the repository root with
+``FEATURESERVE_PLUGINS='["benchmarks.faults:register"]'`` that also lists ``faulty`` in ``FEATURESERVE_MODELS``;
+registering it logs a warning.
 
 The command is the image's top-left pixel (its value in a grey image, its red value in an RGB one):
 
@@ -49,13 +49,13 @@ class FaultyModel(ORB):
     """ORB that obeys the commands above, checked on the worker thread before any work."""
 
     name = "faulty"
-    description = "Test-only fault injection model (tests/faults.py); never serve it."
+    description = "Test-only fault injection model (benchmarks/faults.py); never serve it."
 
     def _obey(self, images: Sequence[np.ndarray]) -> None:
         for image in images:
             order = command(image)
             if order == CRASH:
-                raise SystemExit("injected crash (tests/faults.py)")
+                raise SystemExit("injected crash (benchmarks/faults.py)")
             if order == HANG:
                 _never.wait(HANG_SECONDS)
             if order == SLOW:
@@ -78,7 +78,7 @@ class FaultyModel(ORB):
 
 
 def register() -> None:
-    """The plugin entry point (``tests.faults:register``): make ``faulty`` loadable by name."""
+    """The plugin entry point (``benchmarks.faults:register``): make ``faulty`` loadable by name."""
     from featureserve.models.registry import MODELS
 
     MODELS[FaultyModel.name] = FaultyModel

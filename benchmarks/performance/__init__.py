@@ -1,0 +1,1 @@
+"""Speed and throughput of the service and the models, against OpenCV and in-process calls."""

@@ -1,0 +1,1 @@
+"""Overload, soak and fuzzing of real servers on loopback."""
