@@ -329,20 +329,34 @@ def _write_hloc(args: argparse.Namespace, result: MatchResult) -> None:
 # eval and train: the training package, in a subprocess
 
 
+# The training package is part of the checkout, not of the installed package: found beside featureserve/.
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
 def training_command(arguments: Sequence[str]) -> list[str]:
     """``python -m training ARGUMENTS`` with this interpreter."""
     return [sys.executable, "-m", "training", *arguments]
 
 
+def training_environment() -> dict[str, str]:
+    """This environment with the checkout on ``PYTHONPATH`` when it holds the training package."""
+    env = dict(os.environ)
+    if (CHECKOUT / "training" / "__main__.py").is_file():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHECKOUT), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def _run_training(arguments: Sequence[str], capture: bool) -> subprocess.CompletedProcess[str]:
     try:
-        completed = subprocess.run(training_command(arguments), capture_output=capture, text=True, check=False)
+        completed = subprocess.run(
+            training_command(arguments), capture_output=capture, text=True, check=False, env=training_environment()
+        )
     except KeyboardInterrupt:
         raise CommandError("interrupted") from None
     if completed.returncode != 0:
         detail = (completed.stderr or "")[-3000:] if capture else ""
         if "No module named training" in detail:
-            raise CommandError("the training package is not installed here (it is not in the Docker image)")
+            raise CommandError("the training package comes with a checkout of the repository, not with the package")
         raise CommandError(f"python -m training {arguments[0]} failed ({completed.returncode})\n{detail}")
     return completed
 

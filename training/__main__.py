@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from .config import load_config
 
-DATA = Path("../shared/data")
+# The public evaluation and training sets (docs/training.md, "$DATA").
+DATA = Path(os.environ.get("FEATURESERVE_DATA", "../shared/data"))
 
 
 def _train(args: argparse.Namespace) -> None:

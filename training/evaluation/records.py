@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-# Where the evaluation data is found, relative to the repository root (see the data folder's README).
-DATA_ROOT = Path("../shared/data")
+# The public evaluation sets (docs/training.md, "$DATA").
+DATA_ROOT = Path(os.environ.get("FEATURESERVE_DATA", "../shared/data"))
 RESULTS_DIR = Path("benchmarks/results")
 
 
