@@ -359,7 +359,7 @@ def _stream(draw: st.DrawFn) -> list[service.StreamFramesRequest]:
 
 def grpc_calls() -> st.SearchStrategy[Call]:
     """Random FeatureService calls (see the module docstring)."""
-    methods = ["ListModels", "Extract", "ExtractBatch", "Describe", "Match"]
+    methods = ["ListModels", "Extract", "ExtractBatch", "Describe", "Match", "MatchBatch"]
     return st.one_of(
         st.builds(lambda o: Call("ListModels", service.ListModelsRequest()), st.none()),
         st.builds(
@@ -382,6 +382,17 @@ def grpc_calls() -> st.SearchStrategy[Call]:
             images(),
             st.one_of(st.none(), feature_sets()),
             st.one_of(st.none(), feature_sets()),
+            extract_options(),
+            match_options(),
+        ),
+        st.builds(
+            lambda i, f, p, o, m: Call(
+                "MatchBatch",
+                service.MatchBatchRequest(images=i, features=f, pairs=p, options=o, match_options=m),
+            ),
+            st.lists(images(), max_size=3),
+            st.lists(feature_sets(), max_size=2),
+            st.one_of(arrays("int32", (None, 2)), arrays()),
             extract_options(),
             match_options(),
         ),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,17 +30,19 @@ from .client.results import (
     FeatureSet,
     GeometryResult,
     ImageInput,
+    MatchInput,
     MatchResult,
     ModelCard,
     ModelList,
     inlier_ratio,
 )
-from .models import FeatureModel, Features, available_models, check_image
+from .models import FeatureModel, Features, PairResult, available_models, check_image
 from .models import ModelCard as ServedCard
-from .service.contract import ExtractOptions, MatchOptions, validate_options
+from .models import features as model_features
+from .service.contract import ExtractOptions, MatchOptions, features_from_arrays, validate_options
 from .service.errors import InvalidInput, ModelNotFound
 from .service.metrics import ServiceMetrics
-from .service.operations import Matched, Operations
+from .service.operations import Operations
 from .service.settings import Settings
 from .service.workers import WorkerPool
 
@@ -77,6 +80,13 @@ def feature_set(features: Features, model: str, include_descriptors: bool = True
     )
 
 
+def _shut_down(loop: asyncio.AbstractEventLoop, thread: threading.Thread, pool: WorkerPool) -> None:
+    asyncio.run_coroutine_threadsafe(pool.stop(), loop).result()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join()
+    loop.close()
+
+
 class LocalClient:
     """In-process client: ``list_models``, ``extract``, ``extract_batch``, ``match`` as the network clients.
 
@@ -90,7 +100,8 @@ class LocalClient:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="featureserve-local", daemon=True)
         self._thread.start()
-        self._closed = False
+        # Also run at exit for a client never closed, so its workers stop instead of being cut off.
+        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._thread, self.ops.pool)
 
     def __enter__(self) -> LocalClient:
         return self
@@ -99,14 +110,8 @@ class LocalClient:
         self.close()
 
     def close(self) -> None:
-        """Stop the models' workers and the private event loop."""
-        if self._closed:
-            return
-        self._closed = True
-        self._run(self.ops.pool.stop())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        """Stop the models' workers and the private event loop (once)."""
+        self._finalizer()
 
     def _run(self, work: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result()
@@ -167,22 +172,62 @@ class LocalClient:
         features = self._run(self.ops.extract_batch(plan, inputs, self._deadline(timeout)))
         return [feature_set(f, plan.model, parsed.include_descriptors, parsed.descriptor_dtype) for f in features]
 
+    def _side(self, value: MatchInput, name: str) -> bytes | np.ndarray | Features:
+        """An image as bytes or a checked array, or a client `FeatureSet` as checked `Features`."""
+        if not isinstance(value, FeatureSet):
+            return self._input(value)
+        descriptors, _ = value.wire_descriptors()
+        return features_from_arrays(
+            name,
+            np.asarray(value.keypoints, np.float32).reshape(-1, 2),
+            np.asarray(value.scores, np.float32).reshape(-1),
+            descriptors,
+            model_features.DescriptorInfo(**value.descriptor),
+            value.image_size,
+        )
+
     def match(
-        self, image0: ImageInput, image1: ImageInput, timeout: float | None = None, **options: Any
+        self, image0: MatchInput, image1: MatchInput, timeout: float | None = None, **options: Any
     ) -> MatchResult:
-        """Matches of two images, their verification with ``geometry=...``, and with ``draw=True`` a PNG."""
+        """Matches of two images (or feature sets from `extract`), their verification with ``geometry=...``, and
+        with ``draw=True`` a PNG."""
         draw = bool(options.pop(DRAW_OPTION, False))
         parsed = self._options(MatchOptions, options, EXTRACT_OPTIONS | MATCH_OPTIONS)
-        plan = self.ops.plan_match(parsed)
-        # Decoded once, for the model and for the picture.
-        arrays = [self.decode(image0), self.decode(image1)]
-        matched = self._run(self.ops.match(plan, arrays[0], arrays[1], self._deadline(timeout)))
-        drawing = self._run(self.ops.draw(arrays[0], arrays[1], matched, plan.model or "")) if draw else None
-        return self._result(plan.model or "", matched, parsed, drawing)
+        uploaded = [isinstance(value, FeatureSet) for value in (image0, image1)]
+        plan = self.ops.plan_match(parsed, extract=not all(uploaded))
+        deadline = self._deadline(timeout)
+        drawing = None
+        if draw:
+            if any(uploaded):
+                raise InvalidInput("draw needs both images (features are matched, images drawn)")
+            # Decoded once, for the model and for the picture.
+            images = [self.decode(image0), self.decode(image1)]
+            matched = self._run(self.ops.match(plan, images[0], images[1], deadline))
+            drawing = self._run(self.ops.draw(images[0], images[1], matched, plan.model or ""))
+        else:
+            sides = self._side(image0, "features0"), self._side(image1, "features1")
+            matched = self._run(self.ops.match(plan, sides[0], sides[1], deadline))
+        return self._result(plan.model or "", matched.features, matched.result, parsed, drawing)
+
+    def match_pairs(
+        self, inputs: Sequence[MatchInput], pairs: Sequence[Sequence[int]], timeout: float | None = None, **options: Any
+    ) -> list[MatchResult]:
+        """One `MatchResult` per index pair ``(i, j)`` of ``inputs`` (images or feature sets), each extracted once."""
+        parsed = self._options(MatchOptions, options, EXTRACT_OPTIONS | MATCH_OPTIONS)
+        plan = self.ops.plan_match(parsed, extract=not all(isinstance(value, FeatureSet) for value in inputs))
+        sides = [self._side(value, f"features[{i}]") for i, value in enumerate(inputs)]
+        matched = self._run(self.ops.match_pairs(plan, sides, [list(pair) for pair in pairs], self._deadline(timeout)))
+        model = plan.model or ""
+        return [self._result(model, matched.sides(k), result, parsed, None) for k, result in enumerate(matched.results)]
 
     @staticmethod
-    def _result(model: str, matched: Matched, options: MatchOptions, drawing: bytes | None) -> MatchResult:
-        features, result = matched.features, matched.result
+    def _result(
+        model: str,
+        features: tuple[Features, Features],
+        result: PairResult,
+        options: MatchOptions,
+        drawing: bytes | None,
+    ) -> MatchResult:
         verification = result.geometry
         geometry = None
         inliers = None

@@ -1,7 +1,7 @@
 """Python clients of featureserve, REST and gRPC, sync and asyncio; results come back as numpy arrays.
 
 `RestClient` and `GrpcClient` (and `AsyncRestClient`, `AsyncGrpcClient`) share their methods
-(``list_models``, ``extract``, ``extract_batch``, ``match``), keyword options and result types, so
+(``list_models``, ``extract``, ``extract_batch``, ``match``, ``match_pairs``), keyword options and result types, so
 switching transports is changing the constructor. gRPC adds ``describe`` and ``stream_frames``; REST adds
 ``draw=True`` on ``match``. ``featureserve.local.LocalClient`` runs the models in process.
 """
@@ -16,6 +16,7 @@ from .results import (
     FrameResult,
     GeometryResult,
     ImageInput,
+    MatchInput,
     MatchResult,
     ModelCard,
     ModelList,
@@ -32,6 +33,7 @@ __all__ = [
     "GeometryResult",
     "GrpcClient",
     "ImageInput",
+    "MatchInput",
     "MatchResult",
     "ModelCard",
     "ModelList",

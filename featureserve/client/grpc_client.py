@@ -29,6 +29,7 @@ from .results import (
     FrameResult,
     GeometryResult,
     ImageInput,
+    MatchInput,
     MatchResult,
     ModelCard,
     ModelList,
@@ -189,12 +190,47 @@ def describe_request(image: ImageInput, keypoints: np.ndarray, options: dict[str
     )
 
 
-def match_request(image0: ImageInput, image1: ImageInput, options: dict[str, Any]) -> service.MatchRequest:
-    """A ``MatchRequest`` of two images."""
-    extract, match = split_options(options)
-    return service.MatchRequest(
-        image0=image_message(image0), image1=image_message(image1), options=extract, match_options=match
+def feature_set_message(features: FeatureSet) -> pb.FeatureSet:
+    """A `FeatureSet` as the ``FeatureSet`` message the service accepts."""
+    descriptors, dtype = features.wire_descriptors()
+    width, height = features.image_size
+    info = features.descriptor
+    return pb.FeatureSet(
+        keypoints=to_array(np.asarray(features.keypoints).reshape(-1, 2), "float32"),
+        scores=to_array(np.asarray(features.scores).reshape(-1), "float32"),
+        descriptors=to_array(descriptors, dtype),
+        descriptor=pb.DescriptorInfo(kind=info["kind"], dim=info["dim"], metric=info["metric"]),
+        image_size=pb.ImageSize(width=width, height=height),
     )
+
+
+def match_request(image0: MatchInput, image1: MatchInput, options: dict[str, Any]) -> service.MatchRequest:
+    """A ``MatchRequest`` of two images or feature sets."""
+    extract, match = split_options(options)
+    request = service.MatchRequest(options=extract, match_options=match)
+    for side, value in (("0", image0), ("1", image1)):
+        if isinstance(value, FeatureSet):
+            getattr(request, f"features{side}").CopyFrom(feature_set_message(value))
+        else:
+            getattr(request, f"image{side}").CopyFrom(image_message(value))
+    return request
+
+
+def match_pairs_request(
+    inputs: Sequence[MatchInput], pairs: Sequence[Sequence[int]], options: dict[str, Any]
+) -> service.MatchBatchRequest:
+    """A ``MatchBatchRequest``: all images, or all feature sets, and the index pairs."""
+    extract, match = split_options(options)
+    request = service.MatchBatchRequest(
+        pairs=to_array(np.asarray(pairs, np.int32).reshape(-1, 2), "int32"), options=extract, match_options=match
+    )
+    if all(isinstance(value, FeatureSet) for value in inputs):
+        request.features.extend(feature_set_message(value) for value in inputs)  # type: ignore[arg-type]
+    elif any(isinstance(value, FeatureSet) for value in inputs):
+        raise ValueError("match_pairs takes images or feature sets, not a mix of both")
+    else:
+        request.images.extend(image_message(value) for value in inputs)  # type: ignore[arg-type]
+    return request
 
 
 def model_list(response: service.ListModelsResponse) -> ModelList:
@@ -301,12 +337,20 @@ class GrpcClient:
         return feature_set(response.features, response.model)
 
     def match(
-        self, image0: ImageInput, image1: ImageInput, timeout: float | None = None, **options: Any
+        self, image0: MatchInput, image1: MatchInput, timeout: float | None = None, **options: Any
     ) -> MatchResult:
-        """Matches of two images and, with ``geometry=...``, their verification."""
+        """Matches of two images (or feature sets from `extract`) and, with ``geometry=...``, their verification."""
         return match_result(
             self.stub.Match(match_request(image0, image1, options), timeout=timeout, metadata=self.metadata)
         )
+
+    def match_pairs(
+        self, inputs: Sequence[MatchInput], pairs: Sequence[Sequence[int]], timeout: float | None = None, **options: Any
+    ) -> list[MatchResult]:
+        """One `MatchResult` per index pair ``(i, j)`` of ``inputs`` (images or feature sets), each extracted once."""
+        request = match_pairs_request(inputs, pairs, options)
+        response = self.stub.MatchBatch(request, timeout=timeout, metadata=self.metadata)
+        return [match_result(pair) for pair in response.pairs]
 
     def stream_frames(self, frames: Iterable[Frame], **session: Any) -> Iterator[FrameResult]:
         """One result per frame, in order; ``session`` takes extract/match options, ``backpressure``, ..."""
@@ -369,12 +413,20 @@ class AsyncGrpcClient:
         return feature_set(response.features, response.model)
 
     async def match(
-        self, image0: ImageInput, image1: ImageInput, timeout: float | None = None, **options: Any
+        self, image0: MatchInput, image1: MatchInput, timeout: float | None = None, **options: Any
     ) -> MatchResult:
-        """Matches of two images and, with ``geometry=...``, their verification."""
+        """Matches of two images (or feature sets from `extract`) and, with ``geometry=...``, their verification."""
         return match_result(
             await self.stub.Match(match_request(image0, image1, options), timeout=timeout, metadata=self.metadata)
         )
+
+    async def match_pairs(
+        self, inputs: Sequence[MatchInput], pairs: Sequence[Sequence[int]], timeout: float | None = None, **options: Any
+    ) -> list[MatchResult]:
+        """One `MatchResult` per index pair ``(i, j)`` of ``inputs`` (images or feature sets), each extracted once."""
+        request = match_pairs_request(inputs, pairs, options)
+        response = await self.stub.MatchBatch(request, timeout=timeout, metadata=self.metadata)
+        return [match_result(pair) for pair in response.pairs]
 
     async def stream_frames(
         self, frames: Iterable[Frame] | AsyncIterable[Frame], **session: Any

@@ -31,6 +31,7 @@ from .results import (
     FeatureSet,
     GeometryResult,
     ImageInput,
+    MatchInput,
     MatchResult,
     ModelCard,
     ModelList,
@@ -108,9 +109,49 @@ def extract_batch_request(images: Sequence[ImageInput], options: dict[str, Any])
     return [_file("images", image) for image in images], form_fields(options, EXTRACT_OPTIONS)
 
 
-def match_request(image0: ImageInput, image1: ImageInput, options: dict[str, Any]) -> tuple[Files, dict[str, str]]:
-    """Files and form fields of ``/v1/match``."""
-    return [_file("image0", image0), _file("image1", image1)], form_fields(options, REST_MATCH_OPTIONS)
+def feature_set_body(features: FeatureSet) -> dict[str, Any]:
+    """A `FeatureSet` as the ``FeatureSet`` JSON the service accepts (descriptors as base64)."""
+    descriptors, dtype = features.wire_descriptors()
+    packed = np.ascontiguousarray(descriptors, np.dtype(dtype).newbyteorder("<"))
+    width, height = features.image_size
+    return {
+        "keypoints": np.asarray(features.keypoints, np.float32).reshape(-1, 2).tolist(),
+        "scores": np.asarray(features.scores, np.float32).reshape(-1).tolist(),
+        "descriptors": {
+            "encoding": "base64",
+            "dtype": dtype,
+            "shape": list(packed.shape),
+            "data": base64.b64encode(packed.tobytes()).decode("ascii"),
+        },
+        "descriptor": dict(features.descriptor),
+        "image_size": {"width": width, "height": height},
+    }
+
+
+def match_request(image0: MatchInput, image1: MatchInput, options: dict[str, Any]) -> tuple[Files, dict[str, str]]:
+    """Files and form fields of ``/v1/match``: images as file parts, feature sets as JSON fields."""
+    files: Files = []
+    fields = form_fields(options, REST_MATCH_OPTIONS)
+    for side, value in (("0", image0), ("1", image1)):
+        if isinstance(value, FeatureSet):
+            fields[f"features{side}"] = json.dumps(feature_set_body(value))
+        else:
+            files.append(_file(f"image{side}", value))
+    return files, fields
+
+
+def match_pairs_request(
+    inputs: Sequence[MatchInput], pairs: Sequence[Sequence[int]], options: dict[str, Any]
+) -> tuple[Files, dict[str, str]]:
+    """Files and form fields of ``/v1/match/batch``: all images, or all feature sets, and the index pairs."""
+    fields = form_fields(options, EXTRACT_OPTIONS | MATCH_OPTIONS)
+    fields["pairs"] = json.dumps([[int(i), int(j)] for i, j in pairs])
+    if all(isinstance(value, FeatureSet) for value in inputs):
+        fields["features"] = json.dumps([feature_set_body(value) for value in inputs])  # type: ignore[arg-type]
+        return [], fields
+    if any(isinstance(value, FeatureSet) for value in inputs):
+        raise ValueError("match_pairs takes images or feature sets, not a mix of both")
+    return [_file("images", value) for value in inputs], fields  # type: ignore[arg-type]
 
 
 def check_response(response: httpx.Response) -> Any:
@@ -264,10 +305,18 @@ class RestClient:
         return [feature_set(r, r["model"]) for r in body["results"]]
 
     def match(
-        self, image0: ImageInput, image1: ImageInput, timeout: float | None = None, **options: Any
+        self, image0: MatchInput, image1: MatchInput, timeout: float | None = None, **options: Any
     ) -> MatchResult:
-        """Matches of two images and, with ``geometry=...``, their verification; ``draw=True`` adds a PNG."""
+        """Matches of two images (or feature sets from `extract`) and, with ``geometry=...``, their verification;
+        ``draw=True`` adds a PNG."""
         return match_result(self._post("/v1/match", match_request(image0, image1, options), timeout))
+
+    def match_pairs(
+        self, inputs: Sequence[MatchInput], pairs: Sequence[Sequence[int]], timeout: float | None = None, **options: Any
+    ) -> list[MatchResult]:
+        """One `MatchResult` per index pair ``(i, j)`` of ``inputs`` (images or feature sets), each extracted once."""
+        body = self._post("/v1/match/batch", match_pairs_request(inputs, pairs, options), timeout)
+        return [match_result(pair) for pair in body["pairs"]]
 
 
 class AsyncRestClient:
@@ -317,7 +366,15 @@ class AsyncRestClient:
         return [feature_set(r, r["model"]) for r in body["results"]]
 
     async def match(
-        self, image0: ImageInput, image1: ImageInput, timeout: float | None = None, **options: Any
+        self, image0: MatchInput, image1: MatchInput, timeout: float | None = None, **options: Any
     ) -> MatchResult:
-        """Matches of two images and, with ``geometry=...``, their verification; ``draw=True`` adds a PNG."""
+        """Matches of two images (or feature sets from `extract`) and, with ``geometry=...``, their verification;
+        ``draw=True`` adds a PNG."""
         return match_result(await self._post("/v1/match", match_request(image0, image1, options), timeout))
+
+    async def match_pairs(
+        self, inputs: Sequence[MatchInput], pairs: Sequence[Sequence[int]], timeout: float | None = None, **options: Any
+    ) -> list[MatchResult]:
+        """One `MatchResult` per index pair ``(i, j)`` of ``inputs`` (images or feature sets), each extracted once."""
+        body = await self._post("/v1/match/batch", match_pairs_request(inputs, pairs, options), timeout)
+        return [match_result(pair) for pair in body["pairs"]]

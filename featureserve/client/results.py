@@ -64,6 +64,17 @@ class FeatureSet:
     image_size: tuple[int, int]
     model: str = ""
 
+    def wire_descriptors(self) -> tuple[np.ndarray, str]:
+        """The descriptors and their wire dtype (``uint8``, ``float16`` or ``float32``), to send for matching."""
+        if self.descriptors is None:
+            raise ValueError("a feature set needs descriptors to be matched: extract it with include_descriptors")
+        kind = self.descriptors.dtype
+        return self.descriptors, "uint8" if kind == np.uint8 else "float16" if kind == np.float16 else "float32"
+
+
+# What `match` and `match_pairs` take for each side: an image, or features from `extract` (not extracted again).
+MatchInput = ImageInput | FeatureSet
+
 
 @dataclass
 class GeometryResult:

@@ -60,6 +60,23 @@ class MatchPlan:
 
 
 @dataclass
+class MatchedPairs:
+    """Pairs of one batch: the features of each side (``None`` for sides no pair names), the checked index
+    pairs, and each pair's result, in the order the pairs were given."""
+
+    features: list[Features | None]
+    pairs: list[tuple[int, int]]
+    results: list[PairResult]
+
+    def sides(self, k: int) -> tuple[Features, Features]:
+        """Both sides' features of pair ``k``."""
+        i, j = self.pairs[k]
+        first, second = self.features[i], self.features[j]
+        assert first is not None and second is not None  # every side a pair names was extracted
+        return first, second
+
+
+@dataclass
 class Matched:
     """A matched pair: both sides' features, the matches and their verification, and the time of each phase."""
 
@@ -165,6 +182,73 @@ class Operations:
         extracted = time.perf_counter()
         result = await self.match_features(plan.model, both[0], both[1], plan.pair)
         return Matched((both[0], both[1]), result, extracted - started, time.perf_counter() - extracted)
+
+    async def match_pairs(
+        self,
+        plan: MatchPlan,
+        sides: Sequence[ImageInput | Features],
+        pairs: Sequence[Sequence[int]],
+        deadline: float,
+    ) -> MatchedPairs:
+        """Match the given index ``pairs`` of ``sides`` (images or feature sets), each side extracted once.
+
+        hloc's pairs semantics: ``[i, j]`` matches side ``i`` (as image 0) to side ``j`` (as image 1).
+        Errors name the side (``images[i]``) or the pair (``pairs[k]``).
+        """
+        checked = self.check_pairs(len(sides), pairs)
+        used = sorted({i for pair in checked for i in pair})
+
+        async def features(i: int) -> Features:
+            side = sides[i]
+            if isinstance(side, Features):
+                return side
+            if plan.extract is None:
+                raise InvalidInput("an image side needs a model: plan the match with extract=True")
+            return await self.extract(plan.extract, side, deadline)
+
+        results = await asyncio.gather(*(features(i) for i in used), return_exceptions=True)
+        extracted: dict[int, Features] = {}
+        for i, result in zip(used, results, strict=True):
+            if isinstance(result, FeatureServeError):
+                result.message = f"images[{i}]: {result.message}"
+            if isinstance(result, BaseException):
+                raise result
+            self._check_feature_size(f"features[{i}]", result)
+            extracted[i] = result
+
+        async def match(k: int, i: int, j: int) -> PairResult:
+            try:
+                return await self.match_features(plan.model, extracted[i], extracted[j], plan.pair)
+            except FeatureServeError as error:
+                error.message = f"pairs[{k}]: {error.message}"
+                raise
+
+        matched = await asyncio.gather(*(match(k, i, j) for k, (i, j) in enumerate(checked)))
+        return MatchedPairs([extracted.get(i) for i in range(len(sides))], checked, list(matched))
+
+    def check_pairs(self, count: int, pairs: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+        """``pairs`` as ``(i, j)`` index tuples into ``count`` sides; raises naming the first bad pair."""
+        if count > self.settings.max_request_images:
+            limit = self.settings.max_request_images
+            raise PayloadTooLarge(
+                f"{count} images in one request; the limit is {limit} (FEATURESERVE_MAX_REQUEST_IMAGES)"
+            )
+        if not pairs:
+            raise InvalidInput("missing pairs: send a list of index pairs [[i, j], ...] into images")
+        if len(pairs) > self.settings.max_request_pairs:
+            limit = self.settings.max_request_pairs
+            raise PayloadTooLarge(
+                f"{len(pairs)} pairs in one request; the limit is {limit} (FEATURESERVE_MAX_REQUEST_PAIRS)"
+            )
+        checked = []
+        for k, pair in enumerate(pairs):
+            valid = len(pair) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in pair)
+            if not valid or not all(0 <= i < count for i in pair):
+                raise InvalidInput(f"pairs[{k}] is {list(pair)}; each pair is two indices into the {count} images")
+            if pair[0] == pair[1]:
+                raise InvalidInput(f"pairs[{k}] matches image {pair[0]} with itself")
+            checked.append((int(pair[0]), int(pair[1])))
+        return checked
 
     async def match_features(
         self, model: str | None, features0: Features, features1: Features, options: PairOptions

@@ -71,7 +71,10 @@ class Settings(BaseSettings):
     max_keypoints_limit: int = Field(16384, ge=1, description="Largest max_keypoints a request may ask for.")
     max_image_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Largest encoded image accepted, bytes.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image accepted, pixels.")
-    max_request_images: int = Field(32, ge=1, description="Most images in one /v1/extract/batch request.")
+    max_request_images: int = Field(
+        32, ge=1, description="Most images (or feature sets) in one /v1/extract/batch or /v1/match/batch request."
+    )
+    max_request_pairs: int = Field(1024, ge=1, description="Most pairs in one /v1/match/batch request.")
     decode_threads: int = Field(2, ge=1, description="Threads that decode images off the event loop.")
     cpu_threads: int = Field(2, ge=1, description="Threads per OpenCV model, and for matching.")
     warmup: bool = Field(True, description="Run each model once before reporting ready.")

@@ -12,12 +12,13 @@ from typing import Any, TypeVar
 import grpc
 
 from ....arrays import from_array, to_array
-from ....models import Features
+from ....models import Features, PairResult
+from ....v1 import features_pb2 as pb
 from ....v1 import service_pb2 as service
 from ....v1.service_pb2_grpc import FeatureServiceServicer
 from ...contract import ExtractOptions, MatchOptions
 from ...errors import FeatureServeError, InvalidInput, Overloaded
-from ...operations import ImageInput, Matched, Operations
+from ...operations import ImageInput, Operations
 from .convert import (
     feature_set_message,
     features_from_message,
@@ -164,12 +165,44 @@ class FeatureServicer(FeatureServiceServicer):
                 sides.append(self._image(getattr(request, f"image{side}"), f"image{side}"))
         plan = self.ops.plan_match(options, extract=not all(isinstance(side, Features) for side in sides))
         matched = await self.ops.match(plan, sides[0], sides[1], self._deadline(context))
-        response = match_response(plan.model or "", matched)
+        response = match_response(plan.model or "", matched.features, matched.result)
         if options.include_features:
             for side, f in zip(("0", "1"), matched.features, strict=True):
                 getattr(response, f"features{side}").CopyFrom(
                     feature_set_message(f, options.include_descriptors, options.descriptor_dtype)
                 )
+        return response
+
+    @rpc
+    async def MatchBatch(
+        self, request: service.MatchBatchRequest, context: grpc.aio.ServicerContext
+    ) -> service.MatchBatchResponse:
+        """Matches of many index pairs of images (or feature sets), each image extracted once."""
+        options = parse_options(MatchOptions, request.options, request.match_options)
+        if request.images and request.features:
+            raise InvalidInput("send either images or features, not both")
+        sides: list[ImageInput | Features] = [
+            features_from_message(message, f"features[{i}]") for i, message in enumerate(request.features)
+        ] or [self._image(image, f"images[{i}]") for i, image in enumerate(request.images)]
+        try:
+            pairs = from_array(request.pairs, "pairs", ("int32", "int64"), (None, 2)).tolist()
+        except ValueError as error:
+            raise InvalidInput(str(error)) from None
+        plan = self.ops.plan_match(options, extract=not request.features)
+        matched = await self.ops.match_pairs(plan, sides, pairs, self._deadline(context))
+        response = service.MatchBatchResponse(
+            model=plan.model or "",
+            pairs=[
+                match_response(plan.model or "", matched.sides(k), result) for k, result in enumerate(matched.results)
+            ],
+        )
+        if options.include_features:
+            response.features.extend(
+                pb.FeatureSet()
+                if f is None
+                else feature_set_message(f, options.include_descriptors, options.descriptor_dtype)
+                for f in matched.features
+            )
         return response
 
     @rpc
@@ -183,9 +216,8 @@ class FeatureServicer(FeatureServiceServicer):
             queue.drain()
 
 
-def match_response(model: str, matched: Matched) -> service.MatchResponse:
+def match_response(model: str, features: tuple[Features, Features], result: PairResult) -> service.MatchResponse:
     """The ``MatchResponse`` of a matched (and maybe verified) pair, without feature sets."""
-    features, result = matched.features, matched.result
     response = service.MatchResponse(
         model=model,
         num_keypoints0=len(features[0]),

@@ -11,16 +11,16 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 
-from ....models import Features
+from ....models import Features, PairResult
 from ...contract import MatchOptions, describe_validation_error
-from ...errors import InvalidInput
+from ...errors import InvalidInput, InvalidOption
 from ...operations import ImageInput, Matched, Operations
 from .dependencies import get_operations
 from .encoding import FastJSONResponse, decode_feature_set, encode_features
 from .examples import EXAMPLE_IMAGE, request_body
 from .extract import ERRORS
 from .payload import Payload, deadline_ms, read_payload
-from .schemas import FeatureSet, MatchResponse
+from .schemas import FeatureSet, MatchBatchResponse, MatchResponse
 
 router = APIRouter(prefix="/v1", tags=["matching"])
 SIDES = ("0", "1")
@@ -32,21 +32,23 @@ PNG_RESPONSE = {
 }
 
 
-def uploaded_features(payload: Payload, side: str) -> Features | None:
-    """The feature set sent as ``features<side>``, if any."""
-    value = payload.fields.get(f"features{side}")
-    if value is None:
-        return None
+def feature_set(value: Any, name: str) -> Features:
+    """An uploaded feature set (JSON) as `Features`; raises `InvalidInput` naming ``name``."""
     try:
         feature_set = FeatureSet.model_validate(value)
     except ValidationError as error:
-        raise InvalidInput(f"features{side}: {describe_validation_error(error)}") from None
-    return decode_feature_set(feature_set, f"features{side}")
+        raise InvalidInput(f"{name}: {describe_validation_error(error)}") from None
+    return decode_feature_set(feature_set, name)
 
 
-def match_response(model: str | None, matched: Matched, options: MatchOptions) -> dict:
-    """The ``MatchResponse`` JSON."""
-    features, result = matched.features, matched.result
+def uploaded_features(payload: Payload, side: str) -> Features | None:
+    """The feature set sent as ``features<side>``, if any."""
+    value = payload.fields.get(f"features{side}")
+    return None if value is None else feature_set(value, f"features{side}")
+
+
+def pair_response(model: str | None, features: tuple[Features, Features], result: PairResult) -> dict:
+    """The ``MatchResponse`` JSON of one pair, without feature sets."""
     verification = result.geometry
     geometry: dict[str, Any] | None = None
     if verification is not None:
@@ -59,7 +61,7 @@ def match_response(model: str | None, matched: Matched, options: MatchOptions) -
             "translation": verification.translation,
             "message": verification.message,
         }
-    body = {
+    return {
         "model": model,
         "num_keypoints0": len(features[0]),
         "num_keypoints1": len(features[1]),
@@ -72,8 +74,13 @@ def match_response(model: str | None, matched: Matched, options: MatchOptions) -
         "num_inliers": None if verification is None else verification.num_inliers,
         "geometry": geometry,
     }
+
+
+def match_response(model: str | None, matched: Matched, options: MatchOptions) -> dict:
+    """The ``MatchResponse`` JSON."""
+    body = pair_response(model, matched.features, matched.result)
     if options.include_features:
-        for side, f in zip(SIDES, features, strict=True):
+        for side, f in zip(SIDES, matched.features, strict=True):
             body[f"features{side}"] = encode_features(f, True, options.descriptor_encoding, options.descriptor_dtype)
     return body
 
@@ -151,3 +158,61 @@ async def match(request: Request, ops: Operations = Depends(get_operations)) -> 
         return Response(png, media_type="image/png", headers={**headers, **counts})
     body["drawing"] = base64.b64encode(png).decode("ascii")
     return FastJSONResponse(body, headers=headers)
+
+
+def batch_sides(payload: Payload) -> list[ImageInput | Features]:
+    """The ``images`` of a batch, or its ``features`` (a list of feature sets); one of the two."""
+    images = payload.images("images")
+    features = payload.fields.get("features")
+    if images and features is not None:
+        raise InvalidInput("send either images or features, not both")
+    if features is None:
+        return list(images)
+    if not isinstance(features, list):
+        raise InvalidInput("features must be a list of feature sets (as /v1/extract returns them)")
+    return [feature_set(value, f"features[{i}]") for i, value in enumerate(features)]
+
+
+def batch_pairs(payload: Payload) -> list[list[int]]:
+    """The ``pairs`` field: a JSON list of index pairs."""
+    pairs = payload.fields.get("pairs")
+    if not isinstance(pairs, list) or not all(isinstance(pair, list) for pair in pairs):
+        raise InvalidInput("pairs must be a JSON list of index pairs into images, e.g. [[0, 1], [0, 2]]")
+    return pairs
+
+
+@router.post(
+    "/match/batch",
+    response_model=MatchBatchResponse,
+    responses=ERRORS,
+    summary="Match many pairs of images (or feature sets), each image extracted once",
+    openapi_extra=request_body(
+        MatchOptions,
+        {
+            "images": "The images (repeat the part / give a JSON list); or send features: a JSON list of feature sets.",
+            "pairs": "JSON list of index pairs into images, [[i, j], ...]: image i is image 0 of the pair.",
+        },
+        {"images": [EXAMPLE_IMAGE, EXAMPLE_IMAGE, EXAMPLE_IMAGE], "pairs": [[0, 1], [0, 2]], "model": "orb"},
+    ),
+)
+async def match_batch(request: Request, ops: Operations = Depends(get_operations)) -> Response:
+    """One ``/v1/match`` answer per pair, in the order given (hloc's pairs semantics). Every image is extracted once.
+
+    ``include_features`` returns each side's features once, under ``features``; ``draw`` is not available here.
+    """
+    payload = await read_payload(request, ops.settings)
+    options = payload.options(MatchOptions, exclude={"images", "features", "pairs"})
+    if options.draw:
+        raise InvalidOption("draw: not available for /v1/match/batch; draw a pair with /v1/match")
+    sides = batch_sides(payload)
+    plan = ops.plan_match(options, extract=not all(isinstance(side, Features) for side in sides))
+    request.state.model = plan.model or "none"
+    matched = await ops.match_pairs(plan, sides, batch_pairs(payload), ops.deadline(deadline_ms(request)))
+    pairs = [pair_response(plan.model, matched.sides(k), result) for k, result in enumerate(matched.results)]
+    body: dict[str, Any] = {"model": plan.model, "pairs": pairs}
+    if options.include_features:
+        body["features"] = [
+            None if f is None else encode_features(f, True, options.descriptor_encoding, options.descriptor_dtype)
+            for f in matched.features
+        ]
+    return FastJSONResponse(body)

@@ -85,6 +85,16 @@ class MatchResponse(BaseModel):
     drawing: str | None = Field(None, description="With draw: base64 of the PNG picture of the matches.")
 
 
+class MatchBatchResponse(BaseModel):
+    """``/v1/match/batch`` answer: one ``/v1/match`` answer per pair, in the order given."""
+
+    model: str | None = Field(description="Model that extracted the images; null for uploaded features.")
+    pairs: list[MatchResponse]
+    features: list[FeatureSet | None] | None = Field(
+        None, description="With include_features: each side's features (null for sides no pair names)."
+    )
+
+
 class ErrorBody(BaseModel):
     """The one error shape."""
 
