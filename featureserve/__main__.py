@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   featureserve extract images/*.jpg --model sift --out features.h5          # hloc layout
   featureserve match a.jpg b.jpg --geometry homography --draw matches.png
   featureserve match a.jpg b.jpg --grpc 127.0.0.1:50051 --hloc exports/
+  featureserve match --pairs pairs.txt images/ --out matches.h5 --colmap database.db
   featureserve eval ../shared/data/oxford_affine --models sift orb akaze
   featureserve train training/configs/caps_tiny.yaml --run-dir runs/tiny
 """
@@ -53,9 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_server_options(extract)
     extract.set_defaults(run=cli.extract_command)
 
-    match = commands.add_parser("match", help="verified matches between two images")
-    match.add_argument("image0", metavar="IMG1")
-    match.add_argument("image1", metavar="IMG2")
+    match = commands.add_parser("match", help="verified matches between two images, or every pair of a pairs file")
+    match.add_argument("inputs", nargs="+", metavar="IMG", help="two images; with --pairs, the folder of the images")
+    match.add_argument(
+        "--pairs",
+        type=Path,
+        metavar="TXT",
+        help="hloc pairs file ('name0 name1' per line, names relative to the folder): match every pair, "
+        "each image extracted once",
+    )
+    match.add_argument(
+        "--out", type=Path, metavar="H5", help="with --pairs: the matches (hloc layout); features.h5 goes beside it"
+    )
+    match.add_argument("--colmap", type=Path, metavar="DB", help="with --pairs: also write a COLMAP database")
     match.add_argument(
         "--geometry", default="homography", choices=["none", "homography", "fundamental"], help="verification model"
     )

@@ -244,11 +244,23 @@ def extract_command(args: argparse.Namespace) -> int:
 # match
 
 
-def match_command(args: argparse.Namespace) -> int:
-    """Matches of two images: counts and timing, ``--draw`` picture, ``--hloc`` export."""
-    options: dict[str, Any] = {**extract_options(args), "geometry": args.geometry, "matcher": args.matcher}
+def match_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The matching and verification options set on the command line."""
+    options: dict[str, Any] = {"geometry": args.geometry, "matcher": args.matcher}
     if args.ratio is not None:
         options["ratio"] = args.ratio
+    return options
+
+
+def match_command(args: argparse.Namespace) -> int:
+    """Matches of two images: counts and timing, ``--draw`` picture, ``--hloc`` export; or, with ``--pairs``,
+    every pair of a pairs file (`match_pairs_command`)."""
+    if args.pairs is not None:
+        return match_pairs_command(args)
+    if len(args.inputs) != 2 or args.out is not None or args.colmap is not None:
+        raise CommandError("match takes two images (IMG1 IMG2), or a folder with --pairs FILE (--out and --colmap)")
+    args.image0, args.image1 = args.inputs
+    options: dict[str, Any] = {**extract_options(args), **match_options(args)}
     if args.hloc is not None:
         options["include_features"] = True
     # REST draws on the server and the in-process client here, with the same function; gRPC does not draw,
@@ -297,6 +309,106 @@ def match_command(args: argparse.Namespace) -> int:
         table.add_row("picture", str(args.draw))
     if args.hloc is not None:
         table.add_row("hloc files", f"{args.hloc}/features.h5, {args.hloc}/matches.h5")
+    stdout.print(table)
+    return 0
+
+
+# Most images and pairs the CLI puts in one /v1/match/batch call (the service's defaults allow 32 and 1024).
+BATCH_IMAGES, BATCH_PAIRS = 32, 512
+
+
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """The image-name pairs of an hloc pairs file: ``name0 name1`` per line (blank lines and ``#`` ignored)."""
+    if not path.is_file():
+        raise CommandError(f"{path}: no such pairs file")
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        names = line.split()
+        if len(names) != 2:
+            raise CommandError(f"{path}:{number}: expected 'name0 name1', got {line.strip()!r}")
+        pairs.append((names[0], names[1]))
+    if not pairs:
+        raise CommandError(f"{path}: no pairs")
+    return pairs
+
+
+def pair_batches(pairs: Sequence[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    """``pairs`` in order, cut into batches of at most `BATCH_PAIRS` pairs naming at most `BATCH_IMAGES` images."""
+    batch: list[tuple[str, str]] = []
+    names: set[str] = set()
+    for pair in pairs:
+        if batch and (len(batch) == BATCH_PAIRS or len(names | set(pair)) > BATCH_IMAGES):
+            yield batch
+            batch, names = [], set()
+        batch.append(pair)
+        names |= set(pair)
+    if batch:
+        yield batch
+
+
+def match_pairs_command(args: argparse.Namespace) -> int:
+    """Every pair of ``--pairs``: each image extracted once, the pairs matched and verified in batches."""
+    if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir():
+        raise CommandError("with --pairs, give the folder the pairs file names images in (one IMAGE_DIR)")
+    if args.draw is not None or args.hloc is not None:
+        raise CommandError("with --pairs, write the matches with --out (hloc layout) or --colmap, not --draw/--hloc")
+    folder = Path(args.inputs[0])
+    pairs = read_pairs(args.pairs)
+    names = list(dict.fromkeys(name for pair in pairs for name in pair))
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise CommandError(f"{len(missing)} images of {args.pairs} are not in {folder}, e.g. {missing[0]}")
+    started = time.perf_counter()
+    features: dict[str, FeatureSet] = {}
+    results: dict[tuple[str, str], MatchResult] = {}
+    with open_client(args) as client, progress() as bar:
+        extracting = bar.add_task("extracting", total=len(names))
+        for name in names:
+            features[name] = client.extract(folder / name, **extract_options(args))
+            bar.advance(extracting)
+        matching = bar.add_task("matching", total=len(pairs))
+        for batch in pair_batches(pairs):
+            batch_names = list(dict.fromkeys(name for pair in batch for name in pair))
+            index = {name: i for i, name in enumerate(batch_names)}
+            answers = client.match_pairs(
+                [features[name] for name in batch_names],
+                [(index[a], index[b]) for a, b in batch],
+                **match_options(args),
+            )
+            results.update(zip(batch, answers, strict=True))
+            bar.advance(matching, len(batch))
+    elapsed = time.perf_counter() - started
+    if args.out is not None:
+        from .interop import write_hloc_features, write_hloc_matches
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_hloc_features(args.out.parent / "features.h5", features)
+        write_hloc_matches(args.out, results)
+    if args.colmap is not None:
+        from .interop import write_colmap_database
+
+        write_colmap_database(args.colmap, features, results)
+    inliers = [int(r.inliers.sum()) for r in results.values() if r.inliers is not None]
+    summary = {
+        "images": len(names),
+        "pairs": len(pairs),
+        "matches": sum(len(r.matches) for r in results.values()),
+        "inliers": sum(inliers) if inliers else None,
+        "seconds": round(elapsed, 2),
+        "out": None if args.out is None else str(args.out),
+        "colmap": None if args.colmap is None else str(args.colmap),
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    table = Table(title=f"{args.pairs} in {folder}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if value is not None:
+            table.add_row(key, str(value))
     stdout.print(table)
     return 0
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 
@@ -15,7 +16,7 @@ from featureserve.__main__ import main
 from featureserve.client import RestClient
 from featureserve.interop import read_hloc_features, read_hloc_matches
 from tests.client.conftest import assert_same
-from tests.conftest import TEST_HOMOGRAPHY, Server, encode
+from tests.conftest import TEST_HOMOGRAPHY, Server, encode, metric_value
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,6 +86,40 @@ def test_match_exports_the_pair_for_hloc(
     np.testing.assert_array_equal(matches, expected.matches[order])
     np.testing.assert_array_equal(scores, expected.inliers[order].astype(np.float32))
     assert set(read_hloc_features(tmp_path / "features.h5")) == {"astronaut.png", "warped.jpg"}
+
+
+def test_match_pairs_extracts_each_image_once_and_matches_as_pairwise(
+    server: Server, rest: RestClient, photo: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = [f"{i:02d}.png" for i in range(20)]
+    for i, name in enumerate(names):
+        x, y = 17 * (i % 5), 23 * (i // 5)
+        (folder / name).write_bytes(encode(np.ascontiguousarray(photo[y : y + 192, x : x + 192])))
+    pairs = [(a, b) for k, a in enumerate(names) for b in names[k + 1 :]]
+    (tmp_path / "pairs.txt").write_text("".join(f"{a} {b}\n" for a, b in pairs))
+
+    def extracted() -> float:
+        return metric_value(
+            httpx.get(f"{server.url}/metrics").text, "featureserve_keypoints_per_image_count", model="orb"
+        )
+
+    before = extracted()
+    out = tmp_path / "hloc" / "matches.h5"
+    flags = ["--model", "orb", "--geometry", "homography", "--url", server.url, "--out", out, "--json"]
+    status, printed, _ = run(capsys, "match", "--pairs", tmp_path / "pairs.txt", folder, *flags)
+    assert status == 0 and json.loads(printed)["pairs"] == 190
+    assert extracted() - before == 20
+    assert set(read_hloc_features(out.parent / "features.h5")) == set(names)
+    for a, b in pairs[::37]:
+        expected = rest.match(folder / a, folder / b, model="orb", geometry="homography")
+        matches, scores = read_hloc_matches(out, a, b)
+        order = np.argsort(expected.matches[:, 0])
+        np.testing.assert_array_equal(matches, expected.matches[order])
+        np.testing.assert_array_equal(scores, expected.inliers[order].astype(np.float32))
+    status, _, err = run(capsys, "match", "--pairs", tmp_path / "pairs.txt", tmp_path)
+    assert status != 0 and "are not in" in err and len(err.strip().splitlines()) == 1
 
 
 def test_models_lists_a_servers_models_or_the_installed_ones(
