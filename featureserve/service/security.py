@@ -13,6 +13,8 @@ from .settings import Settings
 OPEN_REST_PATHS = frozenset(
     {"/", "/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 )
+# ... and everything under these (the /docs pages' scripts and styles).
+OPEN_REST_PREFIXES = ("/docs-assets/",)
 OPEN_GRPC_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"})
 API_KEY_HEADER = "x-api-key"
 MISSING_KEY_MESSAGE = (

@@ -114,3 +114,35 @@ def test_the_page_sends_the_api_key_it_is_given(browser: object, image_files: li
         page.close()
     finally:
         keyed.stop()
+
+
+def test_swagger_ui_renders_offline_and_tries_a_call(browser: object, server: Server) -> None:
+    page = browser.new_page()  # type: ignore[attr-defined]
+    outside: list[str] = []
+
+    def only_this_server(route: object) -> None:
+        url = route.request.url  # type: ignore[attr-defined]
+        if url.startswith(server.url):
+            route.continue_()  # type: ignore[attr-defined]
+        else:
+            outside.append(url)
+            route.abort()  # type: ignore[attr-defined]
+
+    page.route("**/*", only_this_server)
+    page.goto(server.url + "/docs")
+    page.wait_for_selector("#operations-models-list_models_v1_models_get", timeout=30_000)
+    page.click("#operations-models-list_models_v1_models_get .opblock-summary")
+    page.click("#operations-models-list_models_v1_models_get .try-out__btn")
+    page.click("#operations-models-list_models_v1_models_get .execute")
+    page.wait_for_selector(
+        "#operations-models-list_models_v1_models_get .live-responses-table tbody .response-col_status"
+    )
+    status = page.text_content(
+        "#operations-models-list_models_v1_models_get .live-responses-table tbody .response-col_status"
+    )
+    assert status.strip() == "200"
+    assert '"default_model"' in page.text_content("#operations-models-list_models_v1_models_get .live-responses-table")
+    page.goto(server.url + "/redoc")
+    page.wait_for_selector("text=Match two images", state="attached", timeout=30_000)
+    assert not outside, outside
+    page.close()

@@ -78,7 +78,7 @@ def test_rest_requires_a_key_except_on_open_paths(keyed_server: Server, small_pn
         _error(client.get("/v1/secret"), 401, "unauthenticated", "")
         for headers in ({"Authorization": f"Bearer {KEY}"}, {"X-API-Key": FILE_KEY}):
             assert client.post("/v1/extract", files=files, headers=headers).status_code == 200
-        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
+        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs-assets/swagger-ui.css"):
             assert client.get(path).status_code == 200, path
         metrics = client.get("/metrics").text
         assert 'featureserve_auth_failures_total{api="rest"} 4.0' in metrics

@@ -19,6 +19,7 @@ from ...metrics import ServiceMetrics
 from ...operations import Operations
 from ...workers import WorkerPool
 from . import catalog, extract, health, match, web
+from .docs import add_docs
 from .encoding import error_response
 from .guards import RequestGuard
 
@@ -105,7 +106,10 @@ def create_app(pool: WorkerPool) -> FastAPI:
             "`X-Deadline-Ms` header (milliseconds)."
         ),
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    add_docs(app)
     app.state.pool = pool
     app.state.operations = Operations(pool)
     app.state.metrics = pool.metrics

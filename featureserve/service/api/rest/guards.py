@@ -7,7 +7,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...errors import FeatureServeError, Overloaded, PayloadTooLarge, Unauthenticated
 from ...metrics import ServiceMetrics
-from ...security import API_KEY_HEADER, MISSING_KEY_MESSAGE, OPEN_REST_PATHS, ApiKeys, presented_key
+from ...security import API_KEY_HEADER, MISSING_KEY_MESSAGE, OPEN_REST_PATHS, OPEN_REST_PREFIXES, ApiKeys, presented_key
 from ...settings import Settings
 from .encoding import error_response
 
@@ -19,7 +19,8 @@ class RequestGuard:
     """ASGI middleware in front of every route (inside the request metrics, so refusals are counted).
 
     1. API key, when keys are configured: 401 ``unauthenticated`` unless the request carries one
-       (`presented_key`); the paths in `OPEN_REST_PATHS` need none. Nothing of the body is read first.
+       (`presented_key`); the paths in `OPEN_REST_PATHS` (and under `OPEN_REST_PREFIXES`) need none. Nothing
+       of the body is read first.
     2. At most ``max_in_flight_requests`` requests at once (operations paths excepted): 429 ``overloaded``.
        This bounds the request bodies held in memory, which the per-model queues cannot: a body is read
        before its model is known.
@@ -45,7 +46,8 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if self.keys.enabled and scope["path"] not in OPEN_REST_PATHS:
+        path = scope["path"]
+        if self.keys.enabled and path not in OPEN_REST_PATHS and not path.startswith(OPEN_REST_PREFIXES):
             key = presented_key(headers.get(b"authorization"), headers.get(API_KEY_HEADER.encode()))
             if not self.keys.verify(key):
                 self.metrics.auth_failures.labels("rest").inc()
