@@ -113,3 +113,15 @@ def test_grpc_and_clients_answer_as_rest(server: Server, photos: list[bytes]) ->
     with pytest.raises(grpc.RpcError) as error:
         stub.MatchBatch(bad, timeout=30)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "pairs[0]" in error.value.details()
+
+
+def test_a_feature_set_field_larger_than_a_megabyte_is_taken(client: httpx.Client, photo: np.ndarray) -> None:
+    """Multipart fields are limited by ``max_request_bytes``, not Starlette's 1 MB default per part."""
+    image = encode(np.ascontiguousarray(np.tile(photo, (2, 2, 1))))
+    answer = client.post("/v1/extract", files={"image": ("x.png", image, "image/png")}, data={"max_keypoints": "4096"})
+    features = answer.json()  # JSON float descriptors: several MB as one form field
+    field = json.dumps(features)
+    assert len(field) > 2**20 and len(features["keypoints"]) > 2048
+    response = client.post("/v1/match", data={"features0": field, "features1": field})
+    assert response.status_code == 200, response.text
+    assert response.json()["num_matches"] > 1000  # a set matched to itself (tiles and orientations tie some)

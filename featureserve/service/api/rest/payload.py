@@ -83,7 +83,10 @@ async def read_payload(request: Request, settings: Settings) -> Payload:
         return Payload({}, fields)
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         try:
-            form = await request.form(max_files=settings.max_request_images + 2, max_fields=100)
+            # A field may be as large as the body (feature sets travel as JSON fields), not Starlette's 1 MB.
+            form = await request.form(
+                max_files=settings.max_request_images + 2, max_fields=100, max_part_size=settings.max_request_bytes
+            )
         except FeatureServeError:
             raise  # the body grew past max_request_bytes while it was read (guards.py)
         except Exception as error:  # Starlette/python-multipart raise several types for malformed bodies

@@ -58,11 +58,17 @@ class GeometryResult(BaseModel):
     """The fitted model and its support."""
 
     geometry: Literal["homography", "fundamental", "essential"]
-    matrix: list[list[float]] | None = Field(description="3x3; null when no model could be fitted.")
+    matrix: list[list[float]] | None = Field(
+        description="3x3, null when no model could be fitted. homography: x1 ~ H x0 (image-0 pixels to image-1 "
+        "pixels), H[2][2] = 1; fundamental: x1^T F x0 = 0 in pixels; essential: the same in normalised coordinates "
+        "K^-1 x, scaled as OpenCV returns it (E[2][2] = 1). Pixel centres are at integer coordinates."
+    )
     num_inliers: int
     inlier_ratio: float
-    rotation: list[list[float]] | None = None
-    translation: list[float] | None = None
+    rotation: list[list[float]] | None = Field(
+        None, description="essential only: R moving points from camera 0's frame to camera 1's, X1 = R X0 + t."
+    )
+    translation: list[float] | None = Field(None, description="essential only: t of X1 = R X0 + t, unit length.")
     message: str | None = None
 
 
