@@ -20,7 +20,8 @@ EXAMPLES = """examples:
   featureserve match a.jpg b.jpg --geometry homography --draw matches.png
   featureserve match a.jpg b.jpg --grpc 127.0.0.1:50051 --hloc exports/
   featureserve match --pairs pairs.txt images/ --out matches.h5 --colmap database.db
-  featureserve eval ../shared/data/oxford_affine --models sift orb akaze
+  featureserve match a.jpg b.jpg --geometry essential --intrinsics 525,525,319.5,239.5 --json
+  featureserve eval oxford_affine/ --models sift orb akaze                  # or one sequence: oxford_affine/boat
   featureserve train training/configs/caps_tiny.yaml --run-dir runs/tiny
 """
 
@@ -67,12 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, metavar="H5", help="with --pairs: the matches (hloc layout); features.h5 goes beside it"
     )
     match.add_argument("--colmap", type=Path, metavar="DB", help="with --pairs: also write a COLMAP database")
-    match.add_argument(
-        "--geometry", default="homography", choices=["none", "homography", "fundamental"], help="verification model"
-    )
-    match.add_argument("--matcher", default="mnn", choices=["mnn", "nn"], help="mutual or plain nearest neighbour")
-    match.add_argument("--ratio", type=float, help="Lowe's ratio test threshold (off by default)")
+    cli.add_match_options(match)
     match.add_argument("--draw", type=Path, metavar="PNG", help="write a picture of the matches")
+    match.add_argument(
+        "--draw-max-lines", type=int, default=300, metavar="N", help="draw at most N matches, inliers first (300)"
+    )
+    match.add_argument("--draw-inliers-only", action="store_true", help="leave the outliers out of the picture")
     match.add_argument(
         "--hloc", type=Path, metavar="DIR", help="add both images and the pair to DIR/{features,matches}.h5"
     )

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -39,14 +40,24 @@ class CommandError(Exception):
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors printed as one line (exit status 1): files, options, and answers of a server or the models."""
+    """Errors printed as one line (exit status 1): files, options, a missing extra (its message names the install
+    command), and answers of a server or the models."""
     import grpc
     import httpx
 
     from .client import RestError
     from .service.errors import FeatureServeError
 
-    return (OSError, ValueError, TypeError, RestError, grpc.RpcError, httpx.TransportError, FeatureServeError)
+    return (
+        OSError,
+        ImportError,
+        ValueError,
+        TypeError,
+        RestError,
+        grpc.RpcError,
+        httpx.TransportError,
+        FeatureServeError,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -181,14 +192,14 @@ def _card_json(card: Any) -> dict[str, Any]:
 
 
 def save_features(out: Path, names: Sequence[str], features: Sequence[FeatureSet]) -> None:
-    """``.npz`` (one image: keypoints, scores, descriptors, image_size, model) or ``.h5`` (hloc, any number)."""
+    """``.npz`` (one image: keypoints, scores, sizes, angles, descriptors, image_size, model) or ``.h5`` (hloc)."""
     if out.suffix == ".npz":
         if len(features) != 1:
             raise CommandError(f"{out}: an .npz file holds one image's features; use .h5 for {len(features)} images")
         f = features[0]
         arrays = {"keypoints": f.keypoints, "scores": f.scores, "image_size": np.asarray(f.image_size, np.int32)}
-        if f.descriptors is not None:
-            arrays["descriptors"] = f.descriptors
+        optional = {"sizes": f.sizes, "angles": f.angles, "descriptors": f.descriptors}
+        arrays |= {name: values for name, values in optional.items() if values is not None}
         np.savez(out, model=np.asarray(f.model), **arrays)
     elif out.suffix in (".h5", ".hdf5"):
         from .interop import write_hloc_features
@@ -244,12 +255,85 @@ def extract_command(args: argparse.Namespace) -> int:
 # match
 
 
+def intrinsics(text: str) -> list[float]:
+    """``fx,fy,cx,cy`` (pixels) as four numbers; argparse prints the error with the expected form."""
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected fx,fy,cx,cy in pixels, e.g. 525,525,319.5,239.5; got {text!r}")
+    return values
+
+
+def add_match_options(parser: argparse.ArgumentParser) -> None:
+    """Matching and verification options, with the REST API's names and defaults."""
+    parser.add_argument(
+        "--geometry",
+        default="none",
+        choices=["none", "homography", "fundamental", "essential"],
+        help="verify the matches with this model (default none, as the API; essential needs --intrinsics)",
+    )
+    parser.add_argument("--matcher", default="mnn", choices=["mnn", "nn"], help="mutual or plain nearest neighbour")
+    parser.add_argument("--ratio", type=float, help="Lowe's ratio test threshold (off by default)")
+    parser.add_argument("--max-distance", type=float, help="drop matches farther apart than this descriptor distance")
+    parser.add_argument(
+        "--intrinsics", type=intrinsics, metavar="FX,FY,CX,CY", help="camera of both images (pixels), for essential"
+    )
+    parser.add_argument("--intrinsics0", type=intrinsics, metavar="FX,FY,CX,CY", help="camera of image 0 only")
+    parser.add_argument("--intrinsics1", type=intrinsics, metavar="FX,FY,CX,CY", help="camera of image 1 only")
+    parser.add_argument("--ransac-threshold", type=float, help="inlier threshold in pixels (default 3)")
+    parser.add_argument("--ransac-confidence", type=float, help="RANSAC confidence (default 0.9999)")
+    parser.add_argument("--ransac-max-iterations", type=int, help="RANSAC iteration cap (default 10000)")
+
+
 def match_options(args: argparse.Namespace) -> dict[str, Any]:
     """The matching and verification options set on the command line."""
     options: dict[str, Any] = {"geometry": args.geometry, "matcher": args.matcher}
-    if args.ratio is not None:
-        options["ratio"] = args.ratio
+    given = {
+        "ratio": args.ratio,
+        "max_distance": args.max_distance,
+        "intrinsics0": args.intrinsics0 or args.intrinsics,
+        "intrinsics1": args.intrinsics1 or args.intrinsics,
+        "ransac_threshold": args.ransac_threshold,
+        "ransac_confidence": args.ransac_confidence,
+        "ransac_max_iterations": args.ransac_max_iterations,
+    }
+    options |= {name: value for name, value in given.items() if value is not None}
+    if args.geometry == "essential" and ("intrinsics0" not in options or "intrinsics1" not in options):
+        raise CommandError("--geometry essential needs the cameras: --intrinsics FX,FY,CX,CY (or --intrinsics0/1)")
     return options
+
+
+def match_report(result: MatchResult, elapsed: float, draw: Path | None) -> dict[str, Any]:
+    """``match --json``: the ``/v1/match`` answer's fields (matches and inlier mask included), time and picture."""
+    geometry = result.geometry
+
+    def listed(value: np.ndarray | None) -> Any:
+        return None if value is None else value.tolist()
+
+    return {
+        "model": result.model,
+        "num_keypoints0": result.num_keypoints0,
+        "num_keypoints1": result.num_keypoints1,
+        "num_matches": len(result.matches),
+        "num_inliers": None if geometry is None else geometry.num_inliers,
+        "matches": result.matches.tolist(),
+        "inliers": listed(result.inliers),
+        "geometry": None
+        if geometry is None
+        else {
+            "geometry": geometry.geometry,
+            "matrix": listed(geometry.matrix),
+            "num_inliers": geometry.num_inliers,
+            "inlier_ratio": geometry.inlier_ratio,
+            "rotation": listed(geometry.rotation),
+            "translation": listed(geometry.translation),
+            "message": geometry.message or None,
+        },
+        "ms": round(elapsed * 1000, 1),
+        "draw": None if draw is None else str(draw),
+    }
 
 
 def match_command(args: argparse.Namespace) -> int:
@@ -266,6 +350,8 @@ def match_command(args: argparse.Namespace) -> int:
     # REST draws on the server and the in-process client here, with the same function; gRPC does not draw,
     # so with --grpc the picture is drawn here from the answer.
     server_draws = args.draw is not None and not args.grpc
+    if server_draws:
+        options |= {"draw_max_lines": args.draw_max_lines, "draw_outliers": not args.draw_inliers_only}
     with open_client(args) as client:
         started = time.perf_counter()
         with stderr.status("matching", spinner="dots") if stderr.is_terminal else _nothing():
@@ -276,25 +362,10 @@ def match_command(args: argparse.Namespace) -> int:
         args.draw.write_bytes(picture)
     if args.hloc is not None:
         _write_hloc(args, result)
-    num_inliers = None if result.inliers is None else int(result.inliers.sum())
+    geometry = result.geometry
+    num_inliers = None if geometry is None else geometry.num_inliers
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "model": result.model,
-                    "num_keypoints0": result.num_keypoints0,
-                    "num_keypoints1": result.num_keypoints1,
-                    "num_matches": len(result.matches),
-                    "num_inliers": num_inliers,
-                    "geometry": None if result.geometry is None else result.geometry.geometry,
-                    "matrix": None
-                    if result.geometry is None or result.geometry.matrix is None
-                    else result.geometry.matrix.tolist(),
-                    "ms": round(elapsed * 1000, 1),
-                    "draw": None if args.draw is None else str(args.draw),
-                }
-            )
-        )
+        print(json.dumps(match_report(result, elapsed, args.draw)))
         return 0
     table = Table(title=f"{image_name(args.image0)} <-> {image_name(args.image1)}", show_header=False)
     table.add_column("what")
@@ -302,8 +373,14 @@ def match_command(args: argparse.Namespace) -> int:
     table.add_row("model", result.model)
     table.add_row("keypoints", f"{result.num_keypoints0} / {result.num_keypoints1}")
     table.add_row("matches", str(len(result.matches)))
-    if result.geometry is not None:
-        table.add_row(f"inliers ({result.geometry.geometry})", f"{num_inliers} ({result.geometry.inlier_ratio:.0%})")
+    if geometry is not None:
+        table.add_row(f"inliers ({geometry.geometry})", f"{num_inliers} ({geometry.inlier_ratio:.0%})")
+        if geometry.matrix is None:
+            table.add_row("no model", geometry.message or "")
+        if geometry.rotation is not None and geometry.translation is not None:
+            angle = np.degrees(np.arccos(np.clip((np.trace(geometry.rotation) - 1) / 2, -1, 1)))
+            table.add_row("rotation", f"{angle:.2f} deg")
+            table.add_row("translation", " ".join(f"{v:+.3f}" for v in geometry.translation))
     table.add_row("time", f"{elapsed * 1000:.1f} ms")
     if args.draw is not None:
         table.add_row("picture", str(args.draw))
@@ -424,7 +501,8 @@ def _draw_here(args: argparse.Namespace, result: MatchResult) -> bytes:
 
     with LocalClient() as local:
         images = local.decode(args.image0), local.decode(args.image1)
-    return match_picture(*images, result.points0, result.points1, result.inliers, result.model)
+    limits = {"max_lines": args.draw_max_lines, "outliers": not args.draw_inliers_only}
+    return match_picture(*images, result.points0, result.points1, result.inliers, result.model, **limits)
 
 
 def _write_hloc(args: argparse.Namespace, result: MatchResult) -> None:
@@ -474,24 +552,32 @@ def _run_training(arguments: Sequence[str], capture: bool) -> subprocess.Complet
 
 
 def count_sequences(dataset: Path) -> int:
-    """Sequence folders (HPatches or Oxford layout) under ``dataset``; raises `CommandError` when none."""
+    """Sequence folders (HPatches or Oxford layout) under ``dataset``, or 1 when it is one; `CommandError` if none."""
     if not dataset.is_dir():
         raise CommandError(f"{dataset} is not a folder")
     names = ("1.ppm", "1.png", "1.jpg", "img1.ppm", "img1.png", "img1.pgm", "img1.jpg")
-    count = sum(1 for p in dataset.iterdir() if p.is_dir() and any((p / n).exists() for n in names))
+
+    def is_sequence(folder: Path) -> bool:
+        return any((folder / n).exists() for n in names)
+
+    count = 1 if is_sequence(dataset) else sum(1 for p in dataset.iterdir() if p.is_dir() and is_sequence(p))
     if not count:
-        raise CommandError(f"{dataset} holds no HPatches-layout sequences (folders with 1.ppm, 2.ppm, H_1_2, ...)")
+        raise CommandError(
+            f"{dataset} holds no HPatches-layout sequences: give a sequence folder (1.ppm, 2.ppm, ..., H_1_2, ...) "
+            "or a folder of them"
+        )
     return count
 
 
 def eval_command(args: argparse.Namespace) -> int:
     """HPatches-layout evaluation of each model, one ``python -m training evaluate`` run per model."""
     sequences = count_sequences(args.dataset)
+    counted = f"{sequences} sequence{'' if sequences == 1 else 's'}"
     reports: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="featureserve-eval-") as folder, progress() as bar:
-        task = bar.add_task(f"evaluating on {sequences} sequences", total=len(args.models))
+        task = bar.add_task(f"evaluating on {counted}", total=len(args.models))
         for model in args.models:
-            bar.update(task, description=f"{model} on {sequences} sequences")
+            bar.update(task, description=f"{model} on {counted}")
             out = Path(folder) / f"{model}.json"
             arguments = ["evaluate", "--models", model, "--homography", str(args.dataset), "--posed"]
             arguments += ["--max-keypoints", str(args.max_keypoints), "--out", str(out)]
@@ -505,15 +591,19 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({m: _eval_row(r) for m, r in reports.items()}))
         return 0
-    table = Table(title=f"{args.dataset}: {sequences} sequences, {args.max_keypoints} keypoints, mutual NN")
-    columns = [*(f"MMA@{t}" for t in (1, 3, 5, 10)), *(f"Hacc@{t}" for t in (1, 3, 5))]
-    for column in ("model", *columns, "features/img", "matches/pair", "ms/img"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    # Narrow: every figure whole in an 80-column terminal (MMA@10 and the counts are in --json and --out).
+    table = Table(
+        title=f"{args.dataset.name}: {counted}, {args.max_keypoints} keypoints, mutual NN",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+    )
+    columns = [*(f"MMA@{t}" for t in (1, 3, 5)), *(f"Hacc@{t}" for t in (1, 3, 5))]
+    for column in ("model", *columns, "kp/img", "ms/img"):
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for model, report in reports.items():
         row = _eval_row(report)
         cells = [f"{row[c]:.3f}" for c in columns]
-        cells += [f"{row['features/img']:.0f}", f"{row['matches/pair']:.0f}", f"{row['ms/img']:.1f}"]
-        table.add_row(model, *cells)
+        table.add_row(model, *cells, f"{row['features/img']:.0f}", f"{row['ms/img']:.1f}")
     stdout.print(table)
     if args.out is not None:
         stdout.print(f"full report: {args.out}")

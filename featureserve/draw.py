@@ -28,6 +28,8 @@ CAPTION_PX = 26
 LINE_ALPHA = 0.55
 # Wider pictures are scaled down so a response stays small; points are scaled with the images.
 DEFAULT_MAX_WIDTH = 2048
+# More lines than this hide the images under a wash of colour; a spread-out subset is drawn instead.
+DEFAULT_MAX_LINES = 300
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -38,13 +40,16 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"image must be uint8 (H, W) or (H, W, 3), got shape {image.shape}")
 
 
-def caption(title: str, num_matches: int, inliers: np.ndarray | None) -> str:
-    """The text above the images: model, match count, and inliers/outliers when verified."""
+def caption(title: str, num_matches: int, inliers: np.ndarray | None, drawn: int | None = None) -> str:
+    """The text above the images: model, match count, inliers/outliers when verified, and how many are drawn."""
     head = f"{title}: " if title else ""
+    tail = "" if drawn is None or drawn == num_matches else f"; {drawn} drawn"
     if inliers is None:
-        return f"{head}{num_matches} matches (not verified)"
+        return f"{head}{num_matches} matches (not verified){tail}"
     num_inliers = int(np.count_nonzero(inliers))
-    return f"{head}{num_matches} matches, {num_inliers} inliers (green), {num_matches - num_inliers} outliers (red)"
+    return (
+        f"{head}{num_matches} matches, {num_inliers} inliers (green), {num_matches - num_inliers} outliers (red){tail}"
+    )
 
 
 def draw_matches(
@@ -55,6 +60,8 @@ def draw_matches(
     inliers: np.ndarray | None = None,
     title: str = "",
     max_width: int = DEFAULT_MAX_WIDTH,
+    max_lines: int = DEFAULT_MAX_LINES,
+    outliers: bool = True,
 ) -> np.ndarray:
     """Draw matches between two images placed side by side.
 
@@ -67,6 +74,8 @@ def draw_matches(
             (not verified) draws every match blue.
         title: Shown first in the caption (the model name, say).
         max_width: The picture is scaled down to at most this many pixels wide.
+        max_lines: Draw at most this many matches, inliers first, each group thinned evenly in match order.
+        outliers: ``False`` draws inliers only (when verified).
 
     Returns:
         ``(CAPTION_PX + max(H0, H1) * s, (W0 + GAP_PX + W1) * s, 3)`` uint8 RGB picture, ``s <= 1``.
@@ -96,10 +105,11 @@ def draw_matches(
         return np.rint((points + 0.5) * scale - 0.5 + [dx, CAPTION_PX]).astype(np.int32)
 
     start, end = place(points0, 0), place(points1, offset)
+    shown = drawn_matches(inliers, len(points0), max_lines, outliers)
     if inliers is None:
-        groups = [(np.ones(len(start), bool), UNVERIFIED_COLOUR)]
+        groups = [(shown, UNVERIFIED_COLOUR)]
     else:
-        groups = [(~inliers, OUTLIER_COLOUR), (inliers, INLIER_COLOUR)]  # inliers on top
+        groups = [(shown & ~inliers, OUTLIER_COLOUR), (shown & inliers, INLIER_COLOUR)]  # inliers on top
     # Lines are blended in (LINE_ALPHA) so the images stay visible under many matches; endpoints are opaque.
     lines = picture.copy()
     for mask, colour in groups:
@@ -109,9 +119,25 @@ def draw_matches(
     for mask, colour in groups:
         for x, y in np.concatenate([start[mask], end[mask]]):
             cv2.circle(picture, (int(x), int(y)), 2, colour, -1, cv2.LINE_AA)
-    text = caption(title, len(points0), inliers)
+    text = caption(title, len(points0), inliers, int(shown.sum()))
     cv2.putText(picture, text, (6, CAPTION_PX - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (235, 235, 235), 1, cv2.LINE_AA)
     return picture
+
+
+def drawn_matches(inliers: np.ndarray | None, count: int, max_lines: int, outliers: bool = True) -> np.ndarray:
+    """``(count,)`` mask of the matches to draw: inliers first, then outliers while ``max_lines`` allows."""
+    if max_lines < 0:
+        raise ValueError(f"max_lines must be >= 0, got {max_lines}")
+    groups = [np.arange(count)] if inliers is None else [np.flatnonzero(inliers), np.flatnonzero(~inliers)]
+    if not outliers:
+        groups = groups[:1]
+    shown, room = np.zeros(count, bool), max_lines
+    for members in groups:
+        if len(members) > room:  # evenly spaced through the group, so the subset covers the image as the whole does
+            members = members[np.linspace(0, len(members) - 1, room).round().astype(int)] if room else members[:0]
+        shown[members] = True
+        room -= len(members)
+    return shown
 
 
 def encode_png(picture: np.ndarray) -> bytes:
@@ -130,6 +156,9 @@ def match_picture(
     points1: np.ndarray,
     inliers: np.ndarray | None = None,
     title: str = "",
+    max_lines: int = DEFAULT_MAX_LINES,
+    outliers: bool = True,
 ) -> bytes:
     """`draw_matches` encoded as PNG: what ``/v1/match`` with ``draw`` returns and ``--draw`` writes."""
-    return encode_png(draw_matches(image0, image1, points0, points1, inliers, title))
+    picture = draw_matches(image0, image1, points0, points1, inliers, title, max_lines=max_lines, outliers=outliers)
+    return encode_png(picture)

@@ -13,8 +13,9 @@ write it and ``triangulation.py``/``reconstruction.py`` read it:
 - ``matches.h5``: one group per pair, named by ``names_to_pair(name0, name1)`` (below), holding
   ``matches0`` ``(N0,)`` (index in image 1, or -1) and ``matching_scores0`` ``(N0,)`` float16.
 
-Our extras, which hloc ignores: attributes ``model``, ``descriptor_kind``, ``descriptor_dim`` and
-``descriptor_metric`` on feature groups, ``model`` and ``geometry`` on pair groups. The hloc and COLMAP
+Our extras, which hloc ignores: ``sizes`` and ``angles`` ``(N,)`` datasets (OpenCV's ``KeyPoint.size`` and
+``angle``) and the attributes ``model``, ``descriptor_kind``, ``descriptor_dim`` and ``descriptor_metric`` on
+feature groups, ``model`` and ``geometry`` on pair groups. The hloc and COLMAP
 writers need the ``interop`` extra (h5py, pycolmap): ``pip install 'featureserve[interop]'``.
 
 Example:
@@ -63,19 +64,31 @@ def _descriptor_info(features: Any) -> dict[str, Any]:
 # cv2.KeyPoint
 
 
-def to_cv2_keypoints(keypoints: np.ndarray, scores: np.ndarray | None = None, size: float = 1.0) -> list[cv2.KeyPoint]:
+def to_cv2_keypoints(
+    keypoints: np.ndarray,
+    scores: np.ndarray | None = None,
+    size: float | np.ndarray = 1.0,
+    angles: np.ndarray | None = None,
+) -> list[cv2.KeyPoint]:
     """``(N, 2)`` pixel keypoints (and ``(N,)`` scores as ``response``) as OpenCV keypoints.
 
-    Both conventions put pixel centres at integers, so ``pt`` is ``(x, y)`` unchanged. Our keypoints have
-    no scale or orientation: ``size`` is the diameter given to all, ``angle`` is -1 (not computed).
+    Both conventions put pixel centres at integers, so ``pt`` is ``(x, y)`` unchanged. ``size``: one diameter
+    for all, or the ``(N,)`` ``sizes`` of a feature set; ``angles``: its ``(N,)`` ``angles`` (OpenCV's degrees
+    already), -1 ("none") when not given.
     """
     keypoints = np.asarray(keypoints, np.float32).reshape(-1, 2)
-    responses = np.zeros(len(keypoints), np.float32) if scores is None else np.asarray(scores, np.float32)
-    if len(responses) != len(keypoints):
-        raise ValueError(f"{len(responses)} scores for {len(keypoints)} keypoints")
+    count = len(keypoints)
+    columns = {
+        "scores": np.zeros(count, np.float32) if scores is None else np.asarray(scores, np.float32).reshape(-1),
+        "sizes": np.broadcast_to(np.asarray(size, np.float32), (count,)) if np.ndim(size) == 0 else np.asarray(size),
+        "angles": np.full(count, -1.0, np.float32) if angles is None else np.asarray(angles, np.float32).reshape(-1),
+    }
+    for name, values in columns.items():
+        if len(values) != count:
+            raise ValueError(f"{len(values)} {name} for {count} keypoints")
     return [
-        cv2.KeyPoint(float(x), float(y), float(size), -1.0, float(r))
-        for (x, y), r in zip(keypoints, responses, strict=True)
+        cv2.KeyPoint(float(x), float(y), float(s), float(a), float(r))
+        for (x, y), r, s, a in zip(keypoints, columns["scores"], columns["sizes"], columns["angles"], strict=True)
     ]
 
 
@@ -126,6 +139,9 @@ def write_hloc_features(path: str | Path, features: Mapping[str, Any], as_half: 
             group.create_dataset("descriptors", data=descriptors)
             group.create_dataset("scores", data=scores)
             group.create_dataset("image_size", data=np.asarray(f.image_size, np.int32))
+            for field in ("sizes", "angles"):
+                if getattr(f, field, None) is not None:
+                    group.create_dataset(field, data=np.asarray(getattr(f, field), np.float32))
             info = _descriptor_info(f)
             group.attrs.update({f"descriptor_{k}": v for k, v in info.items()})
             group.attrs["model"] = getattr(f, "model", "") or ""
@@ -158,6 +174,8 @@ def read_hloc_features(path: str | Path) -> dict[str, FeatureSet]:
                     descriptor=info,
                     image_size=(width, height),
                     model=str(attrs.get("model", "")),
+                    sizes=item["sizes"][()].astype(np.float32) if "sizes" in item else None,
+                    angles=item["angles"][()].astype(np.float32) if "angles" in item else None,
                 )
 
         file.visititems(visit)

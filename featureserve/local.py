@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .client.options import DRAW_OPTION, EXTRACT_OPTIONS, MATCH_OPTIONS, check_options
+from .client.options import DRAW_OPTION, DRAWING_OPTIONS, EXTRACT_OPTIONS, MATCH_OPTIONS, check_options
 from .client.results import (
     DescriptorInfo,
     FeatureSet,
@@ -77,6 +77,8 @@ def feature_set(features: Features, model: str, include_descriptors: bool = True
         descriptor={"kind": spec.kind, "dim": spec.dim, "metric": spec.metric},
         image_size=features.image_size,
         model=model,
+        sizes=features.sizes,
+        angles=features.angles,
     )
 
 
@@ -128,15 +130,16 @@ class LocalClient:
             self._run(self.ops.pool.add_model(name))
         return self.ops.pool.workers[name].model
 
-    def decode(self, image: ImageInput) -> np.ndarray:
-        """An image input as a uint8 grey or RGB array (EXIF orientation applied, as the service does)."""
+    def decode(self, image: ImageInput, name: str = "") -> np.ndarray:
+        """An image input as a uint8 grey or RGB array (EXIF orientation applied, as the service does); errors
+        name the input ``name`` if given."""
         if isinstance(image, np.ndarray):
             try:
                 check_image(image)
             except ValueError as error:
-                raise InvalidInput(str(error)) from None
+                raise InvalidInput(f"{name}: {error}" if name else str(error)) from None
             return image
-        return self._run(self.ops.decode(self._read(image)))
+        return self._run(self.ops.decode(self._read(image), name))
 
     def _input(self, image: ImageInput) -> bytes | np.ndarray:
         """Arrays checked now, encoded images as bytes (decoded by the operation under the service's limits)."""
@@ -159,7 +162,7 @@ class LocalClient:
         """Features of one image."""
         parsed = self._options(ExtractOptions, options, EXTRACT_OPTIONS)
         plan = self.ops.plan_extract(parsed)
-        features = self._run(self.ops.extract(plan, self._input(image), self._deadline(timeout)))
+        features = self._run(self.ops.extract(plan, self._input(image), self._deadline(timeout), "image"))
         return feature_set(features, plan.model, parsed.include_descriptors, parsed.descriptor_dtype)
 
     def extract_batch(
@@ -184,6 +187,8 @@ class LocalClient:
             descriptors,
             model_features.DescriptorInfo(**value.descriptor),
             value.image_size,
+            sizes=None if value.sizes is None else np.asarray(value.sizes, np.float32).reshape(-1),
+            angles=None if value.angles is None else np.asarray(value.angles, np.float32).reshape(-1),
         )
 
     def match(
@@ -192,7 +197,7 @@ class LocalClient:
         """Matches of two images (or feature sets from `extract`), their verification with ``geometry=...``, and
         with ``draw=True`` a PNG."""
         draw = bool(options.pop(DRAW_OPTION, False))
-        parsed = self._options(MatchOptions, options, EXTRACT_OPTIONS | MATCH_OPTIONS)
+        parsed = self._options(MatchOptions, options, EXTRACT_OPTIONS | MATCH_OPTIONS | DRAWING_OPTIONS)
         uploaded = [isinstance(value, FeatureSet) for value in (image0, image1)]
         plan = self.ops.plan_match(parsed, extract=not all(uploaded))
         deadline = self._deadline(timeout)
@@ -201,9 +206,9 @@ class LocalClient:
             if any(uploaded):
                 raise InvalidInput("draw needs both images (features are matched, images drawn)")
             # Decoded once, for the model and for the picture.
-            images = [self.decode(image0), self.decode(image1)]
+            images = [self.decode(image0, "image0"), self.decode(image1, "image1")]
             matched = self._run(self.ops.match(plan, images[0], images[1], deadline))
-            drawing = self._run(self.ops.draw(images[0], images[1], matched, plan.model or ""))
+            drawing = self._run(self.ops.draw(images[0], images[1], matched, plan.model or "", parsed))
         else:
             sides = self._side(image0, "features0"), self._side(image1, "features1")
             matched = self._run(self.ops.match(plan, sides[0], sides[1], deadline))

@@ -41,9 +41,15 @@ DEFAULT_OUT = RESULTS_DIR / "extraction_speed.json"
 # name -> (model, conf): variants measured beside the served models.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "scfeat one level": ("scfeat", {"scale_levels": 1, "coarser_descriptor": False}),
+    "scfeat, 64 px padding": ("scfeat", {"pad_multiple": 64}),
     "scfeat-lite (before)": (
         "scfeat",
-        {"card": str(CHECKPOINT_DIR / "scfeat-lite.json"), "scale_levels": 3, "coarser_descriptor": True},
+        {
+            "card": str(CHECKPOINT_DIR / "scfeat-lite.json"),
+            "scale_levels": 3,
+            "coarser_descriptor": True,
+            "pad_multiple": 64,
+        },
     ),
 }
 

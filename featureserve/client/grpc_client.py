@@ -77,6 +77,8 @@ def feature_set(message: pb.FeatureSet, model: str = "") -> FeatureSet:
         descriptor={"kind": info.kind, "dim": info.dim, "metric": info.metric},
         image_size=(message.image_size.width, message.image_size.height),
         model=model,
+        sizes=unpack(message.sizes) if message.HasField("sizes") else None,
+        angles=unpack(message.angles) if message.HasField("angles") else None,
     )
 
 
@@ -195,13 +197,17 @@ def feature_set_message(features: FeatureSet) -> pb.FeatureSet:
     descriptors, dtype = features.wire_descriptors()
     width, height = features.image_size
     info = features.descriptor
-    return pb.FeatureSet(
+    message = pb.FeatureSet(
         keypoints=to_array(np.asarray(features.keypoints).reshape(-1, 2), "float32"),
         scores=to_array(np.asarray(features.scores).reshape(-1), "float32"),
         descriptors=to_array(descriptors, dtype),
         descriptor=pb.DescriptorInfo(kind=info["kind"], dim=info["dim"], metric=info["metric"]),
         image_size=pb.ImageSize(width=width, height=height),
     )
+    for field, values in (("sizes", features.sizes), ("angles", features.angles)):
+        if values is not None:
+            getattr(message, field).CopyFrom(to_array(np.asarray(values).reshape(-1), "float32"))
+    return message
 
 
 def match_request(image0: MatchInput, image1: MatchInput, options: dict[str, Any]) -> service.MatchRequest:

@@ -14,6 +14,7 @@ EXTRACT_OPTIONS = frozenset(pb.ExtractOptions.DESCRIPTOR.fields_by_name)
 MATCH_OPTIONS = frozenset(pb.MatchOptions.DESCRIPTOR.fields_by_name)
 # Options only some transports have: REST and the in-process client draw pictures of matches; gRPC does not.
 DRAW_OPTION = "draw"
+DRAWING_OPTIONS = frozenset({"draw_max_lines", "draw_outliers"})  # how the picture is drawn
 
 
 def check_options(options: dict[str, Any], allowed: frozenset[str]) -> dict[str, Any]:

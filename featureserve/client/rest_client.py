@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from .options import DRAW_OPTION, EXTRACT_OPTIONS, MATCH_OPTIONS, check_options, intrinsics_tuple
+from .options import DRAW_OPTION, DRAWING_OPTIONS, EXTRACT_OPTIONS, MATCH_OPTIONS, check_options, intrinsics_tuple
 from .results import (
     DescriptorInfo,
     FeatureSet,
@@ -39,7 +39,7 @@ from .results import (
 )
 
 DEFAULT_TIMEOUT_S = 60.0
-REST_MATCH_OPTIONS = EXTRACT_OPTIONS | MATCH_OPTIONS | {DRAW_OPTION}
+REST_MATCH_OPTIONS = EXTRACT_OPTIONS | MATCH_OPTIONS | {DRAW_OPTION} | DRAWING_OPTIONS
 Files = list[tuple[str, tuple[str, bytes, str]]]
 
 
@@ -117,6 +117,11 @@ def feature_set_body(features: FeatureSet) -> dict[str, Any]:
     return {
         "keypoints": np.asarray(features.keypoints, np.float32).reshape(-1, 2).tolist(),
         "scores": np.asarray(features.scores, np.float32).reshape(-1).tolist(),
+        **{
+            field: np.asarray(values, np.float32).reshape(-1).tolist()
+            for field, values in (("sizes", features.sizes), ("angles", features.angles))
+            if values is not None
+        },
         "descriptors": {
             "encoding": "base64",
             "dtype": dtype,
@@ -188,6 +193,8 @@ def feature_set(body: dict[str, Any], model: str = "") -> FeatureSet:
         descriptor=dict(body["descriptor"]),
         image_size=(size["width"], size["height"]),
         model=model,
+        sizes=None if body.get("sizes") is None else np.asarray(body["sizes"], np.float32),
+        angles=None if body.get("angles") is None else np.asarray(body["angles"], np.float32),
     )
 
 

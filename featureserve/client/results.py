@@ -54,7 +54,9 @@ class FeatureSet:
 
     Keypoints are float32 with pixel centres at integer coordinates; descriptors are float32 (or float16
     when asked for) rows, or packed-bit uint8 rows for binary models; ``None`` without descriptors.
-    ``descriptor`` is ``{"kind", "dim", "metric"}`` and ``image_size`` is ``(width, height)``.
+    ``descriptor`` is ``{"kind", "dim", "metric"}`` and ``image_size`` is ``(width, height)``. ``sizes`` and
+    ``angles`` ``(N,)`` are OpenCV's ``KeyPoint.size`` (diameter, pixels) and ``KeyPoint.angle`` (degrees in
+    ``[0, 360)``, -1 for none), ``None`` where the model gives none.
     """
 
     keypoints: np.ndarray
@@ -63,6 +65,8 @@ class FeatureSet:
     descriptor: dict[str, Any]
     image_size: tuple[int, int]
     model: str = ""
+    sizes: np.ndarray | None = None
+    angles: np.ndarray | None = None
 
     def wire_descriptors(self) -> tuple[np.ndarray, str]:
         """The descriptors and their wire dtype (``uint8``, ``float16`` or ``float32``), to send for matching."""

@@ -173,5 +173,7 @@ class UNetBackbone(nn.Module):
 
 
 def resize_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Bilinear resize of ``x`` to the spatial size of ``like``."""
+    """Bilinear resize of ``x`` to the spatial size of ``like`` (``x`` itself when the sizes agree)."""
+    if x.shape[-2:] == like.shape[-2:]:
+        return x
     return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)

@@ -127,12 +127,12 @@ class CAPS(DenseFeatureModel):
         for image, d in zip(images, detections, strict=True):
             # A keypoint without a size (none detected, or a detector that gives none) stays at full resolution.
             levels = self._usable_levels(image)
-            sizes = d.extras.get("sizes", np.zeros(len(d)))
+            sizes = np.zeros(len(d)) if d.sizes is None else d.sizes
             lower, upper, upper_weight = pyramid_levels(sizes, reference, step, levels)
             rows = np.arange(levels)[:, None]
             weights.append(np.where(rows == lower, 1 - upper_weight, 0) + np.where(rows == upper, upper_weight, 0))
         sums = self._pyramid_descriptor_sums(images, [d.keypoints for d in detections], weights)
         return [
-            Features(d.keypoints, d.scores, normalise_rows(total), d.image_size, self.descriptor, dict(d.extras))
+            Features(d.keypoints, d.scores, normalise_rows(total), d.image_size, self.descriptor, d.sizes, d.angles)
             for d, total in zip(detections, sums, strict=True)
         ]

@@ -122,8 +122,9 @@ class OpenCVFeatureModel(FeatureModel):
         scores = np.array([k.response for k in cv_keypoints], np.float32)
         if descriptors is not None:
             descriptors = np.ascontiguousarray(descriptors, self.descriptor.dtype)
-        sizes = np.array([k.size for k in cv_keypoints], np.float32)  # for describers that use the detector's scale
-        return Features(keypoints, scores, descriptors, size, self.descriptor, extras={"sizes": sizes})
+        sizes = np.array([k.size for k in cv_keypoints], np.float32)
+        angles = np.array([k.angle for k in cv_keypoints], np.float32)
+        return Features(keypoints, scores, descriptors, size, self.descriptor, sizes, angles)
 
 
 class ORB(OpenCVFeatureModel):

@@ -161,8 +161,8 @@ def within_max_pixels(method: Callable[..., list[Features]]) -> Callable[..., li
         for features, image, s in zip(results, images, scaled, strict=True):
             features.keypoints = rescale_points(features.keypoints, image_size(s), image_size(image))
             features.image_size = image_size(image)
-            if "sizes" in features.extras:
-                features.extras["sizes"] = features.extras["sizes"] * (image.shape[1] / s.shape[1])
+            if features.sizes is not None:
+                features.sizes = features.sizes * (image.shape[1] / s.shape[1])
         return results
 
     return bounded
@@ -202,6 +202,9 @@ class DenseFeatureModel(FeatureModel):
     }
     descriptor_strides: ClassVar[Sequence[int]]
     network: nn.Module
+    # The ``sizes`` of detected keypoints, in pixels: SIFT's diameter (twice the scale) of a blob of the 1.6 px
+    # base scale that SIFT and the Hessian prior of `scfeat` share. Dense detectors give no orientation (-1).
+    keypoint_size: ClassVar[float] = 3.2
 
     def bucket_key(self, image: np.ndarray) -> Hashable:
         """Padded ``(height, width)``: images with the same key share a tensor batch."""
@@ -284,6 +287,8 @@ class DenseFeatureModel(FeatureModel):
             descriptors=self._sample(outputs, b, keypoints).float().cpu().numpy() if describe else None,
             image_size=(width, height),
             descriptor=self.descriptor,
+            sizes=np.full(len(keypoints), self.keypoint_size, np.float32),
+            angles=np.full(len(keypoints), -1.0, np.float32),
         )
 
     @within_max_pixels

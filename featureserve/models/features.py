@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -73,8 +73,11 @@ class Features:
             detection was asked for.
         image_size: ``(width, height)`` of the image in pixels.
         descriptor: What the descriptors are (kind, dimension, metric).
-        extras: Further ``(N, ...)`` per-keypoint arrays a detector knows, kept by `subset`: the OpenCV
-            models give ``"sizes"``, the keypoint diameter in pixels (OpenCV's ``KeyPoint.size``).
+        sizes: ``(N,)`` float32 diameter of each keypoint's neighbourhood in pixels (OpenCV's ``KeyPoint.size``),
+            or ``None`` where the model gives none (descriptors at given keypoints of a dense model).
+        angles: ``(N,)`` float32 orientation in degrees, OpenCV's ``KeyPoint.angle``: in ``[0, 360)``, measured
+            from the +x axis towards +y (clockwise on screen, as y points down); ``-1`` for a keypoint without
+            one (upright detectors); ``None`` as for ``sizes``.
 
     Example:
         >>> f = Features.empty((640, 480), DescriptorInfo("float", 128, "l2"))
@@ -87,7 +90,8 @@ class Features:
     descriptors: np.ndarray | None
     image_size: tuple[int, int]
     descriptor: DescriptorInfo
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    sizes: np.ndarray | None = None
+    angles: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])
@@ -101,6 +105,8 @@ class Features:
             descriptors=np.zeros((0, descriptor.row_length), descriptor.dtype),
             image_size=image_size,
             descriptor=descriptor,
+            sizes=np.zeros((0,), np.float32),
+            angles=np.zeros((0,), np.float32),
         )
 
     def subset(self, index: np.ndarray) -> Features:
@@ -111,5 +117,6 @@ class Features:
             descriptors=None if self.descriptors is None else self.descriptors[index],
             image_size=self.image_size,
             descriptor=self.descriptor,
-            extras={k: v[index] for k, v in self.extras.items()},
+            sizes=None if self.sizes is None else self.sizes[index],
+            angles=None if self.angles is None else self.angles[index],
         )

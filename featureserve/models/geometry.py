@@ -23,6 +23,10 @@ class GeometryResult:
         matrix: ``(3, 3)`` float64 model (H maps image-0 pixels to image-1 pixels; F and E satisfy
             ``x1^T F x0 = 0``), or ``None`` when no model could be fitted.
         inliers: ``(M,)`` bool, one flag per input correspondence.
+        groups: ``(M,)`` index of each correspondence among the distinct ones (equal coordinates in both
+            images), or ``None`` when all are distinct. SIFT gives a keypoint per dominant orientation, so one
+            location can be matched more than once; the model is fitted to, and `num_inliers` counts, distinct
+            correspondences only.
         rotation: ``(3, 3)`` relative rotation from camera 0 to camera 1 (essential only).
         translation: ``(3,)`` unit-norm relative translation (essential only).
         message: Why ``matrix`` is ``None``, for users.
@@ -34,11 +38,20 @@ class GeometryResult:
     rotation: np.ndarray | None = None
     translation: np.ndarray | None = None
     message: str | None = None
+    groups: np.ndarray | None = None
 
     @property
     def num_inliers(self) -> int:
-        """Number of inlier correspondences."""
-        return int(self.inliers.sum())
+        """Number of distinct inlier correspondences."""
+        if self.groups is None:
+            return int(self.inliers.sum())
+        return len(np.unique(self.groups[self.inliers]))
+
+    @property
+    def inlier_ratio(self) -> float:
+        """Distinct inliers per distinct correspondence (0 without correspondences)."""
+        total = len(self.inliers) if self.groups is None else int(self.groups.max(initial=-1)) + 1
+        return self.num_inliers / total if total else 0.0
 
 
 def intrinsics_matrix(intrinsics: Sequence[float] | Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
@@ -84,10 +97,37 @@ def verify(
         raise ValueError(f"points0 and points1 differ in length: {len(p0)} vs {len(p1)}")
     if geometry == "essential" and (intrinsics0 is None or intrinsics1 is None):
         raise ValueError("essential geometry needs intrinsics for both images")
-    no_model = np.zeros(len(p0), bool)
+    first, groups = distinct_rows(np.concatenate([p0, p1], axis=1))
+    result = _fit(p0[first], p1[first], geometry, threshold, confidence, max_iterations, intrinsics0, intrinsics1)
+    if len(first) < len(p0):  # the distinct correspondences' verdicts, given to every copy
+        result.inliers, result.groups = result.inliers[groups], groups
+    return result
+
+
+def distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, groups)``: the index of each distinct row's first occurrence, in order, and each row's group."""
+    if len(rows) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    _, first, groups = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[groups.reshape(-1)]
+
+
+def _fit(
+    p0: np.ndarray,
+    p1: np.ndarray,
+    geometry: GeometryKind,
+    threshold: float,
+    confidence: float,
+    max_iterations: int,
+    intrinsics0: np.ndarray | None,
+    intrinsics1: np.ndarray | None,
+) -> GeometryResult:
     if len(p0) < MIN_POINTS[geometry]:
-        message = f"{geometry} needs at least {MIN_POINTS[geometry]} matches, got {len(p0)}"
-        return GeometryResult(geometry, None, no_model, message=message)
+        message = f"{geometry} needs at least {MIN_POINTS[geometry]} distinct matches, got {len(p0)}"
+        return GeometryResult(geometry, None, np.zeros(len(p0), bool), message=message)
     if geometry == "homography":
         matrix, mask = cv2.findHomography(p0, p1, cv2.USAC_MAGSAC, threshold, None, max_iterations, confidence)
         return _verification(geometry, matrix, mask, len(p0))

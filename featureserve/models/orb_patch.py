@@ -165,7 +165,9 @@ class OrbPatch(ORB):
     def _extract_one(self, image: np.ndarray, options: KeypointOptions) -> Features:
         check_image(image)
         cv_keypoints = self._select(image, self._create(candidate_count(options)).detect(to_grey(image), None), options)
-        return self._describe_rows(image, cv_keypoint_rows(cv_keypoints), [k.response for k in cv_keypoints])
+        features = self._describe_rows(image, cv_keypoint_rows(cv_keypoints), [k.response for k in cv_keypoints])
+        features.angles = np.array([k.angle for k in cv_keypoints], np.float32)  # -1 stays "none" here
+        return features
 
     def _describe_one(self, image: np.ndarray, keypoints: np.ndarray) -> Features:
         check_image(image)
@@ -182,5 +184,11 @@ class OrbPatch(ORB):
         chunks = patches.split(int(self.conf["patch_batch"]))
         descriptors = torch.cat([self.network(chunk) for chunk in chunks]).float().cpu().numpy()
         return Features(
-            rows[:, :2].copy(), np.asarray(scores, np.float32), descriptors, image_size(image), self.descriptor
+            rows[:, :2].copy(),
+            np.asarray(scores, np.float32),
+            descriptors,
+            image_size(image),
+            self.descriptor,
+            sizes=rows[:, 2].copy(),
+            angles=rows[:, 3].copy(),
         )

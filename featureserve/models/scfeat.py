@@ -317,6 +317,8 @@ class SCFeat(DenseFeatureModel):
     default_conf: ClassVar[dict[str, Any]] = {
         **DenseFeatureModel.default_conf,
         "nms_radius": 1,  # 3x3 NMS as in the reference extractor
+        # The network's own multiple: the pyramid's smaller levels would otherwise be padded by up to a quarter.
+        "pad_multiple": 16,
         "subpixel": True,
         # Keypoints come from the score maps of ``scale_levels`` pyramid levels ``scale_step`` octaves apart (fewer
         # where a level's shorter side would fall under 32 px), the strongest over all levels kept; 1 level (the
@@ -399,6 +401,7 @@ class SCFeat(DenseFeatureModel):
                     candidates = KeypointOptions(max_keypoints=candidate_count(options[i]))
                     f = self._extract_one(scaled[j], candidates, outputs, b, describe)
                     f.keypoints = rescale_points(f.keypoints, size, image_size(images[i]))
+                    f.sizes = f.sizes * (images[i].shape[1] / scaled[j].shape[1])
                     f.image_size = image_size(images[i])
                     found[i].append(f)
         return [
@@ -414,5 +417,7 @@ class SCFeat(DenseFeatureModel):
             descriptors=normalise_rows(np.concatenate([f.descriptors for f in levels])) if described else None,
             image_size=image_size(image),
             descriptor=self.descriptor,
+            sizes=np.concatenate([f.sizes for f in levels]),
+            angles=np.concatenate([f.angles for f in levels]),
         )
         return merged.subset(select_keypoints(merged.keypoints, merged.scores, merged.image_size, options))

@@ -10,8 +10,9 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..draw import DEFAULT_MAX_LINES
 from ..models import DescriptorInfo, Features, KeypointOptions, PairOptions, intrinsics_matrix
 from .errors import InvalidInput, InvalidOption
 
@@ -70,6 +71,26 @@ class MatchOptions(ExtractOptions):
         "inliers green, outliers red (blue when not verified). Needs image0 and image1. "
         "Or send `Accept: image/png` to get the PNG alone.",
     )
+    draw_max_lines: int = Field(
+        DEFAULT_MAX_LINES, ge=0, le=100_000, description="Draw at most this many matches (inliers first, spread out)."
+    )
+    draw_outliers: bool = Field(True, description="Also draw the outliers (red); false draws inliers only.")
+
+    @field_validator("intrinsics0", "intrinsics1", mode="before")
+    @classmethod
+    def _intrinsics_in_words(cls, value: Any) -> Any:
+        """A form field may hold comma-separated numbers; anything else that is not a list is refused in words."""
+        if isinstance(value, str):
+            try:
+                return [float(v) for v in value.replace(",", " ").split()]
+            except ValueError:
+                pass
+        if value is None or isinstance(value, list):
+            return value
+        raise ValueError(
+            f"expected [fx, fy, cx, cy] in pixels (a JSON list, or comma-separated numbers in a form field) or a "
+            f"3x3 matrix, got {value!r}"
+        )
 
     def pair_options(self) -> PairOptions:
         """The worker-side matching options; raises `InvalidOption` for unusable intrinsics."""
@@ -119,6 +140,8 @@ def features_from_arrays(
     descriptors: np.ndarray,
     spec: DescriptorInfo | None,
     image_size: tuple[int, int],
+    sizes: np.ndarray | None = None,
+    angles: np.ndarray | None = None,
 ) -> Features:
     """Check an uploaded feature set (any transport) and build `Features`; raises `InvalidInput` naming ``name``.
 
@@ -142,12 +165,15 @@ def features_from_arrays(
     if (spec.kind == "binary") != binary or spec.row_length != cols:
         dtype = "uint8" if binary else "float"
         raise InvalidInput(f"{name}.descriptor says {spec.kind} {spec.dim}, but descriptors are {dtype} x {cols}")
-    if scores is not None and len(scores) != rows:
-        raise InvalidInput(f"{name}.scores has {len(scores)} values but there are {rows} keypoints")
+    for field, values in (("scores", scores), ("sizes", sizes), ("angles", angles)):
+        if values is not None and len(values) != rows:
+            raise InvalidInput(f"{name}.{field} has {len(values)} values but there are {rows} keypoints")
     return Features(
         keypoints=np.ascontiguousarray(keypoints, np.float32),
         scores=np.ones(rows, np.float32) if scores is None else np.ascontiguousarray(scores, np.float32),
         descriptors=np.ascontiguousarray(descriptors),
         image_size=image_size,
         descriptor=spec,
+        sizes=None if sizes is None else np.ascontiguousarray(sizes, np.float32),
+        angles=None if angles is None else np.ascontiguousarray(angles, np.float32),
     )

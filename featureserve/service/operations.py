@@ -132,15 +132,25 @@ class Operations:
             return MatchPlan(None, pair)
         return MatchPlan(self.plan_extract(options, descriptors=True), pair)
 
-    async def decode(self, data: bytes) -> np.ndarray:
-        """Decode image bytes under the configured limits (off the event loop)."""
-        return await self.pool.decode(data)
+    async def decode(self, data: bytes, name: str = "") -> np.ndarray:
+        """Decode image bytes under the configured limits (off the event loop); errors name ``name`` if given."""
+        try:
+            return await self.pool.decode(data)
+        except FeatureServeError as error:
+            if name:
+                error.message = f"{name}: {error.message}"
+            raise
 
-    async def extract(self, plan: ExtractPlan, image: ImageInput, deadline: float) -> Features:
-        """Features of one image (encoded bytes or a decoded array)."""
-        if plan.kind == "detect":
-            return await self.pool.detect(plan.model, image, plan.keypoints, deadline)
-        return await self.pool.extract(plan.model, image, plan.keypoints, deadline)
+    async def extract(self, plan: ExtractPlan, image: ImageInput, deadline: float, name: str = "") -> Features:
+        """Features of one image (encoded bytes or a decoded array); errors name the field ``name`` if given."""
+        try:
+            if plan.kind == "detect":
+                return await self.pool.detect(plan.model, image, plan.keypoints, deadline)
+            return await self.pool.extract(plan.model, image, plan.keypoints, deadline)
+        except FeatureServeError as error:
+            if name:
+                error.message = f"{name}: {error.message}"
+            raise
 
     async def extract_batch(self, plan: ExtractPlan, images: Sequence[ImageInput], deadline: float) -> list[Features]:
         """Features of each image, in order; the images may share a batch. Errors name ``images[i]``."""
@@ -178,10 +188,15 @@ class Operations:
                 raise InvalidInput("an image side needs a model: plan the match with extract=True")
             return await self.extract(plan.extract, side, deadline)
 
-        both = await asyncio.gather(features(side0), features(side1))
+        both = await asyncio.gather(features(side0), features(side1), return_exceptions=True)
+        for name, outcome in zip(("image0", "image1"), both, strict=True):
+            if isinstance(outcome, FeatureServeError):
+                outcome.message = f"{name}: {outcome.message}"
+            if isinstance(outcome, BaseException):
+                raise outcome
         extracted = time.perf_counter()
-        result = await self.match_features(plan.model, both[0], both[1], plan.pair)
-        return Matched((both[0], both[1]), result, extracted - started, time.perf_counter() - extracted)
+        result = await self.match_features(plan.model, both[0], both[1], plan.pair)  # type: ignore[arg-type]
+        return Matched((both[0], both[1]), result, extracted - started, time.perf_counter() - extracted)  # type: ignore[arg-type]
 
     async def match_pairs(
         self,
@@ -270,11 +285,14 @@ class Operations:
             self.metrics.inliers.labels(label).observe(result.geometry.num_inliers)
         return result
 
-    async def draw(self, image0: np.ndarray, image1: np.ndarray, matched: Matched, title: str) -> bytes:
+    async def draw(
+        self, image0: np.ndarray, image1: np.ndarray, matched: Matched, title: str, options: MatchOptions
+    ) -> bytes:
         """A PNG of both images side by side with the matches drawn (inliers green, outliers red)."""
         result = matched.result
         inliers = None if result.geometry is None else result.geometry.inliers
-        return await self.pool.run_cpu(match_picture, image0, image1, result.points0, result.points1, inliers, title)
+        points = (result.points0, result.points1, inliers, title, options.draw_max_lines, options.draw_outliers)
+        return await self.pool.run_cpu(match_picture, image0, image1, *points)
 
     def _check_feature_size(self, name: str, features: Features) -> None:
         limit = self.settings.max_keypoints_limit

@@ -61,10 +61,13 @@ def test_match_draws_the_same_picture_in_process_over_rest_and_over_grpc(
     where = {"local": [], "rest": ["--url", server.url], "grpc": ["--grpc", server.grpc_target]}
     for name, flags in where.items():
         picture = tmp_path / f"{name}.png"
-        status, out, _ = run(capsys, "match", *image_files, "--model", "orb", "--draw", picture, "--json", *flags)
+        flags = ["--model", "orb", "--geometry", "homography", "--draw", picture, "--json", *flags]
+        status, out, _ = run(capsys, "match", *image_files, *flags)
         report = json.loads(out)
         assert status == 0, name
         assert (report["num_matches"], report["num_inliers"]) == (len(expected.matches), int(expected.inliers.sum()))
+        assert report["matches"] == expected.matches.tolist() and report["inliers"] == expected.inliers.tolist()
+        assert np.allclose(report["geometry"]["matrix"], expected.geometry.matrix)
         assert picture.read_bytes() == expected.drawing, name
     status, out, _ = run(capsys, "match", *image_files, "--model", "orb", "--geometry", "none", "--ratio", "0.8")
     assert status == 0 and "matches" in out and "inliers" not in out
@@ -78,7 +81,8 @@ def test_match_exports_the_pair_for_hloc(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(image_files[0].parent)  # names are relative to the working directory, as hloc's
-    status, _, _ = run(capsys, "match", "astronaut.png", "warped.jpg", "--model", "sift", "--hloc", tmp_path)
+    flags = ["--model", "sift", "--geometry", "homography", "--hloc", tmp_path]
+    status, _, _ = run(capsys, "match", "astronaut.png", "warped.jpg", *flags)
     assert status == 0
     expected = rest.match(*image_files, model="sift", geometry="homography")
     matches, scores = read_hloc_matches(tmp_path / "matches.h5", "astronaut.png", "warped.jpg")
@@ -122,6 +126,36 @@ def test_match_pairs_extracts_each_image_once_and_matches_as_pairwise(
     assert status != 0 and "are not in" in err and len(err.strip().splitlines()) == 1
 
 
+def test_match_defaults_and_options_are_the_apis(
+    image_files: list[Path], rest: RestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No verification unless asked (as /v1/match); essential with intrinsics and RANSAC options; bad input named."""
+    status, out, _ = run(capsys, "match", *image_files, "--model", "orb", "--json")
+    report = json.loads(out)
+    assert status == 0 and report["geometry"] is None and report["inliers"] is None and report["num_inliers"] is None
+    camera = "500,500,255.5,255.5"
+    flags = ["--model", "sift", "--geometry", "essential", "--intrinsics", camera, "--ransac-threshold", "2", "--json"]
+    status, out, _ = run(capsys, "match", *image_files, *flags)
+    report = json.loads(out)
+    expected = rest.match(
+        *image_files,
+        model="sift",
+        geometry="essential",
+        intrinsics0=[500, 500, 255.5, 255.5],
+        intrinsics1=[500, 500, 255.5, 255.5],
+        ransac_threshold=2,
+    )
+    assert status == 0 and report["num_inliers"] == expected.geometry.num_inliers > 20
+    assert np.allclose(report["geometry"]["rotation"], expected.geometry.rotation)
+    status, out, _ = run(capsys, "match", *image_files, "--geometry", "essential", "--intrinsics", camera)
+    assert status == 0 and "rotation" in out and "translation" in out
+    status, _, err = run(capsys, "match", *image_files, "--geometry", "essential")
+    assert status == 2 and "--intrinsics FX,FY,CX,CY" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as usage:  # argparse's usage error: the usage line, then the problem
+        run(capsys, "match", *image_files, "--intrinsics", "525,525")
+    assert usage.value.code == 2 and "expected fx,fy,cx,cy in pixels" in capsys.readouterr().err
+
+
 def test_models_lists_a_servers_models_or_the_installed_ones(
     server: Server, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -133,11 +167,24 @@ def test_models_lists_a_servers_models_or_the_installed_ones(
     assert status == 0 and {"sift", "orb", "akaze", "caps"} <= {m["name"] for m in json.loads(out)["models"]}
 
 
-def test_errors_are_one_line(image_files: list[Path], server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+def test_errors_are_one_line(
+    image_files: list[Path],
+    server: Server,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     status, out, err = run(capsys, "match", "no-such-image.png", image_files[1])
     assert status == 1 and "no-such-image.png" in err and "Traceback" not in err and not out
     status, _, err = run(capsys, "extract", image_files[0], "--model", "nope", "--url", server.url)
     assert status == 1 and "model_not_found" in err
+    # A missing extra: pycolmap made unimportable, as on an install without the interop extra.
+    monkeypatch.setitem(sys.modules, "pycolmap", None)
+    folder = image_files[0].parent
+    (tmp_path / "pairs.txt").write_text(f"{image_files[0].name} {image_files[1].name}\n")
+    flags = ["--model", "orb", "--colmap", tmp_path / "db.db", "--out", tmp_path / "m.h5"]
+    status, _, err = run(capsys, "match", "--pairs", tmp_path / "pairs.txt", folder, *flags)
+    assert status == 1 and "pip install 'featureserve[interop]'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_eval_runs_the_homography_evaluation(
@@ -170,7 +217,12 @@ def test_eval_runs_the_homography_evaluation(
     assert row["MMA@3"] > 0.5 and row["Hacc@5"] == 1.0 and 100 < row["features/img"] <= 500
     assert json.loads((tmp_path / "eval.json").read_text())["homography"]["orb"]["pairs"]
     status, _, err = run(capsys, "eval", tmp_path, "--models", "orb")
-    assert status == 2 and "no HPatches-layout sequences" in err
+    assert status == 2 and "no HPatches-layout sequences" in err and len(err.strip().splitlines()) == 1
+    # One sequence folder is a dataset of one; the table fits an 80-column terminal with every figure whole.
+    status, out, err = run(capsys, "eval", sequence, "--models", "orb", "orb-patch", "--max-keypoints", "300")
+    assert status == 0, err
+    assert "v_astronaut: 1 sequence," in out and max(len(line) for line in out.splitlines()) <= 80 and "…" not in out
+    assert {"orb", "orb-patch"} <= {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
 def test_train_runs_the_training_package(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

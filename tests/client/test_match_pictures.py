@@ -17,7 +17,9 @@ from featureserve.draw import (
     INLIER_COLOUR,
     OUTLIER_COLOUR,
     UNVERIFIED_COLOUR,
+    caption,
     draw_matches,
+    drawn_matches,
     match_picture,
 )
 from featureserve.local import LocalClient
@@ -48,6 +50,26 @@ def test_inliers_and_outliers_have_their_colours() -> None:
         draw_matches(left, right, points0, points1, np.array([True]))
 
 
+def test_at_most_max_lines_are_drawn_inliers_first_and_outliers_on_request() -> None:
+    inliers = np.arange(1000) % 4 != 0  # 750 inliers, 250 outliers
+    shown = drawn_matches(inliers, 1000, max_lines=300)
+    assert shown.sum() == 300 and shown[inliers].sum() == 300  # inliers take the whole budget
+    np.testing.assert_array_equal(np.flatnonzero(shown)[[0, -1]], [1, 999])  # spread over the whole group
+    assert drawn_matches(inliers, 1000, max_lines=800).sum() == 800  # then 50 outliers
+    assert not drawn_matches(inliers, 1000, max_lines=5000, outliers=False)[~inliers].any()
+    assert drawn_matches(None, 10, max_lines=4).sum() == 4 and drawn_matches(None, 10, max_lines=0).sum() == 0
+    # The picture says what it leaves out.
+    image = np.full((100, 100), 128, np.uint8)
+    points = np.random.default_rng(0).uniform(0, 99, (1000, 2))
+    few = draw_matches(image, image, points, points, inliers, max_lines=10)
+    many = draw_matches(image, image, points, points, inliers, max_lines=1000)
+    green = np.all(few[CAPTION_PX:] == INLIER_COLOUR, axis=-1).sum()
+    assert 0 < green < np.all(many[CAPTION_PX:] == INLIER_COLOUR, axis=-1).sum()
+    assert caption("orb", 1000, inliers, 10).endswith("; 10 drawn") and "drawn" not in caption(
+        "orb", 1000, inliers, 1000
+    )
+
+
 def test_wide_pictures_are_scaled_down_with_their_points() -> None:
     image = np.zeros((1000, 1500), np.uint8)
     point = np.array([[999.0, 499.0]])
@@ -70,6 +92,12 @@ def test_the_endpoint_draws_what_the_in_process_client_draws(image_files: list[P
     drawn_here = match_picture(*images, result.points0, result.points1, result.inliers, "orb")
     assert drawn_here == result.drawing
     assert rest.match(*image_files, **options).drawing is None
+    # The drawing limits travel as options, with the same effect wherever the picture is drawn.
+    limits = {"draw_max_lines": 20, "draw_outliers": False}
+    limited = rest.match(*image_files, draw=True, **limits, **options).drawing
+    assert limited == LocalClient().match(*image_files, draw=True, **limits, **options).drawing != result.drawing
+    args = (result.points0, result.points1, result.inliers, "orb")
+    assert limited == match_picture(*images, *args, max_lines=20, outliers=False)
 
 
 def test_accept_png_returns_the_picture_alone(image_files: list[Path], client: httpx.Client) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +63,7 @@ def test_matching_two_images_in_the_browser(
     page.wait_for_selector("#model option[value='orb']", state="attached")
     assert page.locator("#model").input_value() == "sift"  # the server's default model is preselected
 
+    assert page.locator("#geometry").input_value() == "none"  # the API's default
     page.click("#submit")  # nothing chosen yet
     assert page.text_content("#error") == "choose two images first"
 
@@ -70,12 +72,24 @@ def test_matching_two_images_in_the_browser(
     page.select_option("#model", "orb")
     page.select_option("#geometry", "homography")
     page.fill("#max_keypoints", "1000")
+    page.fill("#draw_max_lines", "50")
+    page.check("#draw_inliers_only")
+    # The busy indicator shows while the request runs (recorded by an observer: the answer may come quickly).
+    page.evaluate(
+        """() => { window.sawBusy = false; const busy = document.getElementById("busy");
+        new MutationObserver(() => { if (!busy.hidden) window.sawBusy = true; }).observe(busy, {attributes: true}); }"""
+    )
     page.click("#submit")
     page.wait_for_selector("#result", state="visible", timeout=60_000)
+    assert page.evaluate("window.sawBusy") and page.locator("#busy").is_hidden()
 
-    expected = rest.match(*image_files, model="orb", geometry="homography", max_keypoints=1000)
+    options = {"model": "orb", "geometry": "homography", "max_keypoints": 1000}
+    expected = rest.match(*image_files, draw=True, draw_max_lines=50, draw_outliers=False, **options)
+    # The page drew with its limits: the picture is the API's for the same options, byte for byte.
+    shown = page.get_attribute("#drawing", "src")
+    assert shown == "data:image/png;base64," + base64.b64encode(expected.drawing).decode()
     assert page.text_content("#num-matches") == str(len(expected.matches))
-    assert page.text_content("#num-inliers") == str(int(expected.inliers.sum()))
+    assert page.text_content("#num-inliers") == str(expected.geometry.num_inliers)
     assert page.text_content("#num-keypoints") == f"{expected.num_keypoints0} / {expected.num_keypoints1}"
     assert page.text_content("#round-trip").endswith(" ms")
     assert page.text_content("#server-timing").count(" ms") == 3  # extract / match / draw
@@ -90,7 +104,8 @@ def test_matching_two_images_in_the_browser(
     page.set_input_files("#image0", str(not_an_image))  # the service's error is shown
     page.click("#submit")
     page.wait_for_function("document.getElementById('error').textContent.length > 0")
-    assert page.text_content("#error").startswith("400 invalid_input: ")
+    assert page.text_content("#error").startswith("400 invalid_input: image0: ")
+    assert page.locator("#result").is_hidden()  # the earlier answer does not stay under the error
     page.close()
 
 

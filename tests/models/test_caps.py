@@ -80,9 +80,10 @@ def test_pyramid_levels_bracket_each_keypoint_size() -> None:
 
 def test_sift_keypoints_carry_their_sizes_through_subset() -> None:
     [features] = load_model("sift").detect([data.astronaut()], [OPTIONS])
-    assert features.extras["sizes"].shape == (len(features),) and (features.extras["sizes"] > 0).all()
+    assert features.sizes.shape == (len(features),) and (features.sizes > 0).all()
     strongest = features.subset(np.arange(10))
-    assert np.array_equal(strongest.extras["sizes"], features.extras["sizes"][:10])
+    assert np.array_equal(strongest.sizes, features.sizes[:10])
+    assert np.array_equal(strongest.angles, features.angles[:10])
 
 
 def test_featureless_and_tiny_images_give_empty_or_full_resolution_features(caps) -> None:

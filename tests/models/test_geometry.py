@@ -20,6 +20,25 @@ def test_homography_recovered_with_30_percent_outliers() -> None:
     assert np.array_equal(result.inliers, ~outliers)
 
 
+def test_repeated_correspondences_are_fitted_and_counted_once() -> None:
+    """SIFT's one keypoint per orientation matches one location twice: same fit, distinct inliers counted."""
+    rng = np.random.default_rng(1)
+    truth = np.array([[1.1, 0.05, 30.0], [-0.04, 0.95, -12.0], [2e-4, 1e-4, 1.0]])
+    points0 = rng.uniform(0, 640, (200, 2))
+    points1 = cv2.perspectiveTransform(points0[None], truth)[0]
+    points1[:50] = rng.uniform(0, 640, (50, 2))  # outliers
+    once = verify(points0, points1, "homography", threshold=2.0)
+    copies = np.r_[np.arange(200), np.arange(0, 200, 3)]  # a third of them twice, outliers among them
+    twice = verify(points0[copies], points1[copies], "homography", threshold=2.0)
+    np.testing.assert_allclose(twice.matrix, once.matrix)
+    np.testing.assert_array_equal(twice.inliers, once.inliers[copies])
+    assert twice.num_inliers == once.num_inliers == 150 < int(twice.inliers.sum())
+    assert twice.inlier_ratio == once.inlier_ratio == 0.75
+    assert verify(points0[[0, 0, 0, 0, 1]], points1[[0, 0, 0, 0, 1]], "homography").message.startswith(
+        "homography needs at least 4 distinct matches, got 2"
+    )
+
+
 def _two_view_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     K = intrinsics_matrix([500.0, 500.0, 320.0, 240.0])
     angle = np.deg2rad(10)

@@ -21,8 +21,12 @@ def test_extract_detect_describe_protocol(name: str, photo: np.ndarray) -> None:
     assert features.descriptors.shape == (len(features), spec.row_length)
     assert features.descriptors.dtype == spec.dtype
     assert np.all((features.keypoints >= 0) & (features.keypoints <= 511))
+    # OpenCV's units: a positive diameter in pixels, degrees in [0, 360) or -1 for "no orientation".
+    assert features.sizes.shape == features.angles.shape == (len(features),) and (features.sizes > 0).all()
+    assert np.all(((features.angles >= 0) & (features.angles < 360)) | (features.angles == -1))
     [detected] = model.detect([photo], [OPTIONS])
     assert detected.descriptors is None and len(detected) > 0
+    assert detected.sizes is not None and detected.angles is not None
     [described] = model.describe([photo], [features.keypoints[:40]])
     assert 0 < len(described) <= 40 and described.descriptors.shape[1] == spec.row_length
     assert model.card.name == name and model.card.descriptor == spec
@@ -128,8 +132,8 @@ def test_images_over_max_pixels_are_downscaled_and_answered_in_their_own_pixels(
     assert features.image_size == (512, 512) and on_half.image_size == (256, 256)
     np.testing.assert_allclose(features.keypoints, (on_half.keypoints + 0.5) * 2 - 0.5, atol=1e-4)
     np.testing.assert_array_equal(features.descriptors, on_half.descriptors)
-    if "sizes" in features.extras:
-        np.testing.assert_allclose(features.extras["sizes"], on_half.extras["sizes"] * 2)
+    np.testing.assert_allclose(features.sizes, on_half.sizes * 2)
+    np.testing.assert_array_equal(features.angles, on_half.angles)
     # border_margin is in the photo's pixels: nothing closer, and not twice the margin either.
     [margined] = model.extract([photo], [KeypointOptions(max_keypoints=300, border_margin=40)])
     distance = np.minimum(margined.keypoints, 511 - margined.keypoints).min(axis=1)

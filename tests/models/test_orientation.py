@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from skimage import data
 
 from featureserve.models import load_model
-from featureserve.models.orientation import dominant_orientations, quarter_turn_weights, turn_points
+from featureserve.models.orientation import dominant_orientations, gaussian_blur, quarter_turn_weights, turn_points
 
 # 256 x 320: a multiple of the 64-px size bucket, so turning the image and padding it commute exactly.
 IMAGE = np.ascontiguousarray(data.camera()[100:356, 96:416])
@@ -76,3 +77,18 @@ def test_steered_model_reports_it_in_its_card() -> None:
     assert load_model("caps", upright=False).card.details["conf"]["upright"] is False
     with pytest.raises(ValueError, match="unknown options"):
         load_model("sift", upright=False)  # the classical models have their own orientation
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.6, 2.0])
+def test_gaussian_blur_is_the_separable_convolution_and_keeps_gradients(sigma: float) -> None:
+    """The shifted-view sums equal a depth-wise convolution by the normalised kernel, reflect-padded."""
+    x = torch.randn(2, 3, 40, 56, dtype=torch.float64, requires_grad=True)
+    radius = max(1, round(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).repeat(3, 1, 1, 1)
+    rows = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel, groups=3)
+    expected = F.conv2d(F.pad(rows, (0, 0, radius, radius), mode="reflect"), kernel.transpose(2, 3), groups=3)
+    assert torch.allclose(gaussian_blur(x, sigma), expected, atol=1e-12)
+    assert torch.allclose(gaussian_blur(torch.ones(1, 1, 9, 9), sigma), torch.ones(1, 1, 9, 9))
+    assert torch.autograd.gradcheck(lambda v: gaussian_blur(v, sigma), (x[:1, :1, :10, :12].detach().requires_grad_(),))

@@ -135,6 +135,10 @@ def test_keypoints_come_from_every_level_and_are_described_on_it_and_the_next(ti
         distance = np.linalg.norm(features.keypoints[:, None] - points[None], axis=2).min(axis=1)
         level_of[(distance < 1e-3) & (level_of < 0)] = level
     assert (level_of >= 0).all() and set(level_of) == {0, 1, 2}, "every level contributes keypoints"
+    # A keypoint's size is its level's scale (3.2 px on the full-resolution level); no orientation.
+    scale = np.array([image.shape[1] / s.shape[1] for s in scaled])
+    np.testing.assert_allclose(features.sizes, DenseFeatureModel.keypoint_size * scale[level_of], rtol=1e-6)
+    assert (features.angles == -1).all()
     unit = [  # each keypoint's unit descriptor on each level
         DenseFeatureModel.describe(
             single_level, [s], [rescale_points(features.keypoints, image_size(image), image_size(s))]

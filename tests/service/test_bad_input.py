@@ -89,6 +89,20 @@ def test_match_errors(client: httpx.Client, photo: np.ndarray) -> None:
         "intrinsics0",
     )
     _error(client.post("/v1/match", files=pair, data={"ratio": "1.5"}), 422, "invalid_option", "ratio")
+    # Comma-separated intrinsics, as a user types them in a form field, are taken; words get the expected form.
+    typed = {"geometry": "essential", "intrinsics0": "525,525,63.5,63.5", "intrinsics1": "525 525 63.5 63.5"}
+    assert client.post("/v1/match", files=pair, data=typed).status_code == 200
+    worded = {**typed, "intrinsics1": "five hundred"}
+    _error(
+        client.post("/v1/match", files=pair, data=worded),
+        422,
+        "invalid_option",
+        "intrinsics1: Value error, expected [fx",
+    )
+    # The side that failed is named.
+    text = {"image0": ("a.png", png), "image1": ("b.txt", b"a text file")}
+    _error(client.post("/v1/match", files=text), 400, "invalid_input", "image1: data is not a decodable image")
+    _error(client.post("/v1/extract", files={"image": ("b.txt", b"text")}), 400, "invalid_input", "image: data is not")
     _error(client.post("/v1/match", files={"image0": ("a.png", png)}), 400, "invalid_input", "image1")
     good = {
         "keypoints": [[1, 2], [3, 4]],

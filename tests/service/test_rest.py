@@ -86,6 +86,11 @@ def test_match_uploaded_feature_sets(client: httpx.Client, photo: np.ndarray, wa
     body = client.post("/v1/match", json={"features0": f0, "features1": f1, "geometry": "homography"}).json()
     assert body["model"] is None and body["num_keypoints0"] == f0["num_keypoints"]
     assert homography_corner_error(np.array(body["geometry"]["matrix"]), TEST_HOMOGRAPHY, (512, 512)) < 3.0
+    # Keypoints carry OpenCV's size (pixels) and angle (degrees); a feature set sent back is checked for them.
+    assert len(f0["sizes"]) == len(f0["angles"]) == f0["num_keypoints"] and min(f0["sizes"]) > 0
+    assert all(0 <= a < 360 for a in f0["angles"]) and len(set(f0["angles"])) > 10
+    refused = client.post("/v1/match", json={"features0": f0 | {"angles": f0["angles"][:-1]}, "features1": f1})
+    assert refused.status_code == 400 and "features0.angles" in refused.json()["error"]["message"]
 
 
 def test_concurrent_requests_get_the_same_answers_as_sequential(

@@ -76,6 +76,10 @@ def feature_set_message(features: Features, include_descriptors: bool = True, dt
     if include_descriptors and features.descriptors is not None:
         wire = "uint8" if features.descriptors.dtype == np.uint8 else dtype
         message.descriptors.CopyFrom(to_array(features.descriptors, wire))
+    if features.sizes is not None:
+        message.sizes.CopyFrom(to_array(features.sizes, "float32"))
+    if features.angles is not None:
+        message.angles.CopyFrom(to_array(features.angles, "float32"))
     return message
 
 
@@ -90,6 +94,12 @@ def features_from_message(message: pb.FeatureSet, name: str) -> Features:
             from_array(message.scores, f"{name}.scores", ("float32",), (count,)) if message.HasField("scores") else None
         )
         descriptors = from_array(message.descriptors, f"{name}.descriptors", DESCRIPTOR_DTYPES, (count, None))
+        sizes, angles = (
+            from_array(getattr(message, field), f"{name}.{field}", ("float32",), (count,))
+            if message.HasField(field)
+            else None
+            for field in ("sizes", "angles")
+        )
     except ValueError as error:
         raise InvalidInput(str(error)) from None
     info = message.descriptor if message.HasField("descriptor") else None
@@ -101,15 +111,17 @@ def features_from_message(message: pb.FeatureSet, name: str) -> Features:
         descriptors,
         None if info is None else DescriptorInfo(info.kind, info.dim, info.metric),
         (size.width, size.height),
+        sizes=sizes,
+        angles=angles,
     )
 
 
-def geometry_message(verification: GeometryResult, num_matches: int) -> pb.GeometryResult:
+def geometry_message(verification: GeometryResult) -> pb.GeometryResult:
     """The fitted model and its support."""
     message = pb.GeometryResult(
         geometry=verification.geometry,
         num_inliers=verification.num_inliers,
-        inlier_ratio=verification.num_inliers / max(num_matches, 1),
+        inlier_ratio=verification.inlier_ratio,
         message=verification.message or "",
     )
     for field, value in (

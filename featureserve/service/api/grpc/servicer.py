@@ -122,7 +122,7 @@ class FeatureServicer(FeatureServiceServicer):
         """Keypoints, scores and descriptors of one image."""
         options = parse_options(ExtractOptions, request.options)
         plan = self.ops.plan_extract(options)
-        features = await self.ops.extract(plan, self._image(request.image, "image"), self._deadline(context))
+        features = await self.ops.extract(plan, self._image(request.image, "image"), self._deadline(context), "image")
         return self._extract_response(plan.model, features, options)
 
     @rpc
@@ -231,5 +231,5 @@ def match_response(model: str, features: tuple[Features, Features], result: Pair
     if result.geometry is not None:
         response.inliers.CopyFrom(to_array(result.geometry.inliers, "uint8"))
         response.num_inliers = result.geometry.num_inliers
-        response.geometry.CopyFrom(geometry_message(result.geometry, len(result.matches)))
+        response.geometry.CopyFrom(geometry_message(result.geometry))
     return response

@@ -216,7 +216,7 @@ class FrameSession:
         if pair.geometry is not None:
             message.inliers.CopyFrom(to_array(pair.geometry.inliers, "uint8"))
             message.num_inliers = pair.geometry.num_inliers
-            message.geometry.CopyFrom(geometry_message(pair.geometry, len(pair.matches)))
+            message.geometry.CopyFrom(geometry_message(pair.geometry))
         return message
 
 

@@ -47,6 +47,8 @@ def encode_features(features: Features, include_descriptors: bool, encoding: str
     return {
         "keypoints": features.keypoints,
         "scores": features.scores,
+        "sizes": features.sizes,
+        "angles": features.angles,
         "descriptors": (
             encode_descriptors(features.descriptors, encoding, dtype)
             if include_descriptors and features.descriptors is not None
@@ -96,4 +98,6 @@ def decode_feature_set(feature_set: FeatureSet, name: str) -> Features:
         descriptors,
         None if info is None else DescriptorInfo(info.kind, info.dim, info.metric),
         (size.width, size.height) if size is not None else (0, 0),
+        sizes=None if feature_set.sizes is None else np.asarray(feature_set.sizes, np.float32),
+        angles=None if feature_set.angles is None else np.asarray(feature_set.angles, np.float32),
     )

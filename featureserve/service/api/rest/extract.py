@@ -48,7 +48,7 @@ async def read_extract_request(
 async def extract(request: Request, ops: Operations = Depends(get_operations)) -> FastJSONResponse:
     """Keypoints (x, y pixels), scores and descriptors of one image. Deadline: header ``X-Deadline-Ms``."""
     payload, options, plan, deadline = await read_extract_request(request, ops, "image")
-    features = await ops.extract(plan, payload.image("image"), deadline)
+    features = await ops.extract(plan, payload.image("image"), deadline, "image")
     return FastJSONResponse(extract_response(plan.model, features, options))
 
 

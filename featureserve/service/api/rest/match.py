@@ -56,7 +56,7 @@ def pair_response(model: str | None, features: tuple[Features, Features], result
             "geometry": verification.geometry,
             "matrix": verification.matrix,
             "num_inliers": verification.num_inliers,
-            "inlier_ratio": verification.num_inliers / max(len(result.matches), 1),
+            "inlier_ratio": verification.inlier_ratio,
             "rotation": verification.rotation,
             "translation": verification.translation,
             "message": verification.message,
@@ -132,7 +132,7 @@ async def match(request: Request, ops: Operations = Depends(get_operations)) -> 
         if missing:
             raise InvalidInput(f"draw needs both images (features are matched, images drawn); missing {missing}")
         # Decoded once, for the model and for the picture.
-        decoded = await asyncio.gather(*(ops.decode(payload.image(f"image{side}")) for side in SIDES))
+        decoded = await asyncio.gather(*(ops.decode(payload.image(f"image{side}"), f"image{side}") for side in SIDES))
         images = dict(zip(SIDES, decoded, strict=True))
 
     def side(name: str) -> ImageInput | Features:
@@ -148,7 +148,7 @@ async def match(request: Request, ops: Operations = Depends(get_operations)) -> 
     if not draw:
         return FastJSONResponse(body, headers={"Server-Timing": server_timing(phases)})
     drawing_started = time.perf_counter()
-    png = await ops.draw(images["0"], images["1"], matched, plan.model or "")
+    png = await ops.draw(images["0"], images["1"], matched, plan.model or "", options)
     phases["draw"] = time.perf_counter() - drawing_started
     headers = {"Server-Timing": server_timing(phases)}
     if png_only:

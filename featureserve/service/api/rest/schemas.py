@@ -36,6 +36,14 @@ class FeatureSet(BaseModel):
 
     keypoints: list[tuple[float, float]] = Field(description="(x, y) pixels; pixel centres at integers.")
     scores: list[float] | None = None
+    sizes: list[float] | None = Field(
+        None, description="Diameter of each keypoint's neighbourhood in pixels (OpenCV's KeyPoint.size)."
+    )
+    angles: list[float] | None = Field(
+        None,
+        description="Orientation in degrees, OpenCV's KeyPoint.angle: [0, 360) from +x towards +y (clockwise on "
+        "screen); -1 where the detector gives none.",
+    )
     descriptors: DescriptorArray | None = None
     descriptor: DescriptorInfo | None = Field(None, description="Descriptor kind/dim/metric (inferred if absent).")
     image_size: ImageSize | None = None
