@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -329,6 +330,9 @@ class SCFeat(DenseFeatureModel):
         # True: each keypoint's descriptor is the normalised sum of its unit descriptors on the level that found it
         # and the next coarser one (one more pass after the last level).
         "coarser_descriptor": True,
+        # True: on a CPU with two or more torch threads, the levels' passes run in two threads, about half the
+        # pixels each (the same features up to float rounding; docs/models/scfeat.md has the speed).
+        "parallel_levels": True,
         # The image factor of the score map: "hessian" (blob response), "cornerness" (Shi-Tomasi) or the
         # reference's grey "peakiness".
         "image_prior": DEFAULT_IMAGE_PRIOR,
@@ -340,6 +344,7 @@ class SCFeat(DenseFeatureModel):
         self._check_pyramid_conf()
         self.network, self._card = load_checkpoint(self.conf["card"], self.device, self.conf["image_prior"])
         self.descriptor_strides = (self.network.stride,)
+        self._level_thread = ThreadPoolExecutor(1, thread_name_prefix="scfeat-levels")
 
     @property
     def card(self) -> ModelCard:
@@ -387,26 +392,62 @@ class SCFeat(DenseFeatureModel):
         """
         detection_levels = int(self.conf["scale_levels"])
         coarser = describe and bool(self.conf["coarser_descriptor"])
+        levels = range(detection_levels + int(coarser))
+        usable = [self._usable_levels(im, detection_levels + 1) for im in images]
+        chosen = [[i for i in range(len(images)) if level < usable[i]] for level in levels]
+        step = float(self.conf["scale_step"])
+        scaled = [[resize_image(images[i], 2.0 ** (-level * step)) for i in chosen[level]] for level in levels]
+
+        def run(level: int) -> list[tuple[int, dict[str, Any], int, Features | None]]:
+            """The level's network pass and, where the level detects, its candidates."""
+            passes = []
+            with torch.inference_mode():  # thread-local: a pool thread needs its own
+                for j, outputs, b in self._bucket_outputs(scaled[level], level < detection_levels, describe):
+                    candidates = None
+                    if level < self._usable_levels(images[chosen[level][j]]):
+                        kept = KeypointOptions(max_keypoints=candidate_count(options[chosen[level][j]]))
+                        candidates = self._extract_one(scaled[level][j], kept, outputs, b, describe)
+                    passes.append((j, outputs, b, candidates))
+            return passes
+
         found: list[list[Features]] = [[] for _ in images]
-        for level in range(detection_levels + int(coarser)):
-            chosen = [i for i, im in enumerate(images) if level < self._usable_levels(im, detection_levels + 1)]
-            scaled = [resize_image(images[i], 2.0 ** (-level * float(self.conf["scale_step"]))) for i in chosen]
-            for j, outputs, b in self._bucket_outputs(scaled, detect=level < detection_levels, describe=describe):
-                i, size = chosen[j], image_size(scaled[j])
+        pixels = [sum(im.shape[0] * im.shape[1] for im in level) for level in scaled]
+        for level, passes in enumerate(self._run_levels(run, pixels)):
+            for j, outputs, b, candidates in passes:
+                i, size = chosen[level][j], image_size(scaled[level][j])
                 if coarser and found[i]:  # the previous level's candidates, on this level
                     previous = found[i][-1]
                     points = rescale_points(previous.keypoints, previous.image_size, size)
                     previous.descriptors += self._sample(outputs, b, self._points(points)).float().cpu().numpy()
-                if level < self._usable_levels(images[i]):
-                    candidates = KeypointOptions(max_keypoints=candidate_count(options[i]))
-                    f = self._extract_one(scaled[j], candidates, outputs, b, describe)
-                    f.keypoints = rescale_points(f.keypoints, size, image_size(images[i]))
-                    f.sizes = f.sizes * (images[i].shape[1] / scaled[j].shape[1])
-                    f.image_size = image_size(images[i])
-                    found[i].append(f)
+                if candidates is not None:
+                    candidates.keypoints = rescale_points(candidates.keypoints, size, image_size(images[i]))
+                    candidates.sizes = candidates.sizes * (images[i].shape[1] / scaled[level][j].shape[1])
+                    candidates.image_size = image_size(images[i])
+                    found[i].append(candidates)
         return [
             self._strongest(image, option, levels) for image, option, levels in zip(images, options, found, strict=True)
         ]
+
+    def _run_levels(self, run: Callable[[int], Any], pixels: Sequence[int]) -> list[Any]:
+        """``run(level)`` for every level, in order; on a CPU with two or more torch threads, in two threads.
+
+        The pyramid's small passes use two cores poorly one after another; side by side, each group of levels
+        (about half the pixels each: the first level holds about half) keeps a core busy.
+        """
+        order = range(len(pixels))
+        parallel = self.conf["parallel_levels"] and self.device.type == "cpu" and torch.get_num_threads() > 1
+        if not parallel or len(pixels) < 2:
+            return [run(level) for level in order]
+        groups: tuple[list[int], list[int]] = ([], [])
+        totals = [0, 0]
+        for level in sorted(order, key=lambda level: -pixels[level]):
+            k = int(totals[1] < totals[0])
+            groups[k].append(level)
+            totals[k] += pixels[level]
+        other = self._level_thread.submit(lambda: [run(level) for level in groups[1]])
+        done = dict(zip(groups[0], [run(level) for level in groups[0]], strict=True))
+        done |= dict(zip(groups[1], other.result(), strict=True))
+        return [done[level] for level in order]
 
     def _strongest(self, image: np.ndarray, options: KeypointOptions, levels: list[Features]) -> Features:
         """The keypoints that ``options`` selects among every level's candidates, descriptors (if any) normalised."""

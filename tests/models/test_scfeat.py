@@ -153,6 +153,29 @@ def test_keypoints_come_from_every_level_and_are_described_on_it_and_the_next(ti
     np.testing.assert_allclose(described.descriptors[level_of == 0], features.descriptors[level_of == 0], atol=1e-5)
 
 
+def test_levels_run_side_by_side_give_the_same_features(tiny_card: Path) -> None:
+    images = [data.astronaut(), data.camera()[:200, :300], np.zeros((40, 40), np.uint8)]
+    options = [OPTIONS] * 3
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the side-by-side passes need two torch threads
+    try:
+        side_by_side = SCFeat(card=str(tiny_card)).extract(images, options)
+    finally:
+        torch.set_num_threads(threads)
+    in_turn = SCFeat(card=str(tiny_card), parallel_levels=False).extract(images, options)
+    # Concurrent passes may share out their reductions differently, so values agree to rounding: each keypoint
+    # has its twin within 1e-2 px, with the same size and descriptor (a mixed-up level would move them by pixels).
+    for a, b in zip(side_by_side, in_turn, strict=True):
+        assert len(a) == len(b)
+        if not len(a):  # the blank image
+            continue
+        twin = np.linalg.norm(a.keypoints[:, None] - b.keypoints[None], axis=2).argmin(axis=1)
+        same = np.linalg.norm(a.keypoints - b.keypoints[twin], axis=1) < 1e-2
+        assert same.mean() > 0.99 and len(np.unique(twin[same])) == same.sum()
+        np.testing.assert_array_equal(a.sizes[same], b.sizes[twin[same]])
+        np.testing.assert_allclose(a.descriptors[same], b.descriptors[twin[same]], atol=1e-4)
+
+
 def test_featureless_and_tiny_images_and_detect_only(tiny_card: Path) -> None:
     model = SCFeat(card=str(tiny_card))
     flat, tiny = np.full((100, 120), 128, np.uint8), data.astronaut()[:40, :48]
