@@ -33,10 +33,10 @@ class Matches:
 
 
 def _unpack_bits(packed: torch.Tensor) -> torch.Tensor:
-    """``(..., B)`` uint8 -> ``(..., 8B)`` float32 of 0/1."""
+    """``(..., B)`` uint8 -> ``(..., 8B)`` float32 of -1/+1 (bit 0 / bit 1)."""
     shifts = torch.arange(7, -1, -1, device=packed.device, dtype=torch.uint8)
     bits = (packed.unsqueeze(-1) >> shifts) & 1
-    return bits.flatten(-2).float()
+    return bits.flatten(-2).float() * 2 - 1
 
 
 def _prepare(descriptors: torch.Tensor, metric: Metric) -> torch.Tensor:
@@ -53,8 +53,8 @@ def _prepare(descriptors: torch.Tensor, metric: Metric) -> torch.Tensor:
 def _distances(d0: torch.Tensor, d1: torch.Tensor, metric: Metric) -> torch.Tensor:
     """``(B, n, D)``, ``(B, m, D)`` prepared descriptors -> ``(B, n, m)`` distances."""
     if metric == "hamming":
-        # |a xor b| = |a| + |b| - 2 a.b for 0/1 vectors; exact in float32 for any realistic length.
-        return d0.sum(-1, keepdim=True) + d1.sum(-1).unsqueeze(-2) - 2 * d0 @ d1.transpose(-1, -2)
+        # For -1/+1 vectors of length D, a.b = D - 2 |a xor b|: one matrix product, exact in float32 (integers).
+        return torch.bmm(d0, d1.transpose(-1, -2)).mul_(-0.5).add_(d0.shape[-1] / 2)
     return torch.cdist(d0, d1)
 
 
@@ -76,7 +76,9 @@ def match_batch(
         lengths0: ``(B,)`` number of valid rows in each ``descriptors0[b]``.
         lengths1: ``(B,)`` number of valid rows in each ``descriptors1[b]``.
         metric: ``"l2"``, ``"cosine"`` or ``"hamming"``.
-        matcher: ``"mnn"`` keeps mutual nearest neighbours; ``"nn"`` keeps every nearest neighbour.
+        matcher: ``"mnn"`` keeps mutual nearest neighbours; ``"nn"`` keeps every nearest neighbour. Among equally
+            distant candidates the first column (for a row) and the first row (for a column) are the nearest, as
+            in OpenCV's brute-force matcher, whatever the row chunks.
         ratio: If set, keep a match only if its distance is below ``ratio`` times the second-nearest's.
         max_distance: If set, keep a match only if its distance is at most this.
 
@@ -99,13 +101,23 @@ def match_batch(
     best_index = torch.zeros((batch, n), dtype=torch.int64, device=d0.device)
     column_best = torch.full((batch, m), float("inf"), device=d0.device)
     column_index = torch.zeros((batch, m), dtype=torch.int64, device=d0.device)
+    padded = bool((lengths0 < n).any() or (lengths1 < m).any())
     for start in range(0, n, ROW_CHUNK):
         stop = min(start + ROW_CHUNK, n)
         dist = _distances(d0[:, start:stop], d1, metric)
-        valid0 = (rows[start:stop][None, :] < lengths0[:, None])[:, :, None]
-        dist = dist.masked_fill(~(valid0 & valid1[:, None, :]), float("inf"))
+        if padded:  # a lone pair (the usual case) has no padding rows to hide
+            valid0 = (rows[start:stop][None, :] < lengths0[:, None])[:, :, None]
+            dist = dist.masked_fill(~(valid0 & valid1[:, None, :]), float("inf"))
         k = min(2, m)
         values, indices = dist.topk(k, dim=2, largest=False)
+        # topk orders equal distances as it likes (and differently for other shapes); the nearest is the first
+        # column of the row's minimum, and the second the other of topk's two.
+        nearest = dist.argmin(dim=2)
+        if k == 2:
+            other = torch.where(indices[:, :, 0] == nearest, indices[:, :, 1], indices[:, :, 0])
+            indices = torch.stack([nearest, other], dim=2)
+        else:
+            indices = nearest.unsqueeze(2)
         if metric != "hamming":
             # cdist takes a fast matrix-product path that loses precision; redo the k kept distances exactly.
             candidates = torch.gather(
@@ -117,10 +129,15 @@ def match_batch(
             values = torch.where(torch.isfinite(values), exact, values)
         best[:, start:stop, :k] = values
         best_index[:, start:stop] = indices[:, :, 0]
-        chunk_best, chunk_index = dist.min(dim=1)
+        # Each column's minimum and the first row (of all) that reaches it, from value reductions: min() with indices
+        # along this dimension is several times slower.
+        chunk_best = dist.amin(dim=1)
+        reaches = dist == chunk_best.unsqueeze(1)
+        first = torch.where(reaches, rows[start:stop].view(1, -1, 1).to(dist.dtype), float("inf")).amin(dim=1)
+        chunk_index = first.nan_to_num(posinf=0).long()
         better = chunk_best < column_best
         column_best = torch.where(better, chunk_best, column_best)
-        column_index = torch.where(better, chunk_index + start, column_index)
+        column_index = torch.where(better, chunk_index, column_index)
     keep = torch.isfinite(best[:, :, 0])
     if matcher == "mnn":
         keep &= torch.gather(column_index, 1, best_index) == rows[None, :]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from featureserve.models import match_batch, match_descriptors
+from featureserve.models import match_batch, match_descriptors, matching
 
 
 def test_mutual_nn_recovers_a_permutation() -> None:
@@ -73,3 +73,31 @@ def test_padded_batch_equals_pairs_one_by_one() -> None:
         batched = match0[b, : len(a)].numpy()
         i0 = np.flatnonzero(batched >= 0)
         assert np.array_equal(np.stack([i0, batched[i0]], 1).reshape(-1, 2), single.indices)
+
+
+def _distances(d0: np.ndarray, d1: np.ndarray, metric: str) -> np.ndarray:
+    """All distances by brute force in numpy (bit counts for Hamming)."""
+    if metric == "hamming":
+        return np.unpackbits(d0[:, None] ^ d1[None], axis=2).sum(axis=2).astype(np.float64)
+    return np.linalg.norm(d0[:, None].astype(np.float64) - d1[None], axis=2)
+
+
+@pytest.mark.parametrize("metric", ["hamming", "l2"])
+def test_mutual_nn_under_ties_and_row_chunks(metric: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short descriptors tie often: every match is a row and a column minimum, each row and column is used once,
+    and chunks of rows (the column minimum carried from chunk to chunk) give the same matches as one chunk."""
+    rng = np.random.default_rng(3)
+    if metric == "hamming":
+        d0, d1 = rng.integers(0, 256, (60, 1), dtype=np.uint8), rng.integers(0, 256, (45, 1), dtype=np.uint8)
+    else:
+        d0, d1 = rng.integers(0, 3, (60, 2)).astype(np.float32), rng.integers(0, 3, (45, 2)).astype(np.float32)
+    whole = match_descriptors(d0, d1, metric)
+    monkeypatch.setattr(matching, "ROW_CHUNK", 7)
+    chunked = match_descriptors(d0, d1, metric)
+    np.testing.assert_array_equal(chunked.indices, whole.indices)
+    distance = _distances(d0, d1, metric)
+    i, j = whole.indices.T
+    assert len(i) > 3 and len(set(i)) == len(i) and len(set(j)) == len(j)
+    np.testing.assert_allclose(distance[i, j], distance.min(axis=1)[i], atol=1e-6)
+    np.testing.assert_allclose(distance[i, j], distance.min(axis=0)[j], atol=1e-6)
+    np.testing.assert_allclose(whole.distances, distance[i, j], atol=1e-6)
