@@ -42,6 +42,11 @@ class ExtractOptions(BaseModel):
     descriptor_dtype: Literal["float32", "float16"] = Field(
         "float32", description="Precision of float descriptors; binary descriptors are always uint8."
     )
+    priority: Literal["bulk", "realtime"] = Field(
+        "bulk",
+        description="realtime: ahead of bulk work in the model's queue, as stream frames are (bulk work still gets "
+        "a batch of its own after two that passed it over).",
+    )
 
     def keypoint_options(self, default_max: int) -> KeypointOptions:
         """The model-side keypoint selection these options ask for."""

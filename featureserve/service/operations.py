@@ -29,7 +29,7 @@ from .errors import FeatureServeError, InvalidInput, InvalidOption, PayloadTooLa
 from .metrics import ServiceMetrics
 from .settings import Settings
 from .workers import WorkerPool
-from .workers.batcher import JobKind
+from .workers.batcher import JobKind, Priority
 
 ImageInput = bytes | np.ndarray
 # Widest descriptor row an uploaded feature set may have (values per row): matching cost grows with it.
@@ -38,11 +38,13 @@ MAX_DESCRIPTOR_WIDTH = 4096
 
 @dataclass(frozen=True)
 class ExtractPlan:
-    """A checked extraction: which model, detection alone or with descriptors, and which keypoints to keep."""
+    """A checked extraction: which model, detection alone or with descriptors, which keypoints to keep, and
+    its place in the model's queue."""
 
     model: str
     kind: JobKind
     keypoints: KeypointOptions
+    priority: Priority = "bulk"
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class Operations:
         model = self.pool.worker(options.model).model.name
         describe = options.include_descriptors if descriptors is None else descriptors
         keypoints = options.keypoint_options(self.settings.default_max_keypoints)
-        return ExtractPlan(model, "extract" if describe else "detect", keypoints)
+        return ExtractPlan(model, "extract" if describe else "detect", keypoints, options.priority)
 
     def plan_match(self, options: MatchOptions, extract: bool = True) -> MatchPlan:
         """Check ``options``; ``extract`` is false when both sides will be uploaded feature sets."""
@@ -145,8 +147,8 @@ class Operations:
         """Features of one image (encoded bytes or a decoded array); errors name the field ``name`` if given."""
         try:
             if plan.kind == "detect":
-                return await self.pool.detect(plan.model, image, plan.keypoints, deadline)
-            return await self.pool.extract(plan.model, image, plan.keypoints, deadline)
+                return await self.pool.detect(plan.model, image, plan.keypoints, deadline, plan.priority)
+            return await self.pool.extract(plan.model, image, plan.keypoints, deadline, plan.priority)
         except FeatureServeError as error:
             if name:
                 error.message = f"{name}: {error.message}"
@@ -173,7 +175,7 @@ class Operations:
         if not np.all(np.isfinite(keypoints)):
             raise InvalidInput("keypoints contains non-finite values")
         self.check_keypoint_count(len(keypoints))
-        return await self.pool.describe(plan.model, image, np.array(keypoints, np.float32), deadline)
+        return await self.pool.describe(plan.model, image, np.array(keypoints, np.float32), deadline, plan.priority)
 
     async def match(
         self, plan: MatchPlan, side0: ImageInput | Features, side1: ImageInput | Features, deadline: float

@@ -163,3 +163,55 @@ def test_local_client_refuses_what_the_server_refuses() -> None:
             client.extract_batch([np.zeros((64, 64), np.uint8)] * 3)
         with pytest.raises(InvalidOption, match="max_keypoints"):
             client.extract(np.zeros((64, 64), np.uint8), max_keypoints=client.settings.max_keypoints_limit + 1)
+
+
+def _finishing_order(ops: Operations, work: list[tuple[str, Any]], gap_s: float) -> Awaitable[list[str]]:
+    """Start each ``(label, awaitable factory)`` ``gap_s`` apart; the labels in the order their work finished."""
+
+    async def run() -> list[str]:
+        finished: list[str] = []
+        tasks = []
+        for label, start in work:
+            task = asyncio.ensure_future(start())
+            task.add_done_callback(lambda _, label=label: finished.append(label))
+            tasks.append(task)
+            await asyncio.sleep(gap_s)
+        await asyncio.gather(*tasks)
+        return finished
+
+    return run()
+
+
+def test_a_realtime_image_passes_a_bulk_backlog(photo: np.ndarray) -> None:
+    """A frame waits for the batch that is running, not for the bulk images queued before it."""
+    slow = with_command(photo, SLOW, 10)  # 0.1 s a batch
+
+    async def check(ops: Operations) -> list[str]:
+        bulk = ops.plan_extract(ExtractOptions())
+        realtime = ops.plan_extract(ExtractOptions(priority="realtime"))
+        work: list[tuple[str, Any]] = [
+            (f"bulk{i}", lambda: ops.extract(bulk, slow, ops.deadline(30_000))) for i in range(8)
+        ]
+        work.append(("frame", lambda: ops.extract(realtime, slow, ops.deadline(30_000))))
+        return await _finishing_order(ops, work, gap_s=0.005)
+
+    order = with_operations(check, **FAULTY, max_batch=1, queue_size=16, reject_unmeetable_deadlines=False)
+    assert order.index("frame") <= 1, order  # after at most the bulk image that was already running
+    assert order.count("frame") == 1 and len(order) == 9
+
+
+def test_bulk_work_is_not_starved_by_realtime_work(photo: np.ndarray) -> None:
+    """After two batches that passed it over, the oldest bulk image gets the next batch."""
+    slow = with_command(photo, SLOW, 10)
+
+    async def check(ops: Operations) -> list[str]:
+        bulk = ops.plan_extract(ExtractOptions())
+        realtime = ops.plan_extract(ExtractOptions(priority="realtime"))
+        work: list[tuple[str, Any]] = [("frame0", lambda: ops.extract(realtime, slow, ops.deadline(30_000)))]
+        work.append(("bulk", lambda: ops.extract(bulk, slow, ops.deadline(30_000))))
+        work += [(f"frame{i}", lambda: ops.extract(realtime, slow, ops.deadline(30_000))) for i in range(1, 9)]
+        return await _finishing_order(ops, work, gap_s=0.005)
+
+    order = with_operations(check, **FAULTY, max_batch=1, queue_size=16, reject_unmeetable_deadlines=False)
+    # frame0 was running; frame1 and frame2 passed the bulk image over; then it was bulk work's turn.
+    assert order.index("bulk") <= 3 and order[:4].count("bulk") == 1, order

@@ -21,8 +21,12 @@ from .thread import WorkerLost, WorkerThread
 
 logger = logging.getLogger(__name__)
 JobKind = Literal["extract", "detect", "describe"]
+# realtime work (stream frames, and requests that ask) goes ahead of bulk work in a model's queue.
+Priority = Literal["bulk", "realtime"]
 # Weight of the newest batch in the moving average of batch durations.
 EWMA_WEIGHT = 0.2
+# After this many batches in a row that left bulk work waiting, the next batch starts with the oldest bulk image.
+BULK_TURN_AFTER = 2
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Job:
     future: asyncio.Future[Features]
     options: KeypointOptions | None = None
     keypoints: np.ndarray | None = None
+    priority: Priority = "bulk"
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -57,7 +62,10 @@ class ModelWorker:
 
     A batch starts with the oldest queued image and takes up to ``max_batch`` images. It waits up to
     ``max_delay_s`` for more only while other requests for this model are still being decoded, so a
-    lone client pays no batching delay. Images in one batch are split by job kind and size bucket
+    lone client pays no batching delay. ``realtime`` images (stream frames, and requests that ask) queue
+    apart and go first, so a frame waits at most for the batch that is running; bulk work is never starved:
+    after `BULK_TURN_AFTER` batches in a row that left bulk images waiting, the next batch starts with the
+    oldest of them. Images in one batch are split by job kind and size bucket
     (`FeatureModel.bucket_key`), and each group is one call of the model on the worker's thread.
 
     Watchdog: when the model's thread dies, or one call runs past ``policy.batch_timeout_s``, the jobs of
@@ -78,7 +86,8 @@ class ModelWorker:
         self.policy = policy
         self.metrics = metrics
         self._reload = reload
-        self._jobs: deque[Job] = deque()
+        self._queues: dict[Priority, deque[Job]] = {"realtime": deque(), "bulk": deque()}
+        self._bulk_passed_over = 0
         self._wakeup = asyncio.Event()
         self._incoming = 0
         self._busy = False
@@ -95,7 +104,11 @@ class ModelWorker:
     @property
     def queued(self) -> int:
         """Images waiting for a batch."""
-        return len(self._jobs)
+        return sum(len(queue) for queue in self._queues.values())
+
+    def _ahead(self, priority: Priority) -> int:
+        """Images a new ``priority`` image would queue behind: realtime ones pass bulk ones."""
+        return len(self._queues["realtime"]) if priority == "realtime" else self.queued
 
     def _worker_thread(self) -> WorkerThread:
         if self._thread is None:
@@ -117,7 +130,7 @@ class ModelWorker:
 
     async def stop(self) -> None:
         """Finish queued work, then stop the loop and the thread."""
-        while self._jobs or self._busy:
+        while self.queued or self._busy:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -167,18 +180,18 @@ class ModelWorker:
             # A batch waiting for this request must not wait out max_delay if its decode failed.
             self._wakeup.set()
 
-    def estimated_wait(self) -> float:
+    def estimated_wait(self, priority: Priority = "bulk") -> float:
         """Seconds until a newly queued image would finish, from the moving average of batch time."""
-        batches_ahead = math.ceil((len(self._jobs) + 1) / self.policy.max_batch) + (1 if self._busy else 0)
+        batches_ahead = math.ceil((self._ahead(priority) + 1) / self.policy.max_batch) + (1 if self._busy else 0)
         return batches_ahead * self._batch_seconds
 
-    def expected_start_delay(self) -> float:
+    def expected_start_delay(self, priority: Priority = "bulk") -> float:
         """Seconds before a newly queued image's batch would start: what is left of the running batch and
         the full batches queued ahead, from the moving average of batch time."""
         left = max(0.0, self._batch_seconds - (time.monotonic() - self._batch_started)) if self._busy else 0.0
-        return left + (len(self._jobs) // self.policy.max_batch) * self._batch_seconds
+        return left + (self._ahead(priority) // self.policy.max_batch) * self._batch_seconds
 
-    def admit(self, deadline: float) -> float:
+    def admit(self, deadline: float, priority: Priority = "bulk") -> float:
         """Seconds left until ``deadline`` if a new image may queue now; raises `Overloaded` / `DeadlineExceeded`.
 
         `submit` calls it; the pool also calls it before decoding, so a full queue costs no decode.
@@ -188,14 +201,15 @@ class ModelWorker:
         if remaining <= 0:
             self.metrics.rejected.labels(name, "deadline").inc()
             raise DeadlineExceeded("the deadline passed before the image was queued")
-        if len(self._jobs) >= self.policy.queue_size:
+        # The queue bound counts the images ahead: a realtime image is not refused for bulk work it passes.
+        if (ahead := self._ahead(priority)) >= self.policy.queue_size:
             self.metrics.rejected.labels(name, "queue_full").inc()
             raise Overloaded(
-                f"model {name} has {len(self._jobs)} images queued (the limit is {self.policy.queue_size})",
-                retry_after_s=max(1.0, self.estimated_wait()),
+                f"model {name} has {ahead} images queued (the limit is {self.policy.queue_size})",
+                retry_after_s=max(1.0, self.estimated_wait(priority)),
             )
         limit = self.policy.max_queue_delay_s
-        if limit is not None and (delay := self.expected_start_delay()) > limit:
+        if limit is not None and (delay := self.expected_start_delay(priority)) > limit:
             # Bounds the latency of accepted requests under overload: at most a batch time plus this.
             self.metrics.rejected.labels(name, "queue_delay").inc()
             raise Overloaded(
@@ -203,7 +217,7 @@ class ModelWorker:
                 f"{limit * 1000:.0f} ms",
                 retry_after_s=max(1.0, delay),
             )
-        wait = self.estimated_wait()
+        wait = self.estimated_wait(priority)
         if self.policy.reject_unmeetable_deadlines and wait > remaining:
             self.metrics.rejected.labels(name, "unmeetable_deadline").inc()
             raise Overloaded(
@@ -216,9 +230,9 @@ class ModelWorker:
     async def submit(self, job: Job) -> Features:
         """Queue ``job`` and wait for its features, or raise `Overloaded` / `DeadlineExceeded` / `Unavailable`."""
         name = self.model.name
-        remaining = self.admit(job.deadline)
-        self._jobs.append(job)
-        self.metrics.queue_depth.labels(name).set(len(self._jobs))
+        remaining = self.admit(job.deadline, job.priority)
+        self._queues[job.priority].append(job)
+        self.metrics.queue_depth.labels(name).set(self.queued)
         self._wakeup.set()
         try:
             # shield: a timed-out waiter must not cancel a future the batcher will still resolve.
@@ -229,15 +243,22 @@ class ModelWorker:
                 f"the deadline of {remaining * 1000:.0f} ms passed while the image was queued or processed"
             ) from None
 
+    def _take(self, bulk_first: bool) -> Job:
+        """The next queued image: realtime before bulk, unless it is bulk work's turn."""
+        realtime, bulk = self._queues["realtime"], self._queues["bulk"]
+        if bulk and (bulk_first or not realtime):
+            return bulk.popleft()
+        return realtime.popleft()
+
     async def _next_batch(self) -> list[Job]:
-        while not self._jobs:
+        while not self.queued:
             self._wakeup.clear()
             await self._wakeup.wait()
-        batch = [self._jobs.popleft()]
+        batch = [self._take(bulk_first=self._bulk_passed_over >= BULK_TURN_AFTER)]
         close_at = time.monotonic() + self.policy.max_delay_s
         while len(batch) < self.policy.max_batch:
-            if self._jobs:
-                batch.append(self._jobs.popleft())
+            if self.queued:
+                batch.append(self._take(bulk_first=False))
                 continue
             remaining = close_at - time.monotonic()
             if self._incoming == 0 or remaining <= 0:
@@ -247,7 +268,9 @@ class ModelWorker:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
                 break
-        self.metrics.queue_depth.labels(self.model.name).set(len(self._jobs))
+        passed_over = bool(self._queues["bulk"]) and all(job.priority == "realtime" for job in batch)
+        self._bulk_passed_over = self._bulk_passed_over + 1 if passed_over else 0
+        self.metrics.queue_depth.labels(self.model.name).set(self.queued)
         return batch
 
     async def _run(self) -> None:

@@ -17,7 +17,7 @@ from ...models import FeatureModel, Features, KeypointOptions, ModelCard, load_m
 from ..errors import InvalidInput, ModelNotFound, Unavailable
 from ..metrics import ServiceMetrics
 from ..settings import Settings
-from .batcher import BatchPolicy, Job, JobKind, ModelWorker
+from .batcher import BatchPolicy, Job, JobKind, ModelWorker, Priority
 from .decoding import DecodeLimits, decode_image
 
 logger = logging.getLogger(__name__)
@@ -154,9 +154,10 @@ class WorkerPool:
         deadline: float,
         options: KeypointOptions | None = None,
         keypoints: np.ndarray | None = None,
+        priority: Priority = "bulk",
     ) -> Features:
         worker = self.worker(model)
-        worker.admit(deadline)  # a full queue or an unmeetable deadline is refused before decoding
+        worker.admit(deadline, priority)  # a full queue or an unmeetable deadline is refused before decoding
         with worker.incoming():
             array = await self.decode(image) if isinstance(image, bytes) else image
         height, width = array.shape[:2]
@@ -165,26 +166,41 @@ class WorkerPool:
                 f"image is {width}x{height} pixels; each side must be at least {MIN_SERVED_SIDE}",
                 {"width": width, "height": height, "min_side": MIN_SERVED_SIDE},
             )
-        job = Job(kind, array, deadline, asyncio.get_running_loop().create_future(), options, keypoints)
-        return await worker.submit(job)
+        future = asyncio.get_running_loop().create_future()
+        return await worker.submit(Job(kind, array, deadline, future, options, keypoints, priority))
 
     async def extract(
-        self, model: str | None, image: bytes | np.ndarray, options: KeypointOptions, deadline: float
+        self,
+        model: str | None,
+        image: bytes | np.ndarray,
+        options: KeypointOptions,
+        deadline: float,
+        priority: Priority = "bulk",
     ) -> Features:
         """Detect and describe keypoints in one image (encoded bytes or a decoded array)."""
-        return await self._submit("extract", model, image, deadline, options=options)
+        return await self._submit("extract", model, image, deadline, options=options, priority=priority)
 
     async def detect(
-        self, model: str | None, image: bytes | np.ndarray, options: KeypointOptions, deadline: float
+        self,
+        model: str | None,
+        image: bytes | np.ndarray,
+        options: KeypointOptions,
+        deadline: float,
+        priority: Priority = "bulk",
     ) -> Features:
         """Keypoints and scores of one image, without descriptors."""
-        return await self._submit("detect", model, image, deadline, options=options)
+        return await self._submit("detect", model, image, deadline, options=options, priority=priority)
 
     async def describe(
-        self, model: str | None, image: bytes | np.ndarray, keypoints: np.ndarray, deadline: float
+        self,
+        model: str | None,
+        image: bytes | np.ndarray,
+        keypoints: np.ndarray,
+        deadline: float,
+        priority: Priority = "bulk",
     ) -> Features:
         """Descriptors of one image at given ``(N, 2)`` pixel keypoints."""
-        return await self._submit("describe", model, image, deadline, keypoints=keypoints)
+        return await self._submit("describe", model, image, deadline, keypoints=keypoints, priority=priority)
 
     def deadline_from(self, timeout_ms: float | None) -> float:
         """Monotonic deadline ``timeout_ms`` from now (the configured default when ``None``)."""

@@ -121,7 +121,8 @@ class FrameSession:
         # fundamental otherwise.
         explicit = request is not None and request.match_options.HasField("geometry")
         self.geometry = options.geometry if explicit else None
-        plan = ops.plan_match(options.model_copy(update={"geometry": "none"}))
+        # A camera's frames go ahead of bulk work in the model's queue.
+        plan = ops.plan_match(options.model_copy(update={"geometry": "none", "priority": "realtime"}))
         assert plan.extract is not None
         self.extract_plan = plan.extract
         self.model = plan.extract.model
