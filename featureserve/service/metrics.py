@@ -8,6 +8,11 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 COUNT_BUCKETS = (0, 1, 10, 50, 100, 250, 500, 1000, 2000, 4000, 8000, 16000)
 
 
+# The series of one model instance: a model runs one worker per device and slot (FEATURESERVE_DEVICES,
+# FEATURESERVE_INSTANCES_PER_DEVICE).
+WORKER_LABELS = ["model", "device", "instance"]
+
+
 class ServiceMetrics:
     """Request, queue, batch and feature-count metrics, all prefixed ``featureserve_``."""
 
@@ -26,24 +31,28 @@ class ServiceMetrics:
         )
         self.in_flight = Gauge("featureserve_in_flight_requests", "Requests being handled.", ["endpoint"], registry=r)
         self.queue_depth = Gauge(
-            "featureserve_queue_depth", "Images waiting in a model's queue.", ["model"], registry=r
+            "featureserve_queue_depth", "Images waiting in a model's queue.", WORKER_LABELS, registry=r
         )
         self.queue_wait = Histogram(
             "featureserve_queue_wait_seconds",
             "Time an image waits before its batch starts.",
-            ["model"],
+            WORKER_LABELS,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
             "featureserve_batch_size",
             "Images per model batch.",
-            ["model"],
+            WORKER_LABELS,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=r,
         )
         self.inference = Histogram(
-            "featureserve_inference_seconds", "Model time per batch.", ["model"], buckets=LATENCY_BUCKETS, registry=r
+            "featureserve_inference_seconds",
+            "Model time per batch.",
+            WORKER_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.rejected = Counter(
             "featureserve_rejected", "Images refused or dropped by admission control.", ["model", "reason"], registry=r
@@ -75,7 +84,7 @@ class ServiceMetrics:
         self.abandoned_threads = Gauge(
             "featureserve_abandoned_worker_threads",
             "Hung worker threads given up on but still running (Python cannot kill a thread).",
-            ["model"],
+            WORKER_LABELS,
             registry=r,
         )
         self.auth_failures = Counter(

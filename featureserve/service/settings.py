@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,8 +48,17 @@ class Settings(BaseSettings):
     model_conf: dict[str, dict[str, Any]] = Field(
         {}, description='Options per model over its defaults, e.g. {"scfeat": {"upright": false}} (docs/models/).'
     )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where torch models run; auto picks cuda when available."
+    devices: list[str] = Field(
+        [],
+        description='Devices the torch models run on, e.g. ["cuda:0", "cuda:1"]; empty: every visible GPU, else '
+        '["cpu"]. Classical (OpenCV) models run on the CPU.',
+    )
+    instances_per_device: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Instances of every model per device, each with its own queue, batcher and thread; a request "
+        "goes to the one that will answer it first.",
     )
     max_batch: int = Field(8, ge=1, le=256, description="Most images one model batch holds.")
     max_delay_ms: float = Field(

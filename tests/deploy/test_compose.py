@@ -75,7 +75,7 @@ def test_featureserve_services(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(published(cpu)) == container_ports
     assert gpu["build"]["args"] == {"VARIANT": "cuda"} and gpu["image"].endswith(":cuda")
     assert set(published(gpu)) == container_ports
-    assert gpu["environment"]["FEATURESERVE_DEVICE"] == "cuda"
+    assert gpu["environment"]["FEATURESERVE_DEVICES"] == '["cuda:0"]'
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"] and device["count"] >= 1
     # Replicas publish nothing (they could not share host ports); Envoy is their only way in.

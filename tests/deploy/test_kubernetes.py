@@ -118,7 +118,7 @@ def test_server_deployment(variant: str, monkeypatch: pytest.MonkeyPatch) -> Non
 
     resources = container["resources"]
     if variant == "gpu":
-        assert container["image"].endswith(":cuda") and env["FEATURESERVE_DEVICE"] == "cuda"
+        assert container["image"].endswith(":cuda") and env["FEATURESERVE_DEVICES"] == '["cuda:0"]'
         assert int(resources["requests"]["nvidia.com/gpu"]) == int(resources["limits"]["nvidia.com/gpu"]) == 1
         assert any(t["key"] == "nvidia.com/gpu" for t in pod["spec"]["tolerations"])
     else:

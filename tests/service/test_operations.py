@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
 from benchmarks.faults import CRASH, SLOW, with_command
 from featureserve.local import LocalClient
@@ -29,6 +30,7 @@ from featureserve.service.metrics import ServiceMetrics
 from featureserve.service.operations import MAX_DESCRIPTOR_WIDTH, Operations
 from featureserve.service.settings import Settings
 from featureserve.service.workers import WorkerPool
+from tests.conftest import metric_value
 
 T = TypeVar("T")
 FAULTY = {"plugins": ["benchmarks.faults:register"], "models": ["faulty"], "default_model": "faulty"}
@@ -215,3 +217,56 @@ def test_bulk_work_is_not_starved_by_realtime_work(photo: np.ndarray) -> None:
     order = with_operations(check, **FAULTY, max_batch=1, queue_size=16, reject_unmeetable_deadlines=False)
     # frame0 was running; frame1 and frame2 passed the bulk image over; then it was bulk work's turn.
     assert order.index("bulk") <= 3 and order[:4].count("bulk") == 1, order
+
+
+def _per_instance(ops: Operations, metric: str, model: str) -> list[float]:
+    """``metric``'s count for each instance of ``model``, from the pool's own registry."""
+    text = generate_latest(ops.metrics.registry).decode()
+    return [metric_value(text, metric, model=model, instance=str(w.instance)) for w in ops.pool.workers[model].workers]
+
+
+def test_two_instances_share_the_load_and_never_mix_results(photo: np.ndarray) -> None:
+    images = crops(photo) * 3
+
+    async def check(ops: Operations) -> tuple[list[Features], list[float], list[tuple[str, str]]]:
+        plan = ops.plan_extract(ExtractOptions(max_keypoints=300))
+        results = await asyncio.gather(*(ops.extract(plan, image, ops.deadline(None)) for image in images))
+        labels = [(worker.device, str(worker.instance)) for worker in ops.pool.workers["orb"].workers]
+        return list(results), _per_instance(ops, "featureserve_batch_size_count", "orb"), labels
+
+    served, batches, labels = with_operations(check, instances_per_device=2, max_batch=2, max_delay_ms=20)
+    assert labels == [("cpu", "0"), ("cpu", "1")]
+    assert all(count > 0 for count in batches), batches  # both instances ran batches
+    direct = load_model("orb").extract(images, [KeypointOptions(max_keypoints=300)] * len(images))
+    for got, expected in zip(served, direct, strict=True):
+        np.testing.assert_array_equal(got.keypoints, expected.keypoints)
+        np.testing.assert_array_equal(got.descriptors, expected.descriptors)
+
+
+def test_a_crashed_instance_is_replaced_while_the_other_answers(photo: np.ndarray) -> None:
+    slow = with_command(photo, SLOW, 30)  # 0.3 s: keeps the crashing instance's neighbour busy
+
+    async def check(ops: Operations) -> tuple[Any, list[Any], list[Features], float]:
+        plan = ops.plan_extract(ExtractOptions())
+        first = asyncio.ensure_future(ops.extract(plan, slow, ops.deadline(None)))
+        await asyncio.sleep(0.05)  # instance 0 runs the slow image: the crash goes to instance 1
+        crash = asyncio.ensure_future(ops.extract(plan, with_command(photo, CRASH), ops.deadline(None)))
+        await asyncio.sleep(0.05)
+        during = await asyncio.gather(
+            *(ops.extract(plan, photo, ops.deadline(None)) for _ in range(4)), return_exceptions=True
+        )
+        crashed = (await asyncio.gather(crash, return_exceptions=True))[0]
+        await first
+        after = [await ops.extract(plan, photo, ops.deadline(None)) for _ in range(4)]
+        text = generate_latest(ops.metrics.registry).decode()
+        return (
+            crashed,
+            list(during),
+            after,
+            metric_value(text, "featureserve_worker_replacements_total", model="faulty"),
+        )
+
+    crashed, during, after, replaced = with_operations(check, **FAULTY, instances_per_device=2, max_batch=1)
+    assert isinstance(crashed, Unavailable), crashed
+    assert all(isinstance(result, Features) for result in during), during  # the other instance kept answering
+    assert all(len(features) > 0 for features in after) and replaced == 1

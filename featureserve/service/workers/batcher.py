@@ -81,10 +81,18 @@ class ModelWorker:
         policy: BatchPolicy,
         metrics: ServiceMetrics,
         reload: Callable[[], FeatureModel] | None = None,
+        device: str = "cpu",
+        instance: int = 0,
     ) -> None:
         self.model = model
         self.policy = policy
         self.metrics = metrics
+        self.device = device
+        self.instance = instance
+        # The label values of this worker's metric series.
+        self.labels = (model.name, device, str(instance))
+        # True while a lost thread is being replaced: new work goes to the model's other instances.
+        self.replacing = False
         self._reload = reload
         self._queues: dict[Priority, deque[Job]] = {"realtime": deque(), "bulk": deque()}
         self._bulk_passed_over = 0
@@ -97,7 +105,7 @@ class ModelWorker:
         self._generation = 0
         self._abandoned: list[WorkerThread] = []
         self._task: asyncio.Task[None] | None = None
-        metrics.abandoned_threads.labels(model.name).set_function(
+        metrics.abandoned_threads.labels(*self.labels).set_function(
             lambda: sum(thread.is_alive() for thread in self._abandoned)
         )
 
@@ -113,7 +121,7 @@ class ModelWorker:
     def _worker_thread(self) -> WorkerThread:
         if self._thread is None:
             self._generation += 1
-            self._thread = WorkerThread(f"worker-{self.model.name}-{self._generation}")
+            self._thread = WorkerThread(f"worker-{self.model.name}-{self.device}-{self.instance}-{self._generation}")
         return self._thread
 
     async def warmup(self) -> None:
@@ -232,7 +240,7 @@ class ModelWorker:
         name = self.model.name
         remaining = self.admit(job.deadline, job.priority)
         self._queues[job.priority].append(job)
-        self.metrics.queue_depth.labels(name).set(self.queued)
+        self.metrics.queue_depth.labels(*self.labels).set(self.queued)
         self._wakeup.set()
         try:
             # shield: a timed-out waiter must not cancel a future the batcher will still resolve.
@@ -270,7 +278,7 @@ class ModelWorker:
                 break
         passed_over = bool(self._queues["bulk"]) and all(job.priority == "realtime" for job in batch)
         self._bulk_passed_over = self._bulk_passed_over + 1 if passed_over else 0
-        self.metrics.queue_depth.labels(self.model.name).set(self.queued)
+        self.metrics.queue_depth.labels(*self.labels).set(self.queued)
         return batch
 
     async def _run(self) -> None:
@@ -286,8 +294,8 @@ class ModelWorker:
                         await self._run_group(jobs)
                     elapsed = time.monotonic() - start
                     self._batch_seconds += EWMA_WEIGHT * (elapsed - self._batch_seconds)
-                    self.metrics.batch_size.labels(self.model.name).observe(len(live))
-                    self.metrics.inference.labels(self.model.name).observe(elapsed)
+                    self.metrics.batch_size.labels(*self.labels).observe(len(live))
+                    self.metrics.inference.labels(*self.labels).observe(elapsed)
             except Exception:
                 # A bug in the batcher must not stop the queue: fail this batch, keep serving the next.
                 logger.exception("model %s: batcher failed", self.model.name)
@@ -307,7 +315,7 @@ class ModelWorker:
                 self.metrics.rejected.labels(self.model.name, "deadline").inc()
                 job.future.set_exception(DeadlineExceeded("the deadline passed while the image was queued"))
                 continue
-            self.metrics.queue_wait.labels(self.model.name).observe(now - job.enqueued)
+            self.metrics.queue_wait.labels(*self.labels).observe(now - job.enqueued)
             live.append(job)
         return live
 
@@ -340,7 +348,11 @@ class ModelWorker:
                             {"reason": lost.reason},
                         )
                     )
-            await self._replace_thread(lost)
+            self.replacing = True
+            try:
+                await self._replace_thread(lost)
+            finally:
+                self.replacing = False
             return
         except Exception as error:
             if len(jobs) > 1:

@@ -28,11 +28,41 @@ T = TypeVar("T")
 MIN_SERVED_SIDE = 16
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+def resolve_devices(devices: list[str]) -> list[str]:
+    """``devices``, or when empty every GPU torch sees (``cuda:0``, ``cuda:1``, ...), else ``["cpu"]``."""
+    if devices:
+        return list(devices)
+    if torch.cuda.is_available():
+        return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    return ["cpu"]
+
+
+class ModelInstances:
+    """Every instance of one model (a `ModelWorker` per device and slot); work goes to the one that will answer
+    it first."""
+
+    def __init__(self, workers: list[ModelWorker]) -> None:
+        self.workers = workers
+
+    @property
+    def model(self) -> FeatureModel:
+        """The model (every instance serves the same one)."""
+        return self.workers[0].model
+
+    @property
+    def queued(self) -> int:
+        """Images waiting in every instance's queue."""
+        return sum(worker.queued for worker in self.workers)
+
+    def choose(self, priority: Priority) -> ModelWorker:
+        """The instance expected to finish a new image first, by queue and running batch; an instance whose
+        lost thread is being replaced only when every one is."""
+        working = [worker for worker in self.workers if not worker.replacing] or self.workers
+        return min(working, key=lambda worker: (worker.estimated_wait(priority), worker.queued))
+
+    async def stop(self) -> None:
+        """Finish every instance's queued work and stop them."""
+        await asyncio.gather(*(worker.stop() for worker in self.workers))
 
 
 class WorkerPool:
@@ -47,8 +77,8 @@ class WorkerPool:
         self.settings = settings
         self.metrics = metrics
         self.limits = DecodeLimits(settings.max_image_bytes, settings.max_image_pixels)
-        self.device = resolve_device(settings.device)
-        self.workers: dict[str, ModelWorker] = {}
+        self.devices = resolve_devices(settings.devices)
+        self.workers: dict[str, ModelInstances] = {}
         self.ready = False
         self.draining = False
         self._state_listeners: list[Callable[[], None]] = []
@@ -64,10 +94,10 @@ class WorkerPool:
             max_queue_delay_s=None if settings.max_queue_delay_ms is None else settings.max_queue_delay_ms / 1000,
         )
 
-    def _load(self, name: str) -> FeatureModel:
+    def _load(self, name: str, device: str) -> FeatureModel:
         # Torch models take a device, OpenCV models a thread count; each gets the knob it knows.
         return load_model_with_knobs(
-            name, self.settings.model_conf.get(name), device=self.device, num_threads=self.settings.cpu_threads
+            name, self.settings.model_conf.get(name), device=device, num_threads=self.settings.cpu_threads
         )
 
     async def start(self) -> None:
@@ -80,15 +110,27 @@ class WorkerPool:
         self._notify_state()
 
     async def add_model(self, name: str) -> None:
-        """Load model ``name`` (warmed up when ``settings.warmup``) and start its worker."""
-        model = await asyncio.get_running_loop().run_in_executor(self._cpu_threads, self._load, name)
-        # A worker whose thread dies or hangs gets a freshly loaded model on its replacement thread.
-        worker = ModelWorker(model, self.policy, self.metrics, reload=functools.partial(self._load, name))
-        if self.settings.warmup:
-            await worker.warmup()
-        worker.start()
-        self.workers[name] = worker
-        logger.info("model %s ready on %s", name, self.device)
+        """Load model ``name`` on every device, ``instances_per_device`` times (each warmed up when
+        ``settings.warmup``), and start their workers."""
+        loop = asyncio.get_running_loop()
+        first = await loop.run_in_executor(self._cpu_threads, self._load, name, self.devices[0])
+        # Classical (OpenCV) models take no device: their instances all run on the CPU.
+        devices = self.devices if "device" in first.default_conf else ["cpu"]
+        workers: list[ModelWorker] = []
+        for device in devices:
+            for _ in range(self.settings.instances_per_device):
+                model = (
+                    first if not workers else await loop.run_in_executor(self._cpu_threads, self._load, name, device)
+                )
+                # A worker whose thread dies or hangs gets a freshly loaded model on its replacement thread.
+                reload = functools.partial(self._load, name, device)
+                worker = ModelWorker(model, self.policy, self.metrics, reload, device, len(workers))
+                if self.settings.warmup:
+                    await worker.warmup()
+                worker.start()
+                workers.append(worker)
+        self.workers[name] = ModelInstances(workers)
+        logger.info("model %s ready: %d instance(s) on %s", name, len(workers), ", ".join(devices))
 
     def on_state_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` on the event loop when the pool becomes ready and when its drain begins."""
@@ -113,7 +155,7 @@ class WorkerPool:
     async def stop(self) -> None:
         """Finish queued work and release the threads."""
         self.begin_drain()
-        await asyncio.gather(*(worker.stop() for worker in self.workers.values()))
+        await asyncio.gather(*(instances.stop() for instances in self.workers.values()))
         self._decode_threads.shutdown(wait=True)
         self._cpu_threads.shutdown(wait=True)
 
@@ -122,8 +164,8 @@ class WorkerPool:
         if not (self.ready or self.draining):
             raise Unavailable("the service is still loading its models")
 
-    def worker(self, model: str | None) -> ModelWorker:
-        """The worker of ``model`` (the default model when ``None``); raises `ModelNotFound`."""
+    def worker(self, model: str | None) -> ModelInstances:
+        """The instances of ``model`` (the default model when ``None``); raises `ModelNotFound`."""
         name = model or self.settings.default_model
         try:
             return self.workers[name]
@@ -135,7 +177,7 @@ class WorkerPool:
 
     def cards(self) -> list[ModelCard]:
         """Model cards of the loaded models."""
-        return [worker.model.card for worker in self.workers.values()]
+        return [instances.model.card for instances in self.workers.values()]
 
     async def decode(self, data: bytes) -> np.ndarray:
         """Decode image bytes on the decode threads (never on the event loop)."""
@@ -156,7 +198,7 @@ class WorkerPool:
         keypoints: np.ndarray | None = None,
         priority: Priority = "bulk",
     ) -> Features:
-        worker = self.worker(model)
+        worker = self.worker(model).choose(priority)
         worker.admit(deadline, priority)  # a full queue or an unmeetable deadline is refused before decoding
         with worker.incoming():
             array = await self.decode(image) if isinstance(image, bytes) else image
