@@ -12,6 +12,8 @@ The command is the image's top-left pixel (its value in a grey image, its red va
 - `HANG` (252): the call blocks (for `HANG_SECONDS`, far past any test's batch timeout), as a deadlocked
   or spinning model would.
 - `SLOW` (250): the call sleeps ``pixel (0, 1) x 10 ms`` first, then answers.
+- `OUT_OF_MEMORY` (253): the call raises torch's ``OutOfMemoryError``, as a GPU batch too large for the
+  device's memory does.
 - anything else: ORB features, a real and deterministic answer.
 """
 
@@ -23,11 +25,12 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from featureserve.models import Features, KeypointOptions
 from featureserve.models.classical import ORB
 
-SLOW, CRASH, HANG = 250, 251, 252
+SLOW, CRASH, HANG, OUT_OF_MEMORY = 250, 251, 252, 253
 HANG_SECONDS = 600.0
 _never = threading.Event()
 
@@ -60,6 +63,8 @@ class FaultyModel(ORB):
                 _never.wait(HANG_SECONDS)
             if order == SLOW:
                 time.sleep(int(image[0, 1] if image.ndim == 2 else image[0, 1, 0]) / 100.0)
+            if order == OUT_OF_MEMORY:
+                raise torch.OutOfMemoryError("injected: CUDA out of memory (benchmarks/faults.py)")
 
     def extract(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
         """ORB features, after obeying the images' commands."""

@@ -84,7 +84,7 @@ class CAPS(DenseFeatureModel):
         "pad_multiple": 64,
         "grey": True,
         # see DenseFeatureModel
-        **{key: DenseFeatureModel.default_conf[key] for key in ("upright", "max_pixels", "batch_pixels")},
+        **{key: DenseFeatureModel.default_conf[key] for key in ("upright", "max_pixels", "batch_pixels", "dtype")},
         "card": str(DEFAULT_CARD),
         "sift_contrast_threshold": 0.04,
         "sift_edge_threshold": 10.0,

@@ -28,6 +28,10 @@ from .orientation import dominant_orientations, quarter_turn_weights, turn_point
 MIN_LEVEL_SIDE = 32  # a pyramid level keeps at least this many pixels on its shorter side
 
 
+# Network precisions a dense model may run in (conf ``dtype``).
+NETWORK_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def keypoints_to_grid(keypoints: torch.Tensor, stride: int, map_size: tuple[int, int]) -> torch.Tensor:
     """``(B, N, 2)`` pixel ``(x, y)`` -> ``(B, N, 1, 2)`` ``grid_sample`` coordinates on a ``(h, w)`` map."""
     h, w = map_size
@@ -199,9 +203,11 @@ class DenseFeatureModel(FeatureModel):
         # of the image turned by the two nearest quarter turns (models/orientation.py). Four network passes per
         # image instead of one (docs/models/scfeat.md, "Steered descriptors").
         "upright": True,
+        # The network's precision: "float16" or "bfloat16" halves its memory and, on GPUs with tensor cores, its
+        # time; keypoints and descriptors are computed from float32 copies of its outputs (docs/models/README.md).
+        "dtype": "float32",
     }
     descriptor_strides: ClassVar[Sequence[int]]
-    network: nn.Module
     # The ``sizes`` of detected keypoints, in pixels: SIFT's diameter (twice the scale) of a blob of the 1.6 px
     # base scale that SIFT and the Hessian prior of `scfeat` share. Dense detectors give no orientation (-1).
     keypoint_size: ClassVar[float] = 3.2
@@ -216,6 +222,22 @@ class DenseFeatureModel(FeatureModel):
         """Where the network runs."""
         return torch.device(self.conf["device"])
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The network's precision (conf ``dtype``)."""
+        if self.conf["dtype"] not in NETWORK_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(NETWORK_DTYPES)}, got {self.conf['dtype']!r}")
+        return NETWORK_DTYPES[self.conf["dtype"]]
+
+    @property
+    def network(self) -> nn.Module:
+        """The network, in the precision of conf ``dtype``."""
+        return self._network
+
+    @network.setter
+    def network(self, module: nn.Module) -> None:
+        self._network = module.to(self.dtype)
+
     def _to_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         height, width = self.bucket_key(images[0])
         channels = 1 if self.conf["grey"] else 3
@@ -228,6 +250,8 @@ class DenseFeatureModel(FeatureModel):
             batch[i, :, :rows, :cols] = torch.from_numpy(array).float() / 255.0
             batch[i, :, :rows, cols:] = batch[i, :, :rows, cols - 1 : cols]
             batch[i, :, rows:] = batch[i, :, rows - 1 : rows]
+        if self.device.type == "cuda":  # a page-locked copy goes to the GPU without blocking this thread
+            return batch.pin_memory().to(self.device, non_blocking=True)
         return batch.to(self.device)
 
     @staticmethod
@@ -307,6 +331,16 @@ class DenseFeatureModel(FeatureModel):
             )
         return results  # type: ignore[return-value]
 
+    def _forward_float32(self, batch: torch.Tensor, detect: bool) -> dict[str, Any]:
+        """`_forward` in the network's precision, its tensors (and lists of them) back as float32."""
+        outputs = self._forward(batch.to(self.dtype), detect)
+        if self.dtype == torch.float32:
+            return outputs
+        return {
+            key: [v.float() for v in value] if isinstance(value, list) else value.float()
+            for key, value in outputs.items()
+        }
+
     def _forward(self, batch: torch.Tensor, detect: bool) -> dict[str, Any]:
         """Network outputs of a padded batch; ``detect=False`` lets a network with a detector skip its score map."""
         return self.network(batch)
@@ -322,9 +356,11 @@ class DenseFeatureModel(FeatureModel):
         """
         for indices in self._by_bucket(images):
             batch = self._to_tensor([images[i] for i in indices])
-            outputs = self._forward(batch, detect)
+            outputs = self._forward_float32(batch, detect)
             if describe and not self.conf["upright"]:
-                turned = [self._forward(torch.rot90(batch, k, dims=(2, 3)), False)["descriptors"] for k in (1, 2, 3)]
+                turned = [
+                    self._forward_float32(torch.rot90(batch, k, dims=(2, 3)), False)["descriptors"] for k in (1, 2, 3)
+                ]
                 outputs |= {"images": batch, "turned_descriptors": [outputs["descriptors"], *turned]}
             for b, i in enumerate(indices):
                 yield i, outputs, b

@@ -155,3 +155,21 @@ def test_padding_to_the_size_bucket_is_invisible(photo: np.ndarray) -> None:
     corner = np.array([[69.0, 99.0], [60.0, 95.0], [10.0, 10.0]], np.float32)
     [small], [large] = model.describe([image], [corner]), model.describe([extended], [corner])
     np.testing.assert_allclose(small.descriptors, large.descriptors, atol=1e-6)
+
+
+def test_a_half_precision_network_gives_float32_features_close_to_full_precision(photo: np.ndarray) -> None:
+    """conf dtype: bfloat16 here (the CPU has no float16 convolutions); GPUs take float16 too."""
+    image = np.ascontiguousarray(photo[100:228, 150:310])  # small: bfloat16 is slow on this CPU
+    options = [KeypointOptions(max_keypoints=200)]
+    [full] = load_model("scfeat").extract([image], options)
+    half_model = load_model("scfeat", dtype="bfloat16")
+    assert next(half_model.network.parameters()).dtype == torch.bfloat16
+    [half] = half_model.extract([image], options)
+    assert half.descriptors.dtype == np.float32 and half.keypoints.dtype == np.float32
+    distance = np.linalg.norm(full.keypoints[:, None] - half.keypoints[None], axis=2)
+    twin, same = distance.argmin(axis=1), distance.min(axis=1) < 0.5
+    assert same.mean() > 0.8, same.mean()  # bfloat16 has 8 bits of mantissa: near-equal scores may swap
+    cosine = (full.descriptors[same] * half.descriptors[twin[same]]).sum(axis=1)  # unit rows
+    assert np.median(cosine) > 0.999 and cosine.min() > 0.95
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        load_model("scfeat", dtype="int8")

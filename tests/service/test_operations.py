@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from benchmarks.faults import CRASH, SLOW, with_command
+from benchmarks.faults import CRASH, OUT_OF_MEMORY, SLOW, with_command
 from featureserve.local import LocalClient
 from featureserve.models import DescriptorInfo, Features, KeypointOptions, load_model
 from featureserve.models.registry import MODELS
@@ -270,3 +270,23 @@ def test_a_crashed_instance_is_replaced_while_the_other_answers(photo: np.ndarra
     assert isinstance(crashed, Unavailable), crashed
     assert all(isinstance(result, Features) for result in during), during  # the other instance kept answering
     assert all(len(features) > 0 for features in after) and replaced == 1
+
+
+def test_out_of_memory_fails_that_batch_only_then_batches_shrink(photo: np.ndarray) -> None:
+    slow = with_command(photo, SLOW, 20)
+
+    async def check(ops: Operations) -> tuple[list[Any], list[Any], int]:
+        plan = ops.plan_extract(ExtractOptions())
+        busy = asyncio.ensure_future(ops.extract(plan, slow, ops.deadline(None)))
+        await asyncio.sleep(0.05)  # the next four queue behind the slow image and form one batch
+        batch = [with_command(photo, OUT_OF_MEMORY), photo, photo, photo]
+        failed = await asyncio.gather(
+            *(ops.extract(plan, i, ops.deadline(None)) for i in batch), return_exceptions=True
+        )
+        await busy
+        after = await asyncio.gather(*(ops.extract(plan, photo, ops.deadline(None)) for _ in range(4)))
+        return list(failed), list(after), ops.pool.workers["faulty"].workers[0].batch_limit
+
+    failed, after, limit = with_operations(check, **FAULTY, max_batch=4, max_delay_ms=50)
+    assert all(isinstance(error, Unavailable) and "out of device memory" in str(error) for error in failed), failed
+    assert limit == 2 and all(len(features) > 0 for features in after)  # smaller batches, answered

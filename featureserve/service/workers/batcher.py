@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import torch
 
 from ...models import FeatureModel, Features, KeypointOptions
 from ..errors import DeadlineExceeded, FeatureServeError, InvalidInput, Overloaded, Unavailable
@@ -27,6 +28,8 @@ Priority = Literal["bulk", "realtime"]
 EWMA_WEIGHT = 0.2
 # After this many batches in a row that left bulk work waiting, the next batch starts with the oldest bulk image.
 BULK_TURN_AFTER = 2
+# After running out of device memory a worker halves its batch limit; this many good batches in a row double it.
+MEMORY_RECOVERY_BATCHES = 32
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,10 @@ class ModelWorker:
     a freshly loaded model (``reload``; the old instance when there is none or it fails), and the queue goes
     on to the replacement. A hung thread cannot be killed: it is abandoned and counted in
     ``featureserve_abandoned_worker_threads`` until it returns.
+
+    Out of device memory: the batch's requests fail with `Unavailable` (503 / UNAVAILABLE, retry), and the
+    worker's batch limit halves (at least 1); `MEMORY_RECOVERY_BATCHES` good batches in a row double it again, up
+    to ``max_batch``.
     """
 
     def __init__(
@@ -96,6 +103,8 @@ class ModelWorker:
         self._reload = reload
         self._queues: dict[Priority, deque[Job]] = {"realtime": deque(), "bulk": deque()}
         self._bulk_passed_over = 0
+        self.batch_limit = policy.max_batch
+        self._good_batches = 0
         self._wakeup = asyncio.Event()
         self._incoming = 0
         self._busy = False
@@ -190,14 +199,14 @@ class ModelWorker:
 
     def estimated_wait(self, priority: Priority = "bulk") -> float:
         """Seconds until a newly queued image would finish, from the moving average of batch time."""
-        batches_ahead = math.ceil((self._ahead(priority) + 1) / self.policy.max_batch) + (1 if self._busy else 0)
+        batches_ahead = math.ceil((self._ahead(priority) + 1) / self.batch_limit) + (1 if self._busy else 0)
         return batches_ahead * self._batch_seconds
 
     def expected_start_delay(self, priority: Priority = "bulk") -> float:
         """Seconds before a newly queued image's batch would start: what is left of the running batch and
         the full batches queued ahead, from the moving average of batch time."""
         left = max(0.0, self._batch_seconds - (time.monotonic() - self._batch_started)) if self._busy else 0.0
-        return left + (self._ahead(priority) // self.policy.max_batch) * self._batch_seconds
+        return left + (self._ahead(priority) // self.batch_limit) * self._batch_seconds
 
     def admit(self, deadline: float, priority: Priority = "bulk") -> float:
         """Seconds left until ``deadline`` if a new image may queue now; raises `Overloaded` / `DeadlineExceeded`.
@@ -264,7 +273,7 @@ class ModelWorker:
             await self._wakeup.wait()
         batch = [self._take(bulk_first=self._bulk_passed_over >= BULK_TURN_AFTER)]
         close_at = time.monotonic() + self.policy.max_delay_s
-        while len(batch) < self.policy.max_batch:
+        while len(batch) < self.batch_limit:
             if self.queued:
                 batch.append(self._take(bulk_first=False))
                 continue
@@ -295,6 +304,7 @@ class ModelWorker:
                     elapsed = time.monotonic() - start
                     self._batch_seconds += EWMA_WEIGHT * (elapsed - self._batch_seconds)
                     self.metrics.batch_size.labels(*self.labels).observe(len(live))
+                    self._recover_batch_limit()
                     self.metrics.inference.labels(*self.labels).observe(elapsed)
             except Exception:
                 # A bug in the batcher must not stop the queue: fail this batch, keep serving the next.
@@ -304,6 +314,14 @@ class ModelWorker:
                         job.future.set_exception(FeatureServeError("internal error in the batcher"))
             finally:
                 self._busy = False
+
+    def _recover_batch_limit(self) -> None:
+        if self.batch_limit >= self.policy.max_batch:
+            return
+        self._good_batches += 1
+        if self._good_batches >= MEMORY_RECOVERY_BATCHES:
+            self.batch_limit = min(self.policy.max_batch, 2 * self.batch_limit)
+            self._good_batches = 0
 
     def _drop_expired(self, batch: list[Job]) -> list[Job]:
         now = time.monotonic()
@@ -354,6 +372,9 @@ class ModelWorker:
             finally:
                 self.replacing = False
             return
+        except torch.OutOfMemoryError as error:
+            self._out_of_memory(jobs, error)
+            return
         except Exception as error:
             if len(jobs) > 1:
                 # Run one by one so that one bad image fails only its own request.
@@ -369,6 +390,24 @@ class ModelWorker:
             else:
                 self.metrics.keypoints.labels(self.model.name).observe(len(result))
                 job.future.set_result(result)
+
+    def _out_of_memory(self, jobs: list[Job], error: Exception) -> None:
+        """Fail this batch's requests (retry: 503 / UNAVAILABLE) and halve the batch limit."""
+        self.batch_limit = max(1, len(jobs) // 2)
+        self._good_batches = 0
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        logger.warning("model %s ran out of memory on %d images: %s", self.model.name, len(jobs), error)
+        for job in jobs:
+            if not job.future.done():
+                self.metrics.rejected.labels(self.model.name, "out_of_memory").inc()
+                job.future.set_exception(
+                    Unavailable(
+                        f"model {self.model.name} ran out of device memory on a batch of {len(jobs)} images; "
+                        f"its batches now hold at most {self.batch_limit}: retry the request",
+                        {"reason": "out_of_memory", "batch_limit": self.batch_limit},
+                    )
+                )
 
     def _as_service_error(self, error: Exception) -> FeatureServeError:
         if isinstance(error, FeatureServeError):
