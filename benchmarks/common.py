@@ -388,7 +388,10 @@ def server_process_setup() -> list[str]:
         from featureserve.service.serve import MALLOC_ENVIRONMENT, restart_with_malloc_environment
     except ImportError:  # a checkout whose server sets nothing
         return []
-    restart_with_malloc_environment(sys.argv)
+    # Run as ``python -m benchmarks.performance.NAME``: exec the module again, since its file alone cannot import
+    # the ``benchmarks`` package.
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    restart_with_malloc_environment(["-m", spec.name, *sys.argv[1:]] if spec is not None else sys.argv)
     return [f"{k}={os.environ.get(k, 'unset')}" for k in MALLOC_ENVIRONMENT]
 
 

@@ -185,13 +185,16 @@ class FrameSession:
         result = service.FrameResult(
             features=feature_set_message(features, self.options.include_descriptors, self.options.descriptor_dtype)
         )
-        if self.previous is not None:
-            result.to_previous.CopyFrom(await self._match(current, self.previous))
-        if self.keyframe is not None:
-            if self.keyframe is self.previous:
-                result.to_keyframe.CopyFrom(result.to_previous)
-            else:
-                result.to_keyframe.CopyFrom(await self._match(current, self.keyframe))
+        # The matches to the previous frame and to the keyframe run side by side on the CPU threads.
+        earlier = {"to_previous": self.previous}
+        if self.keyframe is not self.previous:
+            earlier["to_keyframe"] = self.keyframe
+        wanted = {field: frame for field, frame in earlier.items() if frame is not None}
+        answers = await asyncio.gather(*(self._match(current, frame) for frame in wanted.values()))
+        for field, answer in zip(wanted, answers, strict=True):
+            getattr(result, field).CopyFrom(answer)
+        if self.keyframe is not None and self.keyframe is self.previous:
+            result.to_keyframe.CopyFrom(result.to_previous)
         self.previous = current
         self.intrinsics = intrinsics
         if job.keyframe or self.keyframe is None:

@@ -1,0 +1,25 @@
+"""The server benchmarks run as documented (``python -m benchmarks.performance.NAME``) from a fresh shell, where
+they first restart themselves under the server's allocator settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from featureserve.service.serve import MALLOC_ENVIRONMENT
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_grpc_latency_restarts_itself_as_a_module_and_writes_its_results(tmp_path: Path) -> None:
+    environment = {k: v for k, v in os.environ.items() if k not in MALLOC_ENVIRONMENT}
+    out = tmp_path / "grpc.json"
+    argv = [sys.executable, "-m", "benchmarks.performance.grpc_latency", "--models", "orb", "--iterations", "2"]
+    argv += ["--warmup", "0", "--stream-frames", "3", "--frames", str(tmp_path / "none"), "--out", str(out)]
+    done = subprocess.run(argv, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["machine"] and out.with_suffix(".md").is_file()
