@@ -88,6 +88,9 @@ class CAPS(DenseFeatureModel):
         "card": str(DEFAULT_CARD),
         "sift_contrast_threshold": 0.04,
         "sift_edge_threshold": 10.0,
+        # One SIFT keypoint per location: the descriptor ignores SIFT's orientation, so the copies SIFT makes
+        # for a location's other orientations would be equal rows that only take up the keypoint budget.
+        "unique_locations": False,
         # Scale pyramid: each SIFT keypoint is described on the levels (``scale_step`` octaves apart) where its
         # diameter is ``reference_size`` pixels; 1 level describes every keypoint at full resolution. Six
         # levels (down to 1/5.7) describe zoomed keypoints better (docs/models/caps.md has the comparison).
@@ -101,7 +104,9 @@ class CAPS(DenseFeatureModel):
         self._check_pyramid_conf()
         self.network, self._card = load_checkpoint(self.conf["card"], self.device)
         self._sift = SIFT(
-            contrast_threshold=self.conf["sift_contrast_threshold"], edge_threshold=self.conf["sift_edge_threshold"]
+            contrast_threshold=self.conf["sift_contrast_threshold"],
+            edge_threshold=self.conf["sift_edge_threshold"],
+            unique_locations=self.conf["unique_locations"],
         )
 
     @property

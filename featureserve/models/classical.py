@@ -22,7 +22,13 @@ class OpenCVFeatureModel(FeatureModel):
     ``describe`` at given keypoints uses upright keypoints of size ``conf["describe_size"]`` pixels.
     """
 
-    default_conf: ClassVar[dict[str, Any]] = {"num_threads": 2, "describe_size": 12.0}
+    default_conf: ClassVar[dict[str, Any]] = {
+        "num_threads": 2,
+        "describe_size": 12.0,
+        # True: detection keeps one keypoint per location (SIFT gives one per dominant orientation), so the
+        # keypoint budget holds distinct locations; for describers that ignore the orientation (caps, hndesc).
+        "unique_locations": False,
+    }
     method: ClassVar[str]
     licence: ClassVar[str] = "Apache-2.0 (OpenCV)"
     description: ClassVar[str]
@@ -83,7 +89,11 @@ class OpenCVFeatureModel(FeatureModel):
 
     def _detect_one(self, image: np.ndarray, options: KeypointOptions) -> Features:
         check_image(image)
-        cv_keypoints = self._create(candidate_count(options)).detect(to_grey(image), None)
+        if self.conf["unique_locations"]:  # every candidate (0: no cap), the strongest one per location
+            found = self._create(0).detect(to_grey(image), None)
+            cv_keypoints = list({k.pt: k for k in sorted(found, key=lambda k: k.response)}.values())
+        else:
+            cv_keypoints = self._create(candidate_count(options)).detect(to_grey(image), None)
         return self._to_features(image, self._select(image, cv_keypoints, options), None)
 
     def _describe_one(self, image: np.ndarray, keypoints: np.ndarray) -> Features:

@@ -86,6 +86,16 @@ def test_sift_keypoints_carry_their_sizes_through_subset() -> None:
     assert np.array_equal(strongest.angles, features.angles[:10])
 
 
+def test_unique_locations_keep_one_sift_keypoint_per_location() -> None:
+    image = cv2.resize(data.astronaut(), (1024, 1024))  # more SIFT keypoints than the budget
+    options = [KeypointOptions(max_keypoints=1500)]
+    [every] = load_model("sift").detect([image], options)
+    [unique] = load_model("sift", unique_locations=True).detect([image], options)
+    assert len(np.unique(every.keypoints, axis=0)) < len(every) == 1500  # orientations repeat locations
+    assert len(np.unique(unique.keypoints, axis=0)) == len(unique) == 1500  # the budget holds distinct ones
+    assert (unique.angles >= 0).all() and (unique.sizes > 0).all()
+
+
 def test_featureless_and_tiny_images_give_empty_or_full_resolution_features(caps) -> None:
     flat, tiny = np.full((100, 120), 128, np.uint8), data.astronaut()[:40, :48]
     empty, small = caps.extract([flat, tiny], [OPTIONS, OPTIONS])
