@@ -61,6 +61,7 @@ from benchmarks.common import (
     histogram_delta,
     machine_info,
     multipart_body,
+    process_cpu_seconds,
     server_process_setup,
     summarize_ms,
 )
@@ -324,7 +325,7 @@ async def run_level(
         if failed:
             print(f"  warning: {len(failed)} warm-up requests failed: {failed[0]!r}")
         metrics_before = await _metrics_text(server.url)
-        server_cpu_before, client_cpu_before = server.cpu_seconds(), time.process_time()
+        server_cpu_before, client_cpu_before = process_cpu_seconds(server.pid), time.process_time()
         foreign_before = foreign.total_s() if foreign else None
         start = time.perf_counter()
         stop_at = start + cap_s
@@ -351,7 +352,7 @@ async def run_level(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         wall = time.perf_counter() - start
-        server_cpu_after, client_cpu_after = server.cpu_seconds(), time.process_time()
+        server_cpu_after, client_cpu_after = process_cpu_seconds(server.pid), time.process_time()
         foreign_after = foreign.total_s() if foreign else None
         metrics_after = await _metrics_text(server.url)
     finally:

@@ -23,3 +23,13 @@ def test_grpc_latency_restarts_itself_as_a_module_and_writes_its_results(tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["machine"] and out.with_suffix(".md").is_file()
+
+
+def test_throughput_measures_a_small_level_and_writes_its_results(tmp_path: Path) -> None:
+    out = tmp_path / "throughput.json"
+    argv = [sys.executable, "-m", "benchmarks.performance.throughput", "--models", "orb", "--concurrency", "1"]
+    argv += ["--min-requests", "4", "--clients", "raw", "--inprocess-batches", "1", "--inprocess-images", "2"]
+    argv += ["--sweep", "--out", str(out)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| raw | orb | 1 |" in out.with_suffix(".md").read_text()
