@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(
         5.0, ge=0, le=1000, description="Longest a batch waits for more images after its first one."
     )
-    queue_size: int = Field(64, ge=1, description="Images waiting per model before new ones get 429.")
+    queue_size: int = Field(64, ge=1, description="Images waiting per model instance before new ones get 429.")
     default_deadline_ms: float = Field(
         30000, gt=0, description="Deadline of a request that sends no X-Deadline-Ms header."
     )
