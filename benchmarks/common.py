@@ -74,6 +74,12 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+def quartiles_ms(seconds: Sequence[float]) -> dict[str, float]:
+    """``median_ms``, ``q1_ms`` and ``q3_ms`` of durations given in seconds."""
+    ms = [s * 1000.0 for s in seconds]
+    return {"median_ms": percentile(ms, 50), "q1_ms": percentile(ms, 25), "q3_ms": percentile(ms, 75)}
+
+
 def summarize_ms(seconds: Sequence[float]) -> dict[str, float]:
     """``n``, mean, p50, p95, min and max of durations given in seconds, reported in milliseconds."""
     ms = [s * 1000.0 for s in seconds]

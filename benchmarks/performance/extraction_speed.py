@@ -29,6 +29,7 @@ from benchmarks.common import (
     Probe,
     benchmark_image,
     machine_info,
+    quartiles_ms,
     run_rounds,
     timed,
 )
@@ -71,8 +72,7 @@ def time_models(
     results = {}
     for probe in probes:
         [features] = extractors[probe.key[0]].extract([image], options)
-        q1, median, q3 = np.percentile(np.asarray(probe.samples) * 1000, [25, 50, 75])
-        results[probe.key[0]] = {"median_ms": median, "q1_ms": q1, "q3_ms": q3, "keypoints": len(features)}
+        results[probe.key[0]] = quartiles_ms(probe.samples) | {"keypoints": len(features)}
     return results
 
 

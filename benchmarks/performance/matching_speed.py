@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS_DIR, Probe, benchmark_image, machine_info, run_rounds, timed
+from benchmarks.common import RESULTS_DIR, Probe, benchmark_image, machine_info, quartiles_ms, run_rounds, timed
 from featureserve.models import KeypointOptions, load_model, match_descriptors
 from training.evaluation.records import format_table, now_iso, write_results
 
@@ -46,11 +46,7 @@ def time_metric(metric: str, d0: np.ndarray, d1: np.ndarray, rounds: int, warmup
     probes = [Probe((name,), timed(run)) for name, run in runners.items()]
     run_rounds(probes, rounds, warmup, seed=0)
     counts = {"featureserve": len(runners["featureserve"]()), "opencv": len(runners["opencv"]())}
-    results = {}
-    for probe in probes:
-        q1, median, q3 = np.percentile(np.asarray(probe.samples) * 1000, [25, 50, 75])
-        results[probe.key[0]] = {"median_ms": median, "q1_ms": q1, "q3_ms": q3, "matches": counts[probe.key[0]]}
-    return results
+    return {probe.key[0]: quartiles_ms(probe.samples) | {"matches": counts[probe.key[0]]} for probe in probes}
 
 
 def main() -> None:

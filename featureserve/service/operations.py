@@ -16,8 +16,9 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,27 @@ from .workers import WorkerPool
 from .workers.batcher import JobKind, Priority
 
 ImageInput = bytes | np.ndarray
+
+
+@contextlib.contextmanager
+def naming(name: str) -> Iterator[None]:
+    """Service errors raised inside say which input they concern: ``name: message`` (unchanged when empty)."""
+    try:
+        yield
+    except FeatureServeError as error:
+        if name:
+            error.message = f"{name}: {error.message}"
+        raise
+
+
+def raise_first(outcomes: Sequence[object], names: Sequence[str]) -> None:
+    """Raise the first exception among gathered ``outcomes``, naming its input."""
+    for name, outcome in zip(names, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            with naming(name):
+                raise outcome
+
+
 # Widest descriptor row an uploaded feature set may have (values per row): matching cost grows with it.
 MAX_DESCRIPTOR_WIDTH = 4096
 
@@ -136,23 +158,15 @@ class Operations:
 
     async def decode(self, data: bytes, name: str = "") -> np.ndarray:
         """Decode image bytes under the configured limits (off the event loop); errors name ``name`` if given."""
-        try:
+        with naming(name):
             return await self.pool.decode(data)
-        except FeatureServeError as error:
-            if name:
-                error.message = f"{name}: {error.message}"
-            raise
 
     async def extract(self, plan: ExtractPlan, image: ImageInput, deadline: float, name: str = "") -> Features:
         """Features of one image (encoded bytes or a decoded array); errors name the field ``name`` if given."""
-        try:
+        with naming(name):
             if plan.kind == "detect":
                 return await self.pool.detect(plan.model, image, plan.keypoints, deadline, plan.priority)
             return await self.pool.extract(plan.model, image, plan.keypoints, deadline, plan.priority)
-        except FeatureServeError as error:
-            if name:
-                error.message = f"{name}: {error.message}"
-            raise
 
     async def extract_batch(self, plan: ExtractPlan, images: Sequence[ImageInput], deadline: float) -> list[Features]:
         """Features of each image, in order; the images may share a batch. Errors name ``images[i]``."""
@@ -163,11 +177,7 @@ class Operations:
             raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {limit}")
         work = (self.extract(plan, image, deadline) for image in images)
         results = await asyncio.gather(*work, return_exceptions=True)
-        for i, result in enumerate(results):
-            if isinstance(result, FeatureServeError):
-                result.message = f"images[{i}]: {result.message}"
-            if isinstance(result, BaseException):
-                raise result
+        raise_first(results, [f"images[{i}]" for i in range(len(results))])
         return list(results)  # type: ignore[arg-type]
 
     async def describe(self, plan: ExtractPlan, image: ImageInput, keypoints: np.ndarray, deadline: float) -> Features:
@@ -182,23 +192,22 @@ class Operations:
     ) -> Matched:
         """Match two sides (images to extract, or uploaded feature sets) and verify the matches."""
         started = time.perf_counter()
-
-        async def features(side: ImageInput | Features) -> Features:
-            if isinstance(side, Features):
-                return side
-            if plan.extract is None:
-                raise InvalidInput("an image side needs a model: plan the match with extract=True")
-            return await self.extract(plan.extract, side, deadline)
-
-        both = await asyncio.gather(features(side0), features(side1), return_exceptions=True)
-        for name, outcome in zip(("image0", "image1"), both, strict=True):
-            if isinstance(outcome, FeatureServeError):
-                outcome.message = f"{name}: {outcome.message}"
-            if isinstance(outcome, BaseException):
-                raise outcome
+        outcomes = await asyncio.gather(
+            *(self._side(plan, side, deadline) for side in (side0, side1)), return_exceptions=True
+        )
+        raise_first(outcomes, ["image0", "image1"])
+        both: tuple[Features, Features] = (outcomes[0], outcomes[1])  # type: ignore[assignment]
         extracted = time.perf_counter()
-        result = await self.match_features(plan.model, both[0], both[1], plan.pair)  # type: ignore[arg-type]
-        return Matched((both[0], both[1]), result, extracted - started, time.perf_counter() - extracted)  # type: ignore[arg-type]
+        result = await self.match_features(plan.model, both[0], both[1], plan.pair)
+        return Matched(both, result, extracted - started, time.perf_counter() - extracted)
+
+    async def _side(self, plan: MatchPlan, side: ImageInput | Features, deadline: float) -> Features:
+        """A side's features: an uploaded feature set as it is, an image extracted with the plan's model."""
+        if isinstance(side, Features):
+            return side
+        if plan.extract is None:
+            raise InvalidInput("an image side needs a model: plan the match with extract=True")
+        return await self.extract(plan.extract, side, deadline)
 
     async def match_pairs(
         self,
@@ -215,30 +224,16 @@ class Operations:
         checked = self.check_pairs(len(sides), pairs)
         used = sorted({i for pair in checked for i in pair})
 
-        async def features(i: int) -> Features:
-            side = sides[i]
-            if isinstance(side, Features):
-                return side
-            if plan.extract is None:
-                raise InvalidInput("an image side needs a model: plan the match with extract=True")
-            return await self.extract(plan.extract, side, deadline)
-
-        results = await asyncio.gather(*(features(i) for i in used), return_exceptions=True)
+        results = await asyncio.gather(*(self._side(plan, sides[i], deadline) for i in used), return_exceptions=True)
         extracted: dict[int, Features] = {}
-        for i, result in zip(used, results, strict=True):
-            if isinstance(result, FeatureServeError):
-                result.message = f"images[{i}]: {result.message}"
-            if isinstance(result, BaseException):
-                raise result
-            self._check_feature_size(f"features[{i}]", result)
-            extracted[i] = result
+        for i, result in zip(used, results, strict=True):  # in order: the first bad image is the one named
+            raise_first([result], [f"images[{i}]"])
+            self._check_feature_size(f"features[{i}]", result)  # type: ignore[arg-type]
+            extracted[i] = result  # type: ignore[assignment]
 
         async def match(k: int, i: int, j: int) -> PairResult:
-            try:
+            with naming(f"pairs[{k}]"):
                 return await self.match_features(plan.model, extracted[i], extracted[j], plan.pair)
-            except FeatureServeError as error:
-                error.message = f"pairs[{k}]: {error.message}"
-                raise
 
         matched = await asyncio.gather(*(match(k, i, j) for k, (i, j) in enumerate(checked)))
         return MatchedPairs([extracted.get(i) for i in range(len(sides))], checked, list(matched))
