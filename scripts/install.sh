@@ -7,8 +7,8 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 spec="."
 if [ -n "${1:-}" ]; then spec=".[$1]"; fi
-# CPU machines: constraints/cpu.txt pins torch to the CPU build. The Docker image uses its own CUDA pin.
-.venv/bin/python -m pip install --quiet --constraint "${FEATURESERVE_CONSTRAINTS:-constraints/cpu.txt}" -e "$spec"
+# Every package at the version of constraints/lock.txt (python3 scripts/lock.py writes it), torch the CPU build.
+.venv/bin/python -m pip install --quiet --constraint "${FEATURESERVE_CONSTRAINTS:-constraints/lock.txt}" -e "$spec"
 # The web page's browser test (tests/client/test_web_page.py) drives Debian's Chromium through playwright
 # (playwright's own browser download cannot work on a closed network). Install the package when the test
 # extra is asked for, it is missing, and we can (root with apt-get); otherwise that test skips and says why.

@@ -128,8 +128,11 @@ def container_command() -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
-def start_container(workdir: Path, wait: bool = True) -> Container:
-    """Run the image's command with the image's environment; loopback host, free ports; wait for /readyz."""
+def start_container(workdir: Path, wait: bool = True, **settings: str) -> Container:
+    """Run the image's command with the image's environment; loopback host, free ports; wait for /readyz.
+
+    ``settings`` are more environment variables, as `docker run -e` would add them.
+    """
     argv, image_env = container_command()
     env = {key: value.replace(IMAGE_VENV, sys.prefix) for key, value in image_env.items()}
     rest_port, grpc_port = free_port(), free_port()
@@ -139,6 +142,7 @@ def start_container(workdir: Path, wait: bool = True) -> Container:
         FEATURESERVE_GRPC_PORT=str(grpc_port),
         HOME=str(workdir),
         LANG="C.UTF-8",
+        **settings,
     )
     # Resolve argv[0] on the container's PATH, as Docker does, so a missing console script fails here.
     executable = shutil.which(argv[0], path=env["PATH"])
@@ -181,13 +185,23 @@ def load_yaml_documents(path: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
-def compose_config(*profiles: str) -> dict:
+def compose_environment(**variables: str) -> dict[str, str]:
+    """The environment to run Docker Compose in: the compose file requires GRAFANA_ADMIN_PASSWORD."""
+    return {**os.environ, "GRAFANA_ADMIN_PASSWORD": "a-test-password", **variables}
+
+
+def compose_config(*profiles: str, **variables: str) -> dict:
     """The compose file as Docker Compose itself resolves it (anchors, merges, profiles, defaults)."""
     arguments = [tool("docker-compose"), "-f", str(COMPOSE_FILE)]
     for profile in profiles:
         arguments += ["--profile", profile]
     result = subprocess.run(
-        [*arguments, "config", "--format", "json"], capture_output=True, text=True, timeout=60, cwd=ROOT
+        [*arguments, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=compose_environment(**variables),
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

@@ -17,6 +17,7 @@ from tests.deploy.conftest import (
     ROOT,
     check_settings,
     compose_config,
+    compose_environment,
     container_command,
     featureserve_environment,
     tool,
@@ -30,7 +31,14 @@ def test_compose_validates_it(profiles: tuple[str, ...]) -> None:
     arguments = [tool("docker-compose"), "-f", str(COMPOSE_FILE)]
     for profile in profiles:
         arguments += ["--profile", profile]
-    result = subprocess.run([*arguments, "config", "--quiet"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = subprocess.run(
+        [*arguments, "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=compose_environment(),
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -40,13 +48,42 @@ def test_compose_rejects_a_broken_file(tmp_path: Path) -> None:
     text = COMPOSE_FILE.read_text()
     broken.write_text(text.replace("    profiles: [gpu]\n", "    profiles: [gpu]\n    gpus_: all\n"))
     result = subprocess.run(
-        [tool("docker-compose"), "-f", str(broken), "config", "--quiet"], capture_output=True, text=True, timeout=60
+        [tool("docker-compose"), "-f", str(broken), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=compose_environment(),
     )
     assert result.returncode != 0 and "gpus_" in result.stderr
 
 
 def test_plain_up_brings_featureserve_prometheus_and_grafana() -> None:
     assert set(compose_config()["services"]) == {"featureserve", "prometheus", "grafana"}
+
+
+def test_grafana_has_no_default_admin_password() -> None:
+    environment = compose_environment()
+    del environment["GRAFANA_ADMIN_PASSWORD"]
+    result = subprocess.run(
+        [tool("docker-compose"), "-f", str(COMPOSE_FILE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=environment,
+    )
+    assert result.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in result.stderr
+    grafana = compose_config(GRAFANA_ADMIN_PASSWORD="s3cret")["services"]["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret"
+
+
+@pytest.mark.parametrize("profiles", [(), ("gpu", "scale")], ids=str)
+def test_ports_are_published_on_loopback_unless_asked(profiles: tuple[str, ...]) -> None:
+    def addresses(config: dict) -> set[str]:
+        return {p.get("host_ip", "") for s in config["services"].values() for p in s.get("ports", [])}
+
+    assert addresses(compose_config(*profiles)) == {"127.0.0.1"}
+    assert addresses(compose_config(*profiles, PUBLISH_ADDRESS="0.0.0.0")) == {"0.0.0.0"}
 
 
 def seconds(duration: str) -> float:

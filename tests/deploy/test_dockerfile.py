@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -10,7 +11,7 @@ import stat
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from featureserve.service.settings import Settings
 from tests.deploy.conftest import DOCKERFILE, ROOT, dockerfile_stages, exec_form, tool
@@ -40,7 +41,10 @@ def test_hadolint_does_lint() -> None:
     assert {"DL3007", "DL3002", "DL3025"} <= codes
 
 
-def test_stages_variant_and_torch_pin() -> None:
+def test_stages_variant_and_the_lock() -> None:
+    text = DOCKERFILE.read_text()
+    # A `# syntax=` line makes BuildKit pull a frontend image: a build must pull nothing but its base.
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
     stages = dockerfile_stages()
     assert [s.name for s in stages] == ["build", "runtime"]
     build, runtime = stages
@@ -48,14 +52,45 @@ def test_stages_variant_and_torch_pin() -> None:
     for command in build.all("ARG"):
         name, _, default = command.value[0].partition("=")
         args[name] = default
-    assert args["VARIANT"] == "cpu"
-    install_torch = next(c.original for c in build.all("RUN") if "torch==" in c.original)
+    assert args["VARIANT"] == "cpu" and args["OFFLINE"] == ""
+    install_torch = next(c.original for c in build.all("RUN") if "install --no-index torch" in c.original)
     assert re.search(r"\bcpu\)", install_torch) and re.search(r"\bcuda\)", install_torch)
+    # Every pip install of the build stage takes its versions from the lock, which the stage copies in.
+    env = build.environment({"PATH": ""})
+    copied = {c.value[0]: c.value[-1] for c in build.all("COPY")}
+    assert "constraints/lock.txt" in copied
+    workdir = build.last("WORKDIR").value[0]
+    destination = copied["constraints/lock.txt"]
+    lock = PurePosixPath(workdir, destination, "lock.txt" if destination.endswith("/") else "")
+    assert env["PIP_CONSTRAINT"] == str(lock)
+    # wheelhouse/ is where pip looks first, and the only place with OFFLINE=1.
+    assert env["PIP_FIND_LINKS"] == "/wheelhouse"
+    installs = [c.original for c in build.all("RUN") if "pip install" in c.original]
+    assert installs and all("source=wheelhouse,target=/wheelhouse" in c for c in installs)
     # The image's CPU torch is the version the CPU machines pin, so tests here and the image agree.
     pin = re.search(r"^torch==(\S+)$", (ROOT / "constraints" / "cpu.txt").read_text(), re.M).group(1)
-    assert args["TORCH_VERSION"] == pin
+    assert re.search(r"^torch==(\S+)$", (ROOT / "constraints" / "lock.txt").read_text(), re.M).group(1) == pin
     # The runtime stage takes the built environment from the build stage, and nothing from the context.
     assert all("--from=build" in c.flags for c in runtime.all("COPY"))
+
+
+def test_the_lock_pins_this_environment() -> None:
+    # scripts/install.sh installs with --constraint constraints/lock.txt: every package of the environment
+    # running these tests is in the lock at the same version (a package missing from the lock, or a lock not
+    # regenerated after pyproject.toml changed, fails here).
+    lock = dict(
+        line.split("==")
+        for line in (ROOT / "constraints" / "lock.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    installed = {
+        re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version.split("+")[0]
+        for d in importlib.metadata.distributions()
+        # What the virtual environment comes with, left out as `pip freeze` leaves it out.
+        if d.metadata["Name"] not in {"featureserve", "pip", "setuptools", "wheel"}
+    }
+    locked = {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in lock.items()}
+    assert {name: v for name, v in installed.items() if locked.get(name) != v} == {}
 
 
 def test_runtime_stage_runs_as_non_root_and_is_configured_by_environment() -> None:
@@ -113,7 +148,8 @@ def test_build_context_holds_the_package_and_its_checkpoints_and_nothing_else() 
         ["git", "ls-files", "featureserve", "proto"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
     checkpoints = [str(p.relative_to(ROOT)) for p in (ROOT / "featureserve/models/checkpoints").glob("**/*")]
-    needed = [*tracked, *checkpoints, "pyproject.toml", "setup.py", "README.md"]
+    # wheelhouse/ is bind-mounted by the pip installs (empty but for its README unless OFFLINE=1 is meant).
+    needed = [*tracked, *checkpoints, "pyproject.toml", "setup.py", "README.md", "wheelhouse/README.md"]
     # Everything the build stage COPYs from the context must be in it.
     copied = [src for c in dockerfile_stages()[0].all("COPY") for src in c.value[:-1]]
     for path in [*needed, *copied]:

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from benchmarks.servers import free_port
 from featureserve.client import GrpcClient
 from featureserve.service.settings import Settings
-from tests.conftest import encode, metric_value
+from tests.conftest import encode, metric_value, self_signed_certificate
 from tests.deploy.conftest import Container, container_command, dockerfile_stages, exec_form, start_container
 
 
@@ -61,6 +61,24 @@ def test_healthcheck_passes_when_ready_and_fails_when_nothing_answers(container:
     assert healthcheck(container.env, container.cwd).returncode == 0
     nobody = {**container.env, "FEATURESERVE_REST_PORT": str(free_port())}
     assert healthcheck(nobody, container.cwd).returncode != 0
+
+
+def test_healthcheck_asks_over_https_when_tls_is_on(tmp_path: Path) -> None:
+    cert_file, key_file = self_signed_certificate(tmp_path)
+    c = start_container(
+        tmp_path, wait=False, FEATURESERVE_TLS_CERT_FILE=str(cert_file), FEATURESERVE_TLS_KEY_FILE=str(key_file)
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while (check := healthcheck(c.env, c.cwd)).returncode != 0 and time.monotonic() < deadline:
+            assert c.process.poll() is None, c.process.stderr.read().decode()[-2000:]
+            time.sleep(0.5)
+        assert check.returncode == 0, check.stderr.decode()[-2000:]
+        # The server really speaks TLS only: plain HTTP on the same port gets no answer.
+        plain = {**c.env, "FEATURESERVE_TLS_CERT_FILE": ""}
+        assert healthcheck(plain, c.cwd).returncode != 0
+    finally:
+        c.stop()
 
 
 def test_sigterm_answers_the_request_in_flight_and_exits_zero(photo: np.ndarray, tmp_path: Path) -> None:

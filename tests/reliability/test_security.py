@@ -4,8 +4,6 @@ made here, size limits on every input, and no request field reaching the file sy
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import os
 import ssl
 import time
@@ -17,10 +15,6 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from featureserve.client import GrpcClient
@@ -28,7 +22,7 @@ from featureserve.service.security import ApiKeys, presented_key
 from featureserve.v1 import features_pb2 as pb
 from featureserve.v1 import service_pb2 as service
 from featureserve.v1.service_pb2_grpc import FeatureServiceStub
-from tests.conftest import Server, encode, start_server
+from tests.conftest import Server, encode, self_signed_certificate, start_server
 
 KEY = "test-key-0123456789abcdef"
 FILE_KEY = "file-key-abcdefghijklmnop"
@@ -104,36 +98,8 @@ def test_grpc_requires_a_key_in_metadata_except_for_health(keyed_server: Server,
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and localhost, signed by its own key (so it is its own CA)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "featureserve test")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_file, key_file
-
-
 def test_https_and_grpc_over_tls(tmp_path: Path, small_png: bytes) -> None:
-    cert_file, key_file = _self_signed(tmp_path)
+    cert_file, key_file = self_signed_certificate(tmp_path)
     server = start_server(
         ca=str(cert_file),
         models='["orb"]',
