@@ -128,12 +128,12 @@ class OpenCVFeatureModel(FeatureModel):
             if descriptors is None:
                 empty.descriptors = None
             return empty
-        keypoints = np.array([k.pt for k in cv_keypoints], np.float32).reshape(-1, 2)
-        scores = np.array([k.response for k in cv_keypoints], np.float32)
+        # One pass over the KeyPoint objects (and OpenCV's own conversion for the points): attribute reads
+        # of thousands of Python objects cost as much as ORB's description of them.
+        keypoints = cv2.KeyPoint_convert(cv_keypoints).reshape(-1, 2).astype(np.float32, copy=False)
+        scores, sizes, angles = np.array([(k.response, k.size, k.angle) for k in cv_keypoints], np.float32).T.copy()
         if descriptors is not None:
             descriptors = np.ascontiguousarray(descriptors, self.descriptor.dtype)
-        sizes = np.array([k.size for k in cv_keypoints], np.float32)
-        angles = np.array([k.angle for k in cv_keypoints], np.float32)
         return Features(keypoints, scores, descriptors, size, self.descriptor, sizes, angles)
 
 

@@ -33,3 +33,16 @@ def test_throughput_measures_a_small_level_and_writes_its_results(tmp_path: Path
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| raw | orb | 1 |" in out.with_suffix(".md").read_text()
+
+
+def test_peers_runs_featureserve_and_the_fastapi_peer_on_the_same_requests(tmp_path: Path) -> None:
+    out = tmp_path / "peers.json"
+    argv = [sys.executable, "-m", "benchmarks.performance.peers", "--quick", "--models", "orb", "--concurrency", "1"]
+    argv += ["--servers", "featureserve", "fastapi", "--out", str(out)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    levels = json.loads(out.read_text())["levels"]
+    assert {row["server"] for row in levels} == {"featureserve", "fastapi"}
+    # Every request of both servers was answered 200: the peer speaks the same request as the service.
+    assert all(row["statuses"] == {"200": row["issued"]} and row["issued"] == 36 for row in levels), levels
+    assert "| 1 | " in out.with_suffix(".md").read_text()

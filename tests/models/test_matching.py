@@ -93,6 +93,7 @@ def test_mutual_nn_under_ties_and_row_chunks(metric: str, monkeypatch: pytest.Mo
         d0, d1 = rng.integers(0, 3, (60, 2)).astype(np.float32), rng.integers(0, 3, (45, 2)).astype(np.float32)
     whole = match_descriptors(d0, d1, metric)
     monkeypatch.setattr(matching, "ROW_CHUNK", 7)
+    monkeypatch.setattr(matching, "HAMMING_ROW_CHUNK", 7)
     chunked = match_descriptors(d0, d1, metric)
     np.testing.assert_array_equal(chunked.indices, whole.indices)
     distance = _distances(d0, d1, metric)
@@ -101,3 +102,27 @@ def test_mutual_nn_under_ties_and_row_chunks(metric: str, monkeypatch: pytest.Mo
     np.testing.assert_allclose(distance[i, j], distance.min(axis=1)[i], atol=1e-6)
     np.testing.assert_allclose(distance[i, j], distance.min(axis=0)[j], atol=1e-6)
     np.testing.assert_allclose(whole.distances, distance[i, j], atol=1e-6)
+
+
+@pytest.mark.parametrize("width", [1, 3, 32, 61])
+@pytest.mark.parametrize(
+    ("matcher", "ratio", "max_distance"), [("mnn", None, None), ("nn", 0.9, None), ("mnn", 0.8, 100)]
+)
+def test_cpu_hamming_kernel_equals_the_torch_one(
+    width: int, matcher: str, ratio: float | None, max_distance: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The popcount kernel of a lone CPU pair and `match_batch` agree on matches and distances, ties included
+    (1- and 3-byte descriptors tie often; 61 bytes is AKAZE's width, padded to 64-bit words)."""
+    rng = np.random.default_rng(width)
+    d0 = rng.integers(0, 256, (50, width), dtype=np.uint8)
+    d1 = np.concatenate([d0[rng.permutation(50)[:30]] ^ rng.integers(0, 2, (30, width), dtype=np.uint8), d0[:9]])
+    monkeypatch.setattr(matching, "HAMMING_ROW_CHUNK", 7)
+    kernel = match_descriptors(d0, d1, "hamming", matcher, ratio, max_distance)
+    t0, t1 = torch.from_numpy(d0)[None], torch.from_numpy(d1)[None]
+    match0, distance0 = match_batch(
+        t0, t1, torch.tensor([50]), torch.tensor([39]), "hamming", matcher, ratio, max_distance
+    )
+    i0 = np.flatnonzero(match0[0].numpy() >= 0)
+    assert len(i0) > 0
+    np.testing.assert_array_equal(kernel.indices, np.stack([i0, match0[0, i0].numpy()], 1))
+    np.testing.assert_array_equal(kernel.distances, distance0[0, i0].numpy())

@@ -68,7 +68,8 @@ def decode_image(data: bytes, limits: DecodeLimits) -> np.ndarray:
         raise InvalidInput(f"image has no pixels ({width}x{height})")
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        # In place: without it Pillow returns a copy even when the orientation needs no change.
+        ImageOps.exif_transpose(image, in_place=True)
         return _to_array(image)
     except DECODER_ERRORS as error:
         raise InvalidInput(f"image data is truncated or corrupt ({image.format}): {_describe(error)}") from None
@@ -87,6 +88,7 @@ def _to_array(image: Image.Image) -> np.ndarray:
         # 16-bit and 32-bit integer images are scaled from their type's range, float ones from [0, 1].
         scale = 255.0 if mode == "F" else (255.0 / 65535.0)
         return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    # convert() copies even to the image's own mode, so the common modes skip it.
     if mode in ("1", "L", "LA", "La"):
-        return np.asarray(image.convert("L"), dtype=np.uint8)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return np.asarray(image if mode == "L" else image.convert("L"), dtype=np.uint8)
+    return np.asarray(image if mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
