@@ -41,7 +41,8 @@ trap cleanup EXIT
 apt_install() {
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || fail "$* missing; install it (or run as root with apt-get)"
   log "installing $* with apt-get"
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } >"$work/apt.log" 2>&1 \
+    || fail "apt-get install $*: $(tail -5 "$work/apt.log")"
 }
 
 # An engine: the one that answers, or Debian's dockerd started here. It leaves the host's firewall alone
