@@ -186,7 +186,6 @@ def main(argv: list[str] | None = None) -> None:
         missing = "LitServe (not installed: scripts/install.sh bench)"
     rounds = 1 if args.quick else args.rounds
     image = encode_image(benchmark_image(), "jpeg")
-    body, content_type = multipart_body(image, "jpeg", {"max_keypoints": "2048", "descriptor_encoding": "base64"})
     settings = json.loads(args.settings)
     levels: list[dict[str, Any]] = []
     order = random.Random(0)
@@ -194,12 +193,11 @@ def main(argv: list[str] | None = None) -> None:
         for server in order.sample(servers, len(servers)):
             with running(server, args.models, settings) as url:
                 for model in args.models:
-                    model_body, model_type = multipart_body(
-                        image, "jpeg", {"model": model, "max_keypoints": "2048", "descriptor_encoding": "base64"}
-                    )
+                    fields = {"model": model, "max_keypoints": "2048", "descriptor_encoding": "base64"}
+                    body, content_type = multipart_body(image, "jpeg", fields)
                     for concurrency in args.concurrency:
                         requests = 32 + 4 * concurrency if args.quick else max(64, 8 * concurrency)
-                        row = asyncio.run(run_level(url, model_body, model_type, concurrency, requests, args.cap_s))
+                        row = asyncio.run(run_level(url, body, content_type, concurrency, requests, args.cap_s))
                         row |= {"server": server, "model": model, "round": round_index}
                         levels.append(row)
                         print(
@@ -218,8 +216,6 @@ def main(argv: list[str] | None = None) -> None:
         "missing": missing,
         "settings": settings,
         "image_bytes": len(image),
-        "body_bytes": len(body),
-        "content_type": content_type,
         "levels": levels,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
