@@ -7,6 +7,9 @@ brute-force matcher there. Both give the same matches, ties included.
 
 from __future__ import annotations
 
+import functools
+import itertools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,6 +23,8 @@ Matcher = Literal["mnn", "nn"]
 ROW_CHUNK = 4096
 # Rows of the Hamming distance matrix computed at once on the CPU: a block of 64-bit XORs that stays in cache.
 HAMMING_ROW_CHUNK = 128
+# Pairs of descriptors (rows x columns) below which a Hamming match stays in the calling thread.
+HAMMING_PARALLEL_PAIRS = 512 * 1024
 
 
 @dataclass
@@ -198,6 +203,48 @@ def _words(descriptors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.view(np.uint64).T)
 
 
+@dataclass
+class _HammingRows:
+    """What one range of rows of the Hamming distance matrix contributes to a match."""
+
+    nearest: np.ndarray  # each row's first nearest column
+    best: np.ndarray  # its distance
+    second: np.ndarray  # the second smallest distance of the row (the largest uint16 when not needed)
+    column_best: np.ndarray  # each column's smallest distance over these rows
+    column_index: np.ndarray  # the first of these rows that reaches it
+
+
+def _hamming_rows(words0: np.ndarray, words1: np.ndarray, start: int, stop: int, second: bool) -> _HammingRows:
+    """Distances of rows ``start:stop`` to every column, a block of `HAMMING_ROW_CHUNK` rows at a time."""
+    m, n = words1.shape[1], stop - start
+    nearest, best = np.empty(n, np.int64), np.empty(n, np.uint16)
+    seconds = np.full(n, np.iinfo(np.uint16).max, np.uint16)
+    column_best = np.full(m, np.iinfo(np.uint16).max, np.uint16)
+    column_index = np.zeros(m, np.int64)
+    xor = np.empty((HAMMING_ROW_CHUNK, m), np.uint64)
+    bits = np.empty((HAMMING_ROW_CHUNK, m), np.uint8)
+    distance = np.empty((HAMMING_ROW_CHUNK, m), np.uint16)
+    for first in range(0, n, HAMMING_ROW_CHUNK):
+        last = min(first + HAMMING_ROW_CHUNK, n)
+        rows = last - first
+        block, x, b = distance[:rows], xor[:rows], bits[:rows]
+        block[:] = 0
+        for word0, word1 in zip(words0[:, start + first : start + last], words1, strict=True):
+            np.bitwise_xor(word0[:, None], word1[None, :], out=x)
+            np.bitwise_count(x, out=b)
+            block += b
+        # argmin takes the first of equal distances: the first column for a row, the first row for a column.
+        nearest[first:last] = block.argmin(axis=1)
+        best[first:last] = block[np.arange(rows), nearest[first:last]]
+        if second:
+            seconds[first:last] = np.partition(block, 1, axis=1)[:, 1]
+        chunk_best = block.min(axis=0)
+        better = chunk_best < column_best
+        column_best[better] = chunk_best[better]
+        column_index[better] = block.argmin(axis=0)[better] + start + first
+    return _HammingRows(nearest, best, seconds, column_best, column_index)
+
+
 def _match_hamming(
     descriptors0: np.ndarray,
     descriptors1: np.ndarray,
@@ -205,46 +252,45 @@ def _match_hamming(
     ratio: float | None,
     max_distance: float | None,
 ) -> Matches:
-    """`match_descriptors` for one pair of binary descriptors on the CPU (same rules as `match_batch`)."""
+    """`match_descriptors` for one pair of binary descriptors on the CPU (same rules as `match_batch`).
+
+    Large pairs split their rows over torch's CPU threads (numpy releases the GIL in its loops); each part's column
+    minima merge with the earlier part winning ties, so the matches do not depend on the split.
+    """
     if matcher not in ("mnn", "nn"):
         raise ValueError(f"matcher must be 'mnn' or 'nn', got {matcher!r}")
     words0, words1 = _words(descriptors0), _words(descriptors1)
     n, m = words0.shape[1], words1.shape[1]
     if n == 0 or m == 0:
         return Matches(indices=np.empty((0, 2), np.int64), distances=np.empty(0, np.float32))
-    nearest = np.empty(n, np.int64)
-    best = np.empty(n, np.uint16)
-    second = np.full(n, np.iinfo(np.uint16).max, np.uint16)
-    column_best = np.full(m, np.iinfo(np.uint16).max, np.uint16)
-    column_index = np.zeros(m, np.int64)
-    xor = np.empty((HAMMING_ROW_CHUNK, m), np.uint64)
-    bits = np.empty((HAMMING_ROW_CHUNK, m), np.uint8)
-    distance = np.empty((HAMMING_ROW_CHUNK, m), np.uint16)
-    for start in range(0, n, HAMMING_ROW_CHUNK):
-        stop = min(start + HAMMING_ROW_CHUNK, n)
-        rows = stop - start
-        block, x, b = distance[:rows], xor[:rows], bits[:rows]
-        block[:] = 0
-        for word0, word1 in zip(words0[:, start:stop], words1, strict=True):
-            np.bitwise_xor(word0[:, None], word1[None, :], out=x)
-            np.bitwise_count(x, out=b)
-            block += b
-        # argmin takes the first of equal distances: the first column for a row, the first row for a column.
-        nearest[start:stop] = block.argmin(axis=1)
-        best[start:stop] = block[np.arange(rows), nearest[start:stop]]
-        if ratio is not None and m > 1:
-            second[start:stop] = np.partition(block, 1, axis=1)[:, 1]
-        chunk_best = block.min(axis=0)
-        better = chunk_best < column_best
-        column_best[better] = chunk_best[better]
-        column_index[better] = block.argmin(axis=0)[better] + start
+    second = ratio is not None and m > 1
+    parts = max(1, min(torch.get_num_threads(), n * m // HAMMING_PARALLEL_PAIRS, n // HAMMING_ROW_CHUNK))
+    if parts == 1:
+        results = [_hamming_rows(words0, words1, 0, n, second)]
+    else:
+        bounds = [int(b) for b in np.linspace(0, n, parts + 1)]
+        work = [(words0, words1, start, stop, second) for start, stop in itertools.pairwise(bounds)]
+        results = list(_kernel_threads(parts).map(lambda args: _hamming_rows(*args), work))
+    nearest = np.concatenate([r.nearest for r in results])
+    best = np.concatenate([r.best for r in results])
+    column_best, column_index = results[0].column_best, results[0].column_index
+    for part in results[1:]:
+        better = part.column_best < column_best
+        column_best = np.where(better, part.column_best, column_best)
+        column_index = np.where(better, part.column_index, column_index)
     keep = np.ones(n, bool)
     if matcher == "mnn":
         keep &= column_index[nearest] == np.arange(n)
-    if ratio is not None and m > 1:
-        keep &= best < ratio * second.astype(np.float32)
+    if second:
+        keep &= best < ratio * np.concatenate([r.second for r in results]).astype(np.float32)
     if max_distance is not None:
         keep &= best <= max_distance
     rows = np.nonzero(keep)[0]
     indices = np.stack([rows, nearest[rows]], axis=1).astype(np.int64)
     return Matches(indices=indices.reshape(-1, 2), distances=best[rows].astype(np.float32))
+
+
+@functools.cache
+def _kernel_threads(count: int) -> ThreadPoolExecutor:
+    """Threads for the parts of large Hamming matches; their own, so a part never waits for its caller's pool."""
+    return ThreadPoolExecutor(count, thread_name_prefix="hamming")

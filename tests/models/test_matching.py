@@ -108,16 +108,29 @@ def test_mutual_nn_under_ties_and_row_chunks(metric: str, monkeypatch: pytest.Mo
 @pytest.mark.parametrize(
     ("matcher", "ratio", "max_distance"), [("mnn", None, None), ("nn", 0.9, None), ("mnn", 0.8, 100)]
 )
+@pytest.mark.parametrize("threads", [1, 3])
 def test_cpu_hamming_kernel_equals_the_torch_one(
-    width: int, matcher: str, ratio: float | None, max_distance: float | None, monkeypatch: pytest.MonkeyPatch
+    width: int,
+    matcher: str,
+    ratio: float | None,
+    max_distance: float | None,
+    threads: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The popcount kernel of a lone CPU pair and `match_batch` agree on matches and distances, ties included
-    (1- and 3-byte descriptors tie often; 61 bytes is AKAZE's width, padded to 64-bit words)."""
+    (1- and 3-byte descriptors tie often; 61 bytes is AKAZE's width, padded to 64-bit words), whether its rows
+    run in one thread or are split over three (each part's column minima merged, the earlier part first)."""
     rng = np.random.default_rng(width)
     d0 = rng.integers(0, 256, (50, width), dtype=np.uint8)
     d1 = np.concatenate([d0[rng.permutation(50)[:30]] ^ rng.integers(0, 2, (30, width), dtype=np.uint8), d0[:9]])
     monkeypatch.setattr(matching, "HAMMING_ROW_CHUNK", 7)
-    kernel = match_descriptors(d0, d1, "hamming", matcher, ratio, max_distance)
+    monkeypatch.setattr(matching, "HAMMING_PARALLEL_PAIRS", 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        kernel = match_descriptors(d0, d1, "hamming", matcher, ratio, max_distance)
+    finally:
+        torch.set_num_threads(before)
     t0, t1 = torch.from_numpy(d0)[None], torch.from_numpy(d1)[None]
     match0, distance0 = match_batch(
         t0, t1, torch.tensor([50]), torch.tensor([39]), "hamming", matcher, ratio, max_distance
