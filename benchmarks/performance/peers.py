@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 import httpx
 
 from benchmarks.common import benchmark_image, encode_image, machine_info, multipart_body, percentile
-from benchmarks.performance.throughput import RawSender
+from benchmarks.performance.throughput import RawSender, closed_loop
 from benchmarks.servers import REPO_ROOT, free_port, launch
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "peers.json"
@@ -97,41 +96,21 @@ def running(server: str, models: list[str], settings: dict[str, Any]) -> Iterato
 async def run_level(url: str, body: bytes, content_type: str, concurrency: int, requests: int, cap_s: float) -> dict:
     """``requests`` POSTs with ``concurrency`` in flight (after one warm-up request per connection)."""
     sender = RawSender(f"{url}/v1/extract", body, content_type, concurrency, cap_s)
-    latencies: list[float] = []
-    statuses: Counter[str] = Counter()
-    issued = 0
     try:
         await asyncio.gather(*(sender.send(slot) for slot in range(concurrency)), return_exceptions=True)
-        start = time.perf_counter()
-        stop_at = start + cap_s
-
-        async def connection(slot: int) -> None:
-            nonlocal issued
-            while issued < requests and time.perf_counter() < stop_at:
-                issued += 1
-                sent = time.perf_counter()
-                try:
-                    status = await sender.send(slot)
-                except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as error:
-                    statuses[type(error).__name__] += 1
-                    continue
-                statuses[str(status)] += 1
-                if status == 200:
-                    latencies.append(time.perf_counter() - sent)
-
-        await asyncio.gather(*(connection(slot) for slot in range(concurrency)))
-        wall = time.perf_counter() - start
+        level = await closed_loop(sender, concurrency, requests, cap_s)
     finally:
         await sender.aclose()
+    refused = level.statuses.get("429", 0)
     return {
         "concurrency": concurrency,
-        "issued": issued,
-        "statuses": dict(statuses),
-        "images_per_s": len(latencies) / wall,
-        "p50_ms": percentile(latencies, 50) * 1000,
-        "p95_ms": percentile(latencies, 95) * 1000,
-        "refused_429": statuses.get("429", 0),
-        "failed": issued - len(latencies) - statuses.get("429", 0),
+        "issued": level.issued,
+        "statuses": dict(level.statuses),
+        "images_per_s": len(level.latencies) / level.wall_s,
+        "p50_ms": percentile(level.latencies, 50) * 1000,
+        "p95_ms": percentile(level.latencies, 95) * 1000,
+        "refused_429": refused,
+        "failed": level.issued - len(level.latencies) - refused,
     }
 
 

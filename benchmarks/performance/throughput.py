@@ -40,6 +40,7 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -298,6 +299,50 @@ def _server_view(before: str, after: str, model: str) -> dict[str, Any]:
     }
 
 
+@dataclass
+class ClosedLoop:
+    """What a `closed_loop` level measured."""
+
+    latencies: list[float]  # seconds, of the answers 200
+    statuses: Counter[str]  # answers by status code, and failed sends by exception type
+    issued: int
+    wall_s: float
+    cancelled: bool  # connections still busy at the time cap were cancelled
+
+
+async def closed_loop(sender: HttpxSender | RawSender, concurrency: int, requests: int, cap_s: float) -> ClosedLoop:
+    """``requests`` sends with ``concurrency`` connections each sending its next as its last is answered, stopping
+    early at ``cap_s`` seconds (connections still busy 5 s later are cancelled)."""
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    issued = 0
+    start = time.perf_counter()
+    stop_at = start + cap_s
+
+    async def connection(slot: int) -> None:
+        nonlocal issued
+        while issued < requests and time.perf_counter() < stop_at:
+            issued += 1
+            sent = time.perf_counter()
+            try:
+                status = await sender.send(slot)
+            except (httpx.HTTPError, OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as error:
+                statuses[type(error).__name__] += 1
+                continue
+            statuses[str(status)] += 1
+            if status == 200:
+                latencies.append(time.perf_counter() - sent)
+
+    tasks = [asyncio.create_task(connection(slot)) for slot in range(concurrency)]
+    _, pending = await asyncio.wait(tasks, timeout=cap_s + 5.0)
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return ClosedLoop(latencies, statuses, issued, time.perf_counter() - start, bool(pending))
+
+
 async def run_level(
     server: ServerProcess,
     model: str,
@@ -316,9 +361,6 @@ async def run_level(
     read again.
     """
     sender = CLIENTS[client](f"{server.url}/v1/extract", body, content_type, concurrency, cap_s)
-    latencies: list[float] = []
-    statuses: Counter[str] = Counter()
-    issued = 0
     try:
         warmup = await asyncio.gather(*(sender.send(slot) for slot in range(concurrency)), return_exceptions=True)
         failed = [r for r in warmup if r != 200]
@@ -327,36 +369,13 @@ async def run_level(
         metrics_before = await _metrics_text(server.url)
         server_cpu_before, client_cpu_before = process_cpu_seconds(server.pid), time.process_time()
         foreign_before = foreign.total_s() if foreign else None
-        start = time.perf_counter()
-        stop_at = start + cap_s
-
-        async def connection(slot: int) -> None:
-            nonlocal issued
-            while issued < requests and time.perf_counter() < stop_at:
-                issued += 1
-                sent = time.perf_counter()
-                try:
-                    status = await sender.send(slot)
-                except (httpx.HTTPError, OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as error:
-                    statuses[type(error).__name__] += 1
-                    continue
-                statuses[str(status)] += 1
-                if status == 200:
-                    latencies.append(time.perf_counter() - sent)
-
-        tasks = [asyncio.create_task(connection(slot)) for slot in range(concurrency)]
-        _, pending = await asyncio.wait(tasks, timeout=cap_s + 5.0)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        wall = time.perf_counter() - start
+        level = await closed_loop(sender, concurrency, requests, cap_s)
         server_cpu_after, client_cpu_after = process_cpu_seconds(server.pid), time.process_time()
         foreign_after = foreign.total_s() if foreign else None
         metrics_after = await _metrics_text(server.url)
     finally:
         await sender.aclose()
+    latencies, wall = level.latencies, level.wall_s
     ok = len(latencies)
     server_cpu = (
         server_cpu_after - server_cpu_before if server_cpu_after is not None and server_cpu_before is not None else None
@@ -366,10 +385,10 @@ async def run_level(
         "client": client,
         "concurrency": concurrency,
         "requests_planned": requests,
-        "requests_issued": issued,
+        "requests_issued": level.issued,
         "ok": ok,
-        "statuses": dict(statuses),
-        "hit_time_cap": issued < requests or bool(pending),
+        "statuses": dict(level.statuses),
+        "hit_time_cap": level.issued < requests or level.cancelled,
         "wall_s": wall,
         "images_per_s": ok / wall if wall > 0 else 0.0,
         "latency_ms": summarize_ms(latencies),
