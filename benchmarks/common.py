@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -407,6 +408,23 @@ def server_process_setup() -> list[str]:
 
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` in Prometheus ``text`` whose labels include ``labels``.
+
+    0 when no sample has those labels yet (a labelled counter exports none before its first count); `LookupError`
+    when no metric family could own ``name``, so a renamed metric fails the test or check that reads it.
+    """
+    families = list(text_string_to_metric_families(text))
+    if not any(name == f.name or name.startswith(f"{f.name}_") for f in families):
+        raise LookupError(f"no metric {name} exported")
+    return sum(
+        sample.value
+        for family in families
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def histogram(metrics_text: str, metric: str, labels: Mapping[str, str]) -> dict[str, Any]:

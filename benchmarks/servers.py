@@ -5,6 +5,7 @@ the same as a context manager that always stops it and records what a benchmark 
 settings, the start-up time, the checkout's state). Inherited ``FEATURESERVE_*`` variables are dropped, so the
 settings in force are the ones given and the defaults. The server's output goes to a log file.
 `start_null_server` starts an HTTP server that reads requests and answers nothing: the floor under a round trip.
+`stop_during_request` stops a server (a process or a container) while a request is in flight.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,7 +31,7 @@ from unittest import mock
 
 import httpx
 
-from benchmarks.common import LOOPBACK, REPO_ROOT, git_state
+from benchmarks.common import LOOPBACK, REPO_ROOT, git_state, metric_value
 
 
 def free_port() -> int:
@@ -180,6 +182,44 @@ def serving(
             print(f"warning: server exited with code {code}; log tail:\n{server.log_tail()}", file=sys.stderr)
         with contextlib.suppress(OSError):
             server.log_path.unlink()
+
+
+@dataclass
+class StopDuringRequest:
+    """What `stop_during_request` saw: the exit code, the request's answer (or its error) and the stop's seconds."""
+
+    exit_code: int | None
+    answer: httpx.Response | BaseException | None
+    stop_s: float
+
+
+def stop_during_request(
+    url: str, image: bytes, stop: Callable[[], int | None], model: str = "sift"
+) -> StopDuringRequest:
+    """Run ``stop`` (SIGTERM to a process, `docker stop`, ...; it returns the exit code) while a REST extraction of
+    ``image`` with ``model`` is in flight: once the server's metrics count it, or after 30 s at most."""
+    answers: list[httpx.Response | BaseException] = []
+
+    def post() -> None:
+        try:
+            files, fields = {"image": ("x.png", image)}, {"model": model}
+            answers.append(httpx.post(f"{url}/v1/extract", files=files, data=fields, timeout=60))
+        except BaseException as error:  # the caller checks the answer
+            answers.append(error)
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not answers:
+        metrics = httpx.get(f"{url}/metrics").text
+        if metric_value(metrics, "featureserve_in_flight_requests", endpoint="/v1/extract") >= 1:
+            break
+        time.sleep(0.01)
+    started = time.monotonic()
+    exit_code = stop()
+    stop_s = time.monotonic() - started
+    thread.join(60)
+    return StopDuringRequest(exit_code, answers[0] if answers else None, stop_s)
 
 
 class _NullHandler(BaseHTTPRequestHandler):

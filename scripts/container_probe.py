@@ -1,6 +1,6 @@
 """Check a running featureserve container from outside, with known answers (called by scripts/docker-check.sh).
 
-Usage: python scripts/container_probe.py CONTAINER --rest URL --grpc HOST:PORT [--docker DOCKER] [--stop]
+Usage: PYTHONPATH=. python scripts/container_probe.py CONTAINER --rest URL --grpc HOST:PORT [--docker DOCKER] [--stop]
 
 - REST /v1/match and gRPC Match of a photo and the same photo under a known homography: the fitted
   homography must map the image corners within 3 px of where the known one does, over both transports;
@@ -17,15 +17,13 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
-import time
 
 import cv2
 import httpx
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 from skimage import data
 
+from benchmarks.servers import stop_during_request
 from featureserve.client import GrpcClient, RestClient
 
 KNOWN_H = np.array([[0.92, -0.16, 60.0], [0.16, 0.92, -20.0], [0.0, 0.0, 1.0]])
@@ -72,49 +70,23 @@ def probe_answers(rest_url: str, grpc_target: str) -> dict[str, float]:
     return figures
 
 
-def in_flight(metrics: str) -> float:
-    """REST extractions in flight, from the service's Prometheus text."""
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(metrics)
-        for sample in family.samples
-        if sample.name == "featureserve_in_flight_requests" and sample.labels.get("endpoint") == "/v1/extract"
-    )
-
-
 def stop_in_flight(container: str, rest_url: str, docker: str) -> dict[str, float]:
     """`docker stop` with a request in flight: the request is answered, the container exits 0."""
+
+    def docker_stop() -> int:
+        subprocess.run([docker, "stop", container], check=True, capture_output=True, timeout=60)
+        inspect = [docker, "inspect", "-f", "{{.State.ExitCode}}", container]
+        return int(subprocess.run(inspect, check=True, capture_output=True, text=True).stdout)
+
     image = cv2.imencode(".png", cv2.resize(known_pair()[0], (1600, 1200)))[1].tobytes()
-    answers: list[httpx.Response | BaseException] = []
-
-    def post() -> None:
-        try:
-            files, fields = {"image": ("x.png", image)}, {"model": "sift"}
-            answers.append(httpx.post(f"{rest_url}/v1/extract", files=files, data=fields, timeout=60))
-        except BaseException as error:  # reported by the check below
-            answers.append(error)
-
-    thread = threading.Thread(target=post)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not answers:
-        if in_flight(httpx.get(f"{rest_url}/metrics").text) >= 1:
-            break
-        time.sleep(0.01)
-    started = time.monotonic()
-    subprocess.run([docker, "stop", container], check=True, capture_output=True, timeout=60)
-    stop_s = time.monotonic() - started
-    thread.join(60)
-    exit_code = subprocess.run(
-        [docker, "inspect", "-f", "{{.State.ExitCode}}", container], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    check(exit_code == "0", f"the container exited {exit_code} after docker stop, not 0")
-    answer = answers[0] if answers else None
+    stopped = stop_during_request(rest_url, image, docker_stop)
+    check(stopped.exit_code == 0, f"the container exited {stopped.exit_code} after docker stop, not 0")
+    answer = stopped.answer
     check(
         isinstance(answer, httpx.Response) and answer.status_code == 200,
         f"the request in flight during docker stop got {answer!r}",
     )
-    return {"stop_s": round(stop_s, 2)}
+    return {"stop_s": round(stopped.stop_s, 2)}
 
 
 def main() -> None:

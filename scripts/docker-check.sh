@@ -148,7 +148,7 @@ wait_for 120 "the container was not ready" ready "$rest_url"
 ready_s=$(elapsed "$start")
 wait_for 60 "the HEALTHCHECK did not report healthy" healthy
 healthy_s=$(elapsed "$start")
-probe=$("$PYTHON" scripts/container_probe.py "$CONTAINER" --rest "$rest_url" --grpc "$grpc_target" --docker "$DOCKER" --stop)
+probe=$(PYTHONPATH=. "$PYTHON" scripts/container_probe.py "$CONTAINER" --rest "$rest_url" --grpc "$grpc_target" --docker "$DOCKER" --stop)
 "$DOCKER" rm -f "$CONTAINER" >/dev/null
 
 log "docker compose up featureserve prometheus"

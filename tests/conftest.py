@@ -16,7 +16,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from prometheus_client.parser import text_string_to_metric_families
 from skimage import data
 
 from benchmarks.servers import ServerProcess as Server
@@ -60,22 +59,6 @@ def encode(image: np.ndarray, ext: str = ".png", params: list[int] | None = None
     ok, buffer = cv2.imencode(ext, bgr, params or [])
     assert ok
     return buffer.tobytes()
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples called ``name`` in Prometheus ``text`` whose labels include ``labels``.
-
-    0 when no sample has those labels yet (a labelled counter exports none before its first count); an
-    assertion error when no metric family could own ``name``, so a renamed metric fails the test.
-    """
-    families = list(text_string_to_metric_families(text))
-    assert any(name == f.name or name.startswith(f"{f.name}_") for f in families), f"no metric {name} exported"
-    return sum(
-        sample.value
-        for family in families
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
 
 
 def decode_features(body: dict) -> tuple[np.ndarray, np.ndarray]:

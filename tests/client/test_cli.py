@@ -12,11 +12,12 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.common import metric_value
 from featureserve.__main__ import main
 from featureserve.client import RestClient
 from featureserve.interop import read_hloc_features, read_hloc_matches
 from tests.client.conftest import assert_same
-from tests.conftest import TEST_HOMOGRAPHY, Server, encode, metric_value
+from tests.conftest import TEST_HOMOGRAPHY, Server, encode
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -15,10 +14,10 @@ import httpx
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.servers import free_port
+from benchmarks.servers import free_port, stop_during_request
 from featureserve.client import GrpcClient
 from featureserve.service.settings import Settings
-from tests.conftest import encode, metric_value, self_signed_certificate
+from tests.conftest import encode, self_signed_certificate
 from tests.deploy.conftest import Container, container_command, dockerfile_stages, exec_form, start_container
 
 
@@ -84,28 +83,10 @@ def test_healthcheck_asks_over_https_when_tls_is_on(tmp_path: Path) -> None:
 def test_sigterm_answers_the_request_in_flight_and_exits_zero(photo: np.ndarray, tmp_path: Path) -> None:
     c = start_container(tmp_path)
     try:
-        png = encode(cv2.resize(photo, (1024, 1024)))
-        answers: list[httpx.Response | BaseException] = []
-
-        def post() -> None:
-            try:
-                files, data = {"image": ("x.png", png)}, {"model": "sift"}
-                answers.append(httpx.post(f"{c.url}/v1/extract", files=files, data=data, timeout=60))
-            except BaseException as error:  # reported by the assertion below
-                answers.append(error)
-
-        thread = threading.Thread(target=post)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            text = httpx.get(f"{c.url}/metrics").text
-            if metric_value(text, "featureserve_in_flight_requests", endpoint="/v1/extract") >= 1:
-                break
-            time.sleep(0.01)
-        exit_code = c.stop()
-        thread.join(60)
-        assert exit_code == 0, c.process.stderr.read().decode()[-2000:]
-        assert len(answers) == 1 and isinstance(answers[0], httpx.Response), answers
-        assert answers[0].status_code == 200 and answers[0].json()["num_keypoints"] > 0
+        stopped = stop_during_request(c.url, encode(cv2.resize(photo, (1024, 1024))), c.stop)
+        assert stopped.exit_code == 0, c.process.stderr.read().decode()[-2000:]
+        answer = stopped.answer
+        assert isinstance(answer, httpx.Response), answer
+        assert answer.status_code == 200 and answer.json()["num_keypoints"] > 0
     finally:
         c.stop()

@@ -26,9 +26,10 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.common import metric_value
 from benchmarks.servers import free_port
 from featureserve.client import GrpcClient
-from tests.conftest import encode, metric_value
+from tests.conftest import encode
 from tests.deploy.conftest import DEPLOY, Container, start_container, tool
 
 ENVOY_CONFIG = DEPLOY / "envoy" / "envoy.yaml"

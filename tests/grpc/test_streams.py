@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.common import metric_value
 from featureserve.client import Frame, FrameResult, GrpcClient
 from featureserve.models import homography_corner_error
 from featureserve.v1 import features_pb2 as pb
 from featureserve.v1 import service_pb2 as service
 from featureserve.v1.service_pb2_grpc import FeatureServiceStub
-from tests.conftest import TEST_HOMOGRAPHY, Server, encode, metric_value, start_server
+from tests.conftest import TEST_HOMOGRAPHY, Server, encode, start_server
 
 
 def camera_frames(photo: np.ndarray, count: int, size: int = 320, start: int = 0) -> list[np.ndarray]:

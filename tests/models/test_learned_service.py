@@ -10,8 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.common import metric_value
 from featureserve.models import homography_corner_error
-from tests.conftest import TEST_HOMOGRAPHY, Server, decode_features, encode, metric_value, start_server
+from tests.conftest import TEST_HOMOGRAPHY, Server, decode_features, encode, start_server
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.common import metric_value
 from benchmarks.load import (
     GrpcTarget,
     Outcome,
@@ -27,7 +28,7 @@ from benchmarks.load import (
     sequential,
     summarize,
 )
-from tests.conftest import Server, encode, metric_value, start_server
+from tests.conftest import Server, encode, start_server
 
 # sift, one image per batch; an image is refused when its batch would start more than 30 ms from now.
 OVERLOAD_SETTINGS = {

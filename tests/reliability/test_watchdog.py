@@ -12,11 +12,12 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.common import metric_value
 from benchmarks.faults import CRASH, HANG, SLOW, with_command
 from featureserve.v1 import features_pb2 as pb
 from featureserve.v1 import service_pb2 as service
 from featureserve.v1.service_pb2_grpc import FeatureServiceStub
-from tests.conftest import Server, encode, metric_value, start_server
+from tests.conftest import Server, encode, start_server
 
 BATCH_TIMEOUT_S = 2.0
 

@@ -6,7 +6,8 @@ import cv2
 import httpx
 import numpy as np
 
-from tests.conftest import encode, metric_value, start_server
+from benchmarks.common import metric_value
+from tests.conftest import encode, start_server
 
 
 def test_sigterm_during_load_loses_no_accepted_request(photo: np.ndarray) -> None:

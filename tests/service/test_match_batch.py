@@ -10,11 +10,12 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.common import metric_value
 from featureserve.arrays import to_array
 from featureserve.client import GrpcClient, RestClient
 from featureserve.v1 import service_pb2 as service
 from featureserve.v1.service_pb2_grpc import FeatureServiceStub
-from tests.conftest import Server, encode, metric_value
+from tests.conftest import Server, encode
 
 COUNT = 20
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
+from benchmarks.common import metric_value
 from benchmarks.faults import CRASH, OUT_OF_MEMORY, SLOW, with_command
 from featureserve.local import LocalClient
 from featureserve.models import DescriptorInfo, Features, KeypointOptions, load_model
@@ -30,7 +31,6 @@ from featureserve.service.metrics import ServiceMetrics
 from featureserve.service.operations import MAX_DESCRIPTOR_WIDTH, Operations
 from featureserve.service.settings import Settings
 from featureserve.service.workers import WorkerPool
-from tests.conftest import metric_value
 
 T = TypeVar("T")
 FAULTY = {"plugins": ["benchmarks.faults:register"], "models": ["faulty"], "default_model": "faulty"}

@@ -7,8 +7,9 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.common import metric_value
 from featureserve.models import homography_corner_error
-from tests.conftest import TEST_HOMOGRAPHY, Server, decode_features, encode, metric_value
+from tests.conftest import TEST_HOMOGRAPHY, Server, decode_features, encode
 
 
 @pytest.mark.parametrize("model", ["sift", "orb"])
