@@ -17,7 +17,7 @@ from featureserve.arrays import to_array
 from featureserve.client import AsyncGrpcClient, GrpcClient
 from featureserve.v1 import features_pb2 as pb
 from featureserve.v1 import service_pb2 as service
-from tests.conftest import Server, encode
+from tests.conftest import Server, encode, fastest_seconds
 
 
 @pytest.fixture(scope="module")
@@ -198,12 +198,17 @@ def test_overload_is_resource_exhausted_with_retry_after(small_queue_server: Ser
 
 
 def test_deadline_passing_in_the_queue_is_deadline_exceeded(small_queue_server: Server, big_png: bytes) -> None:
+    # Sized from this machine's extraction time: three requests ahead keep the late one queued about three
+    # extraction times, twice its deadline of 1.5 extraction times.
+    with GrpcClient(small_queue_server.grpc_target) as warm:
+        one = fastest_seconds(lambda: warm.extract(big_png, timeout=120))
+
     async def scenario() -> tuple[list, BaseException | None]:
         async with AsyncGrpcClient(small_queue_server.grpc_target) as client:
             busy = [asyncio.ensure_future(client.extract(big_png, timeout=120)) for _ in range(3)]
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.25 * one)
             try:
-                await client.extract(big_png, timeout=0.3)
+                await client.extract(big_png, timeout=1.5 * one)
                 late = None
             except grpc.RpcError as error:
                 late = error

@@ -26,7 +26,7 @@ from featureserve.models import homography_corner_error
 from featureserve.v1 import features_pb2 as pb
 from featureserve.v1 import service_pb2 as service
 from featureserve.v1.service_pb2_grpc import FeatureServiceStub
-from tests.conftest import TEST_HOMOGRAPHY, Server, encode, start_server
+from tests.conftest import TEST_HOMOGRAPHY, Server, encode, fastest_seconds, start_server
 
 
 def camera_frames(photo: np.ndarray, count: int, size: int = 320, start: int = 0) -> list[np.ndarray]:
@@ -165,13 +165,15 @@ def test_frame_deadline_fails_the_frame_not_the_stream(photo: np.ndarray) -> Non
     try:
         big = encode(cv2.resize(photo, (1024, 1024)))
         with GrpcClient(server.grpc_target) as client:
-            client.extract(big)  # teaches the worker how long one image takes
+            # Sized from this machine's extraction time (also teaching the worker): four requests ahead keep the
+            # frame queued more than twice its deadline of 1.5 extraction times.
+            one = fastest_seconds(lambda: client.extract(big))
             busy = [threading.Thread(target=client.extract, args=(big,)) for _ in range(4)]
             for thread in busy:
                 thread.start()
-            time.sleep(0.3)
+            time.sleep(0.25 * one)
             frames = [Frame(big, 0), Frame(photo[:64, :64].copy(), 1)]
-            answers = list(client.stream_frames(frames, frame_deadline_ms=150))
+            answers = list(client.stream_frames(frames, frame_deadline_ms=round(1500 * one)))
             for thread in busy:
                 thread.join(120)
         assert answers[0].status == "failed"
