@@ -1,15 +1,12 @@
 """Descriptor matching: nearest neighbour, mutual check, Lowe's ratio test, distance threshold.
 
 Batches and float descriptors go through torch (CPU or GPU); a lone pair of binary descriptors on the CPU goes
-through numpy's popcount on 64-bit words, which beats both torch's product of unpacked bits and OpenCV's
-brute-force matcher there. Both give the same matches, ties included.
+through int8 matrix products of the bits as -1/+1, which beat the float product of `match_batch`, a popcount of
+64-bit words and OpenCV's brute-force matcher there. All give the same matches, ties included.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,10 +18,6 @@ from .features import Metric
 Matcher = Literal["mnn", "nn"]
 # Rows of the distance matrix computed at once; bounds memory to ROW_CHUNK x M floats per pair.
 ROW_CHUNK = 4096
-# Rows of the Hamming distance matrix computed at once on the CPU: a block of 64-bit XORs that stays in cache.
-HAMMING_ROW_CHUNK = 128
-# Pairs of descriptors (rows x columns) below which a Hamming match stays in the calling thread.
-HAMMING_PARALLEL_PAIRS = 512 * 1024
 
 
 @dataclass
@@ -194,55 +187,31 @@ def match_descriptors(
     return Matches(indices=indices.reshape(-1, 2), distances=distance0[0, i0].cpu().numpy().astype(np.float32))
 
 
-def _words(descriptors: np.ndarray) -> np.ndarray:
-    """``(N, B)`` packed uint8 bits -> ``(B', N)`` uint64 words (zero bytes pad B to a multiple of 8)."""
+def _signs(descriptors: np.ndarray) -> torch.Tensor:
+    """``(N, B)`` packed uint8 bits -> ``(N, 8B)`` int8 of -1/+1 (bit 0 / bit 1)."""
     if descriptors.dtype != np.uint8:
         raise ValueError(f"hamming matching needs packed uint8 descriptors, got {descriptors.dtype}")
-    padded = np.zeros((descriptors.shape[0], -(-descriptors.shape[1] // 8) * 8), np.uint8)
-    padded[:, : descriptors.shape[1]] = descriptors
-    return np.ascontiguousarray(padded.view(np.uint64).T)
+    bits = np.unpackbits(np.ascontiguousarray(descriptors), axis=1).view(np.int8)
+    return torch.from_numpy(bits).mul_(2).sub_(1)
 
 
-@dataclass
-class _HammingRows:
-    """What one range of rows of the Hamming distance matrix contributes to a match."""
+def _nearest_columns(signs0: torch.Tensor, signs1: torch.Tensor, second: bool) -> tuple[np.ndarray, ...]:
+    """Each row's nearest column (the first among equals), its sign product, and the second largest product.
 
-    nearest: np.ndarray  # each row's first nearest column
-    best: np.ndarray  # its distance
-    second: np.ndarray  # the second smallest distance of the row (the largest uint16 when not needed)
-    column_best: np.ndarray  # each column's smallest distance over these rows
-    column_index: np.ndarray  # the first of these rows that reaches it
-
-
-def _hamming_rows(words0: np.ndarray, words1: np.ndarray, start: int, stop: int, second: bool) -> _HammingRows:
-    """Distances of rows ``start:stop`` to every column, a block of `HAMMING_ROW_CHUNK` rows at a time."""
-    m, n = words1.shape[1], stop - start
-    nearest, best = np.empty(n, np.int64), np.empty(n, np.uint16)
-    seconds = np.full(n, np.iinfo(np.uint16).max, np.uint16)
-    column_best = np.full(m, np.iinfo(np.uint16).max, np.uint16)
-    column_index = np.zeros(m, np.int64)
-    xor = np.empty((HAMMING_ROW_CHUNK, m), np.uint64)
-    bits = np.empty((HAMMING_ROW_CHUNK, m), np.uint8)
-    distance = np.empty((HAMMING_ROW_CHUNK, m), np.uint16)
-    for first in range(0, n, HAMMING_ROW_CHUNK):
-        last = min(first + HAMMING_ROW_CHUNK, n)
-        rows = last - first
-        block, x, b = distance[:rows], xor[:rows], bits[:rows]
-        block[:] = 0
-        for word0, word1 in zip(words0[:, start + first : start + last], words1, strict=True):
-            np.bitwise_xor(word0[:, None], word1[None, :], out=x)
-            np.bitwise_count(x, out=b)
-            block += b
-        # argmin takes the first of equal distances: the first column for a row, the first row for a column.
-        nearest[first:last] = block.argmin(axis=1)
-        best[first:last] = block[np.arange(rows), nearest[first:last]]
+    For -1/+1 vectors of length D, ``a.b = D - 2 |a xor b|``: the nearest column has the largest product. int8
+    products accumulate exactly in int32; `ROW_CHUNK` rows at a time bound the memory.
+    """
+    n = signs0.shape[0]
+    nearest, best = np.empty(n, np.int64), np.empty(n, np.int32)
+    seconds = np.empty(n if second else 0, np.int32)
+    for start in range(0, n, ROW_CHUNK):
+        stop = min(start + ROW_CHUNK, n)
+        product = torch._int_mm(signs0[start:stop], signs1.T).numpy()
+        nearest[start:stop] = product.argmax(axis=1)
+        best[start:stop] = product[np.arange(stop - start), nearest[start:stop]]
         if second:
-            seconds[first:last] = np.partition(block, 1, axis=1)[:, 1]
-        chunk_best = block.min(axis=0)
-        better = chunk_best < column_best
-        column_best[better] = chunk_best[better]
-        column_index[better] = block.argmin(axis=0)[better] + start + first
-    return _HammingRows(nearest, best, seconds, column_best, column_index)
+            seconds[start:stop] = np.partition(product, -2, axis=1)[:, -2]
+    return nearest, best, seconds
 
 
 def _match_hamming(
@@ -254,43 +223,25 @@ def _match_hamming(
 ) -> Matches:
     """`match_descriptors` for one pair of binary descriptors on the CPU (same rules as `match_batch`).
 
-    Large pairs split their rows over torch's CPU threads (numpy releases the GIL in its loops); each part's column
-    minima merge with the earlier part winning ties, so the matches do not depend on the split.
+    Two int8 matrix products of the bits as -1/+1 (each side's rows against the other's): the row-wise arg-max of
+    each is read in memory order, which a column-wise reduction of one product is not.
     """
     if matcher not in ("mnn", "nn"):
         raise ValueError(f"matcher must be 'mnn' or 'nn', got {matcher!r}")
-    words0, words1 = _words(descriptors0), _words(descriptors1)
-    n, m = words0.shape[1], words1.shape[1]
+    signs0, signs1 = _signs(descriptors0), _signs(descriptors1)
+    n, m, bits = signs0.shape[0], signs1.shape[0], signs0.shape[1]
     if n == 0 or m == 0:
         return Matches(indices=np.empty((0, 2), np.int64), distances=np.empty(0, np.float32))
     second = ratio is not None and m > 1
-    parts = max(1, min(torch.get_num_threads(), n * m // HAMMING_PARALLEL_PAIRS, n // HAMMING_ROW_CHUNK))
-    if parts == 1:
-        results = [_hamming_rows(words0, words1, 0, n, second)]
-    else:
-        bounds = [int(b) for b in np.linspace(0, n, parts + 1)]
-        work = [(words0, words1, start, stop, second) for start, stop in itertools.pairwise(bounds)]
-        results = list(_kernel_threads(parts).map(lambda args: _hamming_rows(*args), work))
-    nearest = np.concatenate([r.nearest for r in results])
-    best = np.concatenate([r.best for r in results])
-    column_best, column_index = results[0].column_best, results[0].column_index
-    for part in results[1:]:
-        better = part.column_best < column_best
-        column_best = np.where(better, part.column_best, column_best)
-        column_index = np.where(better, part.column_index, column_index)
+    nearest, product, second_product = _nearest_columns(signs0, signs1, second)
+    best = (bits - product) // 2
     keep = np.ones(n, bool)
     if matcher == "mnn":
-        keep &= column_index[nearest] == np.arange(n)
+        keep &= _nearest_columns(signs1, signs0, False)[0][nearest] == np.arange(n)
     if second:
-        keep &= best < ratio * np.concatenate([r.second for r in results]).astype(np.float32)
+        keep &= best < ratio * ((bits - second_product) // 2).astype(np.float32)
     if max_distance is not None:
         keep &= best <= max_distance
     rows = np.nonzero(keep)[0]
     indices = np.stack([rows, nearest[rows]], axis=1).astype(np.int64)
     return Matches(indices=indices.reshape(-1, 2), distances=best[rows].astype(np.float32))
-
-
-@functools.cache
-def _kernel_threads(count: int) -> ThreadPoolExecutor:
-    """Threads for the parts of large Hamming matches; their own, so a part never waits for its caller's pool."""
-    return ThreadPoolExecutor(count, thread_name_prefix="hamming")

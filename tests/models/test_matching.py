@@ -93,7 +93,6 @@ def test_mutual_nn_under_ties_and_row_chunks(metric: str, monkeypatch: pytest.Mo
         d0, d1 = rng.integers(0, 3, (60, 2)).astype(np.float32), rng.integers(0, 3, (45, 2)).astype(np.float32)
     whole = match_descriptors(d0, d1, metric)
     monkeypatch.setattr(matching, "ROW_CHUNK", 7)
-    monkeypatch.setattr(matching, "HAMMING_ROW_CHUNK", 7)
     chunked = match_descriptors(d0, d1, metric)
     np.testing.assert_array_equal(chunked.indices, whole.indices)
     distance = _distances(d0, d1, metric)
@@ -117,14 +116,12 @@ def test_cpu_hamming_kernel_equals_the_torch_one(
     threads: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The popcount kernel of a lone CPU pair and `match_batch` agree on matches and distances, ties included
-    (1- and 3-byte descriptors tie often; 61 bytes is AKAZE's width, padded to 64-bit words), whether its rows
-    run in one thread or are split over three (each part's column minima merged, the earlier part first)."""
+    """The int8-product kernel of a lone CPU pair and `match_batch` agree on matches and distances, ties included
+    (1- and 3-byte descriptors tie often; 61 bytes is AKAZE's width), in chunks of rows, on one or three threads."""
     rng = np.random.default_rng(width)
     d0 = rng.integers(0, 256, (50, width), dtype=np.uint8)
     d1 = np.concatenate([d0[rng.permutation(50)[:30]] ^ rng.integers(0, 2, (30, width), dtype=np.uint8), d0[:9]])
-    monkeypatch.setattr(matching, "HAMMING_ROW_CHUNK", 7)
-    monkeypatch.setattr(matching, "HAMMING_PARALLEL_PAIRS", 1)
+    monkeypatch.setattr(matching, "ROW_CHUNK", 7)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
