@@ -37,18 +37,21 @@ class Matches:
         return int(self.indices.shape[0])
 
 
-def _unpack_bits(packed: torch.Tensor) -> torch.Tensor:
-    """``(..., B)`` uint8 -> ``(..., 8B)`` float32 of -1/+1 (bit 0 / bit 1)."""
-    shifts = torch.arange(7, -1, -1, device=packed.device, dtype=torch.uint8)
-    bits = (packed.unsqueeze(-1) >> shifts) & 1
-    return bits.flatten(-2).float() * 2 - 1
+def _signs(packed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(..., B)`` packed uint8 bits -> ``(..., 8B)`` of -1/+1 (bit 0 / bit 1) in ``dtype``."""
+    if packed.dtype != torch.uint8:
+        raise ValueError(f"hamming matching needs packed uint8 descriptors, got {packed.dtype}")
+    if packed.device.type == "cpu":  # numpy's unpackbits is about 10x faster than torch's shifts there
+        bits = torch.from_numpy(np.unpackbits(packed.numpy(), axis=-1))
+    else:
+        shifts = torch.arange(7, -1, -1, device=packed.device, dtype=torch.uint8)
+        bits = ((packed.unsqueeze(-1) >> shifts) & 1).flatten(-2)
+    return bits.to(dtype).mul_(2).sub_(1)
 
 
 def _prepare(descriptors: torch.Tensor, metric: Metric) -> torch.Tensor:
     if metric == "hamming":
-        if descriptors.dtype != torch.uint8:
-            raise ValueError(f"hamming matching needs packed uint8 descriptors, got {descriptors.dtype}")
-        return _unpack_bits(descriptors)
+        return _signs(descriptors)
     descriptors = descriptors.float()
     if metric == "cosine":
         descriptors = torch.nn.functional.normalize(descriptors, dim=-1)
@@ -187,14 +190,6 @@ def match_descriptors(
     return Matches(indices=indices.reshape(-1, 2), distances=distance0[0, i0].cpu().numpy().astype(np.float32))
 
 
-def _signs(descriptors: np.ndarray) -> torch.Tensor:
-    """``(N, B)`` packed uint8 bits -> ``(N, 8B)`` int8 of -1/+1 (bit 0 / bit 1)."""
-    if descriptors.dtype != np.uint8:
-        raise ValueError(f"hamming matching needs packed uint8 descriptors, got {descriptors.dtype}")
-    bits = np.unpackbits(np.ascontiguousarray(descriptors), axis=1).view(np.int8)
-    return torch.from_numpy(bits).mul_(2).sub_(1)
-
-
 def _nearest_columns(signs0: torch.Tensor, signs1: torch.Tensor, second: bool) -> tuple[np.ndarray, ...]:
     """Each row's nearest column (the first among equals), its sign product, and the second largest product.
 
@@ -228,7 +223,9 @@ def _match_hamming(
     """
     if matcher not in ("mnn", "nn"):
         raise ValueError(f"matcher must be 'mnn' or 'nn', got {matcher!r}")
-    signs0, signs1 = _signs(descriptors0), _signs(descriptors1)
+    signs0, signs1 = (
+        _signs(torch.from_numpy(np.ascontiguousarray(d)), torch.int8) for d in (descriptors0, descriptors1)
+    )
     n, m, bits = signs0.shape[0], signs1.shape[0], signs0.shape[1]
     if n == 0 or m == 0:
         return Matches(indices=np.empty((0, 2), np.int64), distances=np.empty(0, np.float32))
