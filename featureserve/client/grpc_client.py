@@ -35,9 +35,17 @@ from .results import (
     ModelList,
     inlier_ratio,
 )
+from .retries import DEFAULT_MAX_RETRIES, grpc_service_config
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 GRPC_OPTIONS = EXTRACT_OPTIONS | MATCH_OPTIONS
+_SERVICE = service.DESCRIPTOR.services_by_name["FeatureService"]
+# (service, method) of the calls a retry policy covers: all but the stream, whose frames are answered one by one.
+UNARY_METHODS = [
+    (_SERVICE.full_name, method.name)
+    for method in _SERVICE.methods
+    if not (method.client_streaming or method.server_streaming)
+]
 
 
 def image_message(image: ImageInput) -> pb.Image:
@@ -269,17 +277,23 @@ def credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCrede
     return grpc.ssl_channel_credentials(root_certificates=root_certificates)
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Client channel arguments: message limits matching the server's default."""
+def channel_options(max_message_bytes: int, max_retries: int) -> list[tuple[str, int | str]]:
+    """Client channel arguments: message limits matching the server's default, and the retry policy of the
+    unary calls (`featureserve.client.retries`), whose buffer holds a request of the largest size."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.service_config", grpc_service_config(UNARY_METHODS, max_retries)),
+        ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
+        ("grpc.retry_buffer_size", 4 * max_message_bytes),
     ]
 
 
-def open_channel(module: Any, target: str, max_message_bytes: int, tls: bool, root_certificates: bytes | None) -> Any:
+def open_channel(
+    module: Any, target: str, max_message_bytes: int, max_retries: int, tls: bool, root_certificates: bytes | None
+) -> Any:
     """A channel from ``module`` (``grpc`` for blocking, ``grpc.aio`` for asyncio), TLS when asked for."""
-    options = channel_options(max_message_bytes)
+    options = channel_options(max_message_bytes, max_retries)
     secure = credentials(tls, root_certificates)
     if secure is None:
         return module.insecure_channel(target, options=options)
@@ -290,7 +304,8 @@ class GrpcClient:
     """Blocking client. Options are keyword arguments named as in REST (``model``, ``max_keypoints``, ...).
 
     ``api_key`` is sent as ``authorization: Bearer <key>`` metadata; ``tls=True`` (or ``root_certificates``,
-    PEM bytes of the CA that signed the server's certificate) opens a TLS channel.
+    PEM bytes of the CA that signed the server's certificate) opens a TLS channel. ``max_retries`` bounds the
+    resends of a unary call refused with RESOURCE_EXHAUSTED (0: none; gRPC allows at most 4).
     """
 
     def __init__(
@@ -300,8 +315,9 @@ class GrpcClient:
         api_key: str | None = None,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
     ) -> None:
-        self.channel = open_channel(grpc, target, max_message_bytes, tls, root_certificates)
+        self.channel = open_channel(grpc, target, max_message_bytes, max_retries, tls, root_certificates)
         self.stub = FeatureServiceStub(self.channel)
         self.metadata = call_metadata(api_key)
 
@@ -374,8 +390,9 @@ class AsyncGrpcClient:
         api_key: str | None = None,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
     ) -> None:
-        self.channel = open_channel(grpc.aio, target, max_message_bytes, tls, root_certificates)
+        self.channel = open_channel(grpc.aio, target, max_message_bytes, max_retries, tls, root_certificates)
         self.stub = FeatureServiceStub(self.channel)
         self.metadata = call_metadata(api_key)
 

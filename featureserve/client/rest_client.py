@@ -4,8 +4,9 @@ The methods, keyword options and results (`FeatureSet`, `MatchResult`, `ModelLis
 `GrpcClient`, so switching transports is changing one constructor. Images go up as multipart file parts
 (arrays as lossless PNG); descriptors come back as base64 of packed little-endian bytes, so arrays are
 bit-for-bit those the gRPC client returns. ``timeout`` (seconds) bounds the call and is sent as the
-request's ``X-Deadline-Ms``, as a gRPC deadline is. REST-only: ``draw=True`` on `match` fills
-``MatchResult.drawing`` with the PNG picture of the matches. Errors raise `RestError`.
+request's ``X-Deadline-Ms``, as a gRPC deadline is. A 429 is sent again after its ``Retry-After``, at most
+``max_retries`` times within the timeout (`featureserve.client.retries`). REST-only: ``draw=True`` on `match`
+fills ``MatchResult.drawing`` with the PNG picture of the matches. Errors raise `RestError`.
 
 Example:
     >>> with RestClient("http://127.0.0.1:8080") as client:
@@ -15,9 +16,12 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import itertools
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ from .results import (
     ModelList,
     inlier_ratio,
 )
+from .retries import DEFAULT_MAX_RETRIES, http_retry_wait_s, retry_after_s
 
 DEFAULT_TIMEOUT_S = 60.0
 REST_MATCH_OPTIONS = EXTRACT_OPTIONS | MATCH_OPTIONS | {DRAW_OPTION} | DRAWING_OPTIONS
@@ -97,6 +102,14 @@ def _file(field: str, image: ImageInput) -> tuple[str, tuple[str, bytes, str]]:
 def deadline_headers(timeout: float | None) -> dict[str, str]:
     """``X-Deadline-Ms`` for a call bounded by ``timeout`` seconds."""
     return {} if timeout is None else {"X-Deadline-Ms": f"{timeout * 1000.0:g}"}
+
+
+def attempt_options(deadline: float | None) -> dict[str, Any]:
+    """httpx keyword arguments of one attempt of a call that must end by ``deadline`` (`time.monotonic`)."""
+    if deadline is None:
+        return {}
+    remaining = max(deadline - time.monotonic(), 0.001)
+    return {"timeout": remaining, "headers": deadline_headers(remaining)}
 
 
 def extract_request(image: ImageInput, options: dict[str, Any]) -> tuple[Files, dict[str, str]]:
@@ -168,9 +181,7 @@ def check_response(response: httpx.Response) -> Any:
         code, message, details = error["code"], error["message"], error.get("details") or {}
     except (ValueError, KeyError, TypeError):
         code, message, details = "http_error", response.text[:500], {}
-    retry_after = response.headers.get("retry-after")
-    retry_after_s = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
-    raise RestError(response.status_code, code, message, details, retry_after_s)
+    raise RestError(response.status_code, code, message, details, retry_after_s(response.headers))
 
 
 def _descriptors(value: dict[str, Any] | None) -> np.ndarray | None:
@@ -264,8 +275,9 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 class RestClient:
     """Blocking client. Options are keyword arguments named as in the API (``model``, ``max_keypoints``, ...).
 
-    ``api_key`` is sent as ``Authorization: Bearer <key>``. Other keyword arguments go to `httpx.Client`,
-    e.g. ``verify="ca.pem"`` for a server whose TLS certificate your CA signed.
+    ``api_key`` is sent as ``Authorization: Bearer <key>``; ``max_retries`` bounds the resends of a 429 (0: none).
+    Other keyword arguments go to `httpx.Client`, e.g. ``verify="ca.pem"`` for a server whose TLS certificate
+    your CA signed.
     """
 
     def __init__(
@@ -273,10 +285,12 @@ class RestClient:
         base_url: str = "http://127.0.0.1:8080",
         timeout: float = DEFAULT_TIMEOUT_S,
         api_key: str | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         **httpx_options: Any,
     ) -> None:
         headers = {**auth_headers(api_key), **httpx_options.pop("headers", {})}
         self.http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers, **httpx_options)
+        self.max_retries = max_retries
 
     def __enter__(self) -> RestClient:
         return self
@@ -288,16 +302,24 @@ class RestClient:
         """Close the connection pool."""
         self.http.close()
 
+    def _send(self, method: str, path: str, timeout: float | None, **content: Any) -> Any:
+        """The JSON answer of a request, sent again after a 429 while retries and time are left."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for retry in itertools.count(1):
+            response = self.http.request(method, path, **content, **attempt_options(deadline))
+            wait = http_retry_wait_s(response.status_code, response.headers, retry, self.max_retries, deadline)
+            if wait is None:
+                break
+            time.sleep(wait)
+        return check_response(response)
+
     def _post(self, path: str, request: tuple[Files, dict[str, str]], timeout: float | None) -> Any:
         files, data = request
-        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        response = self.http.post(path, files=files, data=data, headers=deadline_headers(timeout), **extra)
-        return check_response(response)
+        return self._send("POST", path, timeout, files=files, data=data)
 
     def list_models(self, timeout: float | None = None) -> ModelList:
         """The loaded models and their cards."""
-        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        return model_list(check_response(self.http.get("/v1/models", **extra)))
+        return model_list(self._send("GET", "/v1/models", timeout))
 
     def extract(self, image: ImageInput, timeout: float | None = None, **options: Any) -> FeatureSet:
         """Features of one image."""
@@ -334,10 +356,12 @@ class AsyncRestClient:
         base_url: str = "http://127.0.0.1:8080",
         timeout: float = DEFAULT_TIMEOUT_S,
         api_key: str | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         **httpx_options: Any,
     ) -> None:
         headers = {**auth_headers(api_key), **httpx_options.pop("headers", {})}
         self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers, **httpx_options)
+        self.max_retries = max_retries
 
     async def __aenter__(self) -> AsyncRestClient:
         return self
@@ -349,16 +373,24 @@ class AsyncRestClient:
         """Close the connection pool."""
         await self.http.aclose()
 
+    async def _send(self, method: str, path: str, timeout: float | None, **content: Any) -> Any:
+        """The JSON answer of a request, sent again after a 429 while retries and time are left."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for retry in itertools.count(1):
+            response = await self.http.request(method, path, **content, **attempt_options(deadline))
+            wait = http_retry_wait_s(response.status_code, response.headers, retry, self.max_retries, deadline)
+            if wait is None:
+                break
+            await asyncio.sleep(wait)
+        return check_response(response)
+
     async def _post(self, path: str, request: tuple[Files, dict[str, str]], timeout: float | None) -> Any:
         files, data = request
-        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        response = await self.http.post(path, files=files, data=data, headers=deadline_headers(timeout), **extra)
-        return check_response(response)
+        return await self._send("POST", path, timeout, files=files, data=data)
 
     async def list_models(self, timeout: float | None = None) -> ModelList:
         """The loaded models and their cards."""
-        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        return model_list(check_response(await self.http.get("/v1/models", **extra)))
+        return model_list(await self._send("GET", "/v1/models", timeout))
 
     async def extract(self, image: ImageInput, timeout: float | None = None, **options: Any) -> FeatureSet:
         """Features of one image."""

@@ -184,7 +184,7 @@ def test_bad_match_inputs(photo: np.ndarray, grpc_client: GrpcClient) -> None:
 
 def test_overload_is_resource_exhausted_with_retry_after(small_queue_server: Server, big_png: bytes) -> None:
     async def flood() -> list:
-        async with AsyncGrpcClient(small_queue_server.grpc_target) as client:
+        async with AsyncGrpcClient(small_queue_server.grpc_target, max_retries=0) as client:
             calls = [client.stub.Extract(service.ExtractRequest(image=pb.Image(encoded=big_png))) for _ in range(12)]
             return await asyncio.gather(*calls, return_exceptions=True)
 

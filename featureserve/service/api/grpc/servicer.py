@@ -36,8 +36,12 @@ SERVICE_NAME = service.DESCRIPTOR.services_by_name["FeatureService"].full_name
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: FeatureServeError) -> None:
-    """End the call with ``error``'s gRPC status and message (``retry-after-s`` metadata on overload)."""
-    metadata = (("retry-after-s", f"{error.retry_after_s:.3f}"),) if isinstance(error, Overloaded) else ()
+    """End the call with ``error``'s gRPC status and message; on overload, when to retry as ``retry-after-s`` and
+    as ``grpc-retry-pushback-ms``, which gRPC's own retry policy (gRFC A6) waits for."""
+    metadata: tuple[tuple[str, str], ...] = ()
+    if isinstance(error, Overloaded):
+        pushback_ms = str(round(error.retry_after_s * 1000))
+        metadata = (("retry-after-s", f"{error.retry_after_s:.3f}"), ("grpc-retry-pushback-ms", pushback_ms))
     await context.abort(grpc.StatusCode[error.grpc_code], error.message, metadata)
 
 
