@@ -38,6 +38,7 @@ from .results import (
 from .retries import DEFAULT_MAX_RETRIES, grpc_service_config
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+RETRY_BUFFER_HEADROOM_BYTES = 64 * 1024  # metadata of a call, on top of its message
 GRPC_OPTIONS = EXTRACT_OPTIONS | MATCH_OPTIONS
 _SERVICE = service.DESCRIPTOR.services_by_name["FeatureService"]
 # (service, method) of the calls a retry policy covers: all but the stream, whose frames are answered one by one.
@@ -279,13 +280,13 @@ def credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCrede
 
 def channel_options(max_message_bytes: int, max_retries: int) -> list[tuple[str, int | str]]:
     """Client channel arguments: message limits matching the server's default, and the retry policy of the
-    unary calls (`featureserve.client.retries`), whose buffer holds a request of the largest size."""
+    unary calls (`featureserve.client.retries`), whose buffer holds a request of the largest size and its metadata
+    (a call that outgrows it is not retried)."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.service_config", grpc_service_config(UNARY_METHODS, max_retries)),
-        ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
-        ("grpc.retry_buffer_size", 4 * max_message_bytes),
+        ("grpc.per_rpc_retry_buffer_size", max_message_bytes + RETRY_BUFFER_HEADROOM_BYTES),
     ]
 
 

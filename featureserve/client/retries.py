@@ -3,9 +3,11 @@
 That is 429 over REST and RESOURCE_EXHAUSTED over gRPC: the model's queue was full, or its backlog could not
 finish in time, so the request was refused before any work began, and the answer says when to come back
 (``Retry-After``; ``grpc-retry-pushback-ms``). Every featureserve call is a pure computation, so sending it again
-is safe. 503 / UNAVAILABLE is not retried: a draining server or a request whose worker died is better handled by
-a load balancer, or by the caller, than by a blind resend to the same address. A call's ``timeout`` bounds all of
-its attempts together; a retry that could not start before it runs out is not made.
+is safe. A RESOURCE_EXHAUSTED raised by gRPC itself (a message over a channel's size limit) carries no pushback
+and is resent after the backoff, in vain. 503 / UNAVAILABLE is not retried: a draining server or a request whose
+worker died is better handled by a load balancer, or by the caller, than by a blind resend to the same address.
+A call's ``timeout`` bounds all of its attempts together; a retry that could not start before it runs out is not
+made. Without a ``timeout`` the attempts are bounded by ``max_retries`` only, and each wait by what the answer asks.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ GRPC_MAX_ATTEMPTS = 5
 
 def backoff_s(retry: int, retry_after_s: float | None) -> float:
     """Seconds before retry number ``retry`` (1, 2, ...): the server's ``Retry-After`` when it gave one, else
-    0.5 s doubling up to 8 s, less up to a fifth at random so that clients refused together do not return together."""
+    0.5 s doubling up to 8 s; spread at random by a fifth so that clients refused together do not return together.
+    """
     if retry_after_s is not None:
-        return retry_after_s
+        return retry_after_s * random.uniform(1.0, 1.2)
     return min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (retry - 1)) * random.uniform(0.8, 1.0)
 
 
@@ -56,8 +59,8 @@ def http_retry_wait_s(
 
 def grpc_service_config(methods: Sequence[tuple[str, str]], max_retries: int) -> str:
     """The channel's service config: calls of ``methods`` (``(service, method)`` names) retried on
-    RESOURCE_EXHAUSTED (gRFC A6). The server's ``grpc-retry-pushback-ms`` sets the wait when it sends one;
-    otherwise gRPC waits a random time up to a bound that starts at 0.5 s and doubles up to 8 s."""
+    RESOURCE_EXHAUSTED (gRFC A6). The server's ``grpc-retry-pushback-ms`` sets the wait (-1: no retry, which the
+    service sends when the call's deadline comes first); without one, gRPC's exponential backoff from 0.5 s to 8 s."""
     if max_retries <= 0:
         return json.dumps({})
     policy = {

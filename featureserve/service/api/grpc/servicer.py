@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -35,13 +36,21 @@ ResponseT = TypeVar("ResponseT")
 SERVICE_NAME = service.DESCRIPTOR.services_by_name["FeatureService"].full_name
 
 
+def retry_pushback_ms(retry_after_s: float, time_remaining_s: float | None) -> str:
+    """``grpc-retry-pushback-ms`` of an overloaded call: the wait, spread by up to a fifth so that calls refused
+    together do not come back together; -1 (do not retry, gRFC A6) when the call's deadline comes first."""
+    if time_remaining_s is not None and retry_after_s >= time_remaining_s:
+        return "-1"
+    return str(round(retry_after_s * random.uniform(1.0, 1.2) * 1000))
+
+
 async def abort_with(context: grpc.aio.ServicerContext, error: FeatureServeError) -> None:
     """End the call with ``error``'s gRPC status and message; on overload, when to retry as ``retry-after-s`` and
-    as ``grpc-retry-pushback-ms``, which gRPC's own retry policy (gRFC A6) waits for."""
+    as ``grpc-retry-pushback-ms``, which gRPC's own retry policy reads."""
     metadata: tuple[tuple[str, str], ...] = ()
     if isinstance(error, Overloaded):
-        pushback_ms = str(round(error.retry_after_s * 1000))
-        metadata = (("retry-after-s", f"{error.retry_after_s:.3f}"), ("grpc-retry-pushback-ms", pushback_ms))
+        pushback = retry_pushback_ms(error.retry_after_s, context.time_remaining())
+        metadata = (("retry-after-s", f"{error.retry_after_s:.3f}"), ("grpc-retry-pushback-ms", pushback))
     await context.abort(grpc.StatusCode[error.grpc_code], error.message, metadata)
 
 
