@@ -47,7 +47,8 @@ def _export(args: argparse.Namespace) -> None:
     evaluation = card_summary(json.loads(args.evaluation.read_text()), method) if args.evaluation else None
     speed = speed_summary(json.loads(args.speed.read_text()), method) if args.speed else None
     kwargs = {"out_dir": args.out_dir} if args.out_dir else {}
-    print(export(args.run_dir, args.name, dtype=args.dtype, evaluation=evaluation, speed=speed, **kwargs))
+    options = {"dtype": args.dtype, "evaluation": evaluation, "speed": speed, "alpha": args.interpolate, **kwargs}
+    print(export(args.run_dir, args.name, **options))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,6 +90,13 @@ def main(argv: list[str] | None = None) -> None:
         "--speed", type=Path, default=None, help="JSON written by python -m benchmarks.performance.extraction_speed"
     )
     export.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    export.add_argument(
+        "--interpolate",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="export (1 - ALPHA) x the weights the run started from (its init_from) + ALPHA x its own (WiSE-FT)",
+    )
     export.add_argument("--out-dir", type=Path, default=None, help="default: featureserve/models/checkpoints")
     export.set_defaults(run=_export)
 

@@ -16,6 +16,7 @@ from featureserve.models.cards import CHECKPOINT_DIR
 
 from .config import TrainConfig, build
 from .methods import method_for
+from .trainer import checkpoint_weights
 
 
 def initialisation(init_from: str | None) -> dict[str, Any] | None:
@@ -55,6 +56,22 @@ def speed_summary(report: dict[str, Any], model: str) -> dict[str, Any]:
     }
 
 
+def interpolate(weights: dict[str, torch.Tensor], start: str, alpha: float) -> dict[str, torch.Tensor]:
+    """WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022): ``(1 - alpha)`` times the
+    weights the run started from (``start``, its ``init_from``) plus ``alpha`` times its own, for each float weight
+    both have with the same shape; the others as trained. Fine-tuning trades one behaviour for another; the blend
+    keeps part of both."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"the interpolation weight must be within [0, 1], got {alpha}")
+    before = checkpoint_weights(start)
+    return {
+        k: (1 - alpha) * before[k].float() + alpha * v.float()
+        if v.is_floating_point() and k in before and before[k].shape == v.shape
+        else v
+        for k, v in weights.items()
+    }
+
+
 def build_card(
     run_dir: Path,
     name: str,
@@ -62,6 +79,7 @@ def build_card(
     dtype: str,
     evaluation: dict[str, Any] | None,
     speed: dict[str, Any] | None = None,
+    alpha: float | None = None,
 ) -> dict[str, Any]:
     """The JSON model card of the run in ``run_dir`` (its ``config.yaml`` and ``last.pt``)."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -91,10 +109,20 @@ def build_card(
             "device": state["device"],
             "processes": state["world_size"],
             "wall_seconds": round(state["wall_seconds"], 1),
+            **({} if alpha is None else {"interpolation": interpolation_note(config["init_from"], alpha)}),
         },
         "evaluation": evaluation or {},
         **({"speed": speed} if speed else {}),
         "exported": datetime.date.today().isoformat(),
+    }
+
+
+def interpolation_note(start: str, alpha: float) -> dict[str, Any]:
+    """What a card says of weights blended by `interpolate`."""
+    return {
+        "method": "WiSE-FT (Wortsman et al., CVPR 2022): (1 - alpha) x the starting weights + alpha x the run's",
+        "alpha": alpha,
+        "from": start,
     }
 
 
@@ -105,19 +133,28 @@ def export(
     dtype: str = "float16",
     evaluation: dict[str, Any] | None = None,
     speed: dict[str, Any] | None = None,
+    alpha: float | None = None,
 ) -> Path:
-    """Write ``<name>.safetensors`` and ``<name>.json`` into ``out_dir``; returns the card path."""
+    """Write ``<name>.safetensors`` and ``<name>.json`` into ``out_dir``; returns the card path.
+
+    ``alpha``: export the run's weights blended with those it started from (`interpolate`) instead of its own.
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+    network = state["network"]
+    if alpha is not None:
+        start = yaml.safe_load((run_dir / "config.yaml").read_text()).get("init_from")
+        if not start:
+            raise ValueError(f"{run_dir} started from no weights (no init_from): there is nothing to interpolate with")
+        network = interpolate(network, start, alpha)
     weights = {
-        k: (v.to(getattr(torch, dtype)) if v.is_floating_point() else v).contiguous()
-        for k, v in state["network"].items()
+        k: (v.to(getattr(torch, dtype)) if v.is_floating_point() else v).contiguous() for k, v in network.items()
     }
     weights_path = out_dir / f"{name}.safetensors"
     save_file(weights, str(weights_path))
     weights_path.chmod(0o644)  # safetensors writes 0600; a service running as another user must read it
-    card = build_card(run_dir, name, weights_path.name, dtype, evaluation, speed)
+    card = build_card(run_dir, name, weights_path.name, dtype, evaluation, speed, alpha)
     card["weights_sha256"] = hashlib.sha256(weights_path.read_bytes()).hexdigest()
     card_path = out_dir / f"{name}.json"
     card_path.write_text(json.dumps(card, indent=1) + "\n")

@@ -59,13 +59,17 @@ def _device(config: TrainConfig, local_rank: int) -> torch.device:
     return torch.device(config.device)
 
 
-def load_matching_weights(network: torch.nn.Module, path: str | Path) -> int:
-    """Copy the weights of ``path`` (a run's ``last.pt`` or a model card) whose names and shapes match; their count."""
+def checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The network weights of ``path``: a run's ``last.pt`` or a model card."""
     path = Path(path)
     if path.suffix == ".json":
-        state, _ = read_checkpoint(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=False)["network"]
+        return read_checkpoint(path)[0]
+    return torch.load(path, map_location="cpu", weights_only=False)["network"]
+
+
+def load_matching_weights(network: torch.nn.Module, path: str | Path) -> int:
+    """Copy the weights of ``path`` (a run's ``last.pt`` or a model card) whose names and shapes match; their count."""
+    state = checkpoint_weights(path)
     own = network.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matching:

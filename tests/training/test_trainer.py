@@ -15,6 +15,7 @@ import torch
 
 from featureserve.models import KeypointOptions, load_model
 from featureserve.models.caps import CAPSNetwork
+from featureserve.models.cards import read_checkpoint
 from featureserve.models.orb_patch import OrbPatch
 from training.config import load_config
 from training.data.pairs import QueryConfig, SyntheticPairs
@@ -95,3 +96,22 @@ def test_descriptor_methods_train_export_and_serve(tmp_path: Path, photo: np.nda
     [features] = model.extract([photo], [KeypointOptions(max_keypoints=100)])
     assert features.descriptors.shape == (100, 128)
     np.testing.assert_allclose(np.linalg.norm(features.descriptors, axis=1), 1, atol=1e-5)
+
+
+def test_export_interpolates_with_the_weights_the_run_started_from(tmp_path: Path) -> None:
+    """``alpha`` blends a run's weights with its ``init_from`` (WiSE-FT): 0 gives the start, 1 the run."""
+    train(load_config(TINY, {"optim": {"steps": 2}}), tmp_path / "first")
+    start_path = tmp_path / "first" / "last.pt"
+    train(load_config(TINY, {"optim": {"steps": 2}, "init_from": str(start_path)}), tmp_path / "second")
+    start = torch.load(start_path, weights_only=False)["network"]
+    end = torch.load(tmp_path / "second" / "last.pt", weights_only=False)["network"]
+    moved = [k for k, v in end.items() if v.is_floating_point() and not torch.equal(v, start[k])]
+    assert moved
+    for alpha in (0.0, 0.5, 1.0):
+        card_path = export(tmp_path / "second", f"blend{alpha}", tmp_path / "export", dtype="float32", alpha=alpha)
+        weights, card = read_checkpoint(card_path)
+        assert card["training"]["interpolation"]["alpha"] == alpha
+        for k in moved:
+            torch.testing.assert_close(weights[k], (1 - alpha) * start[k] + alpha * end[k])
+    with pytest.raises(ValueError, match="init_from"):
+        export(tmp_path / "first", "nothing", tmp_path / "export", alpha=0.5)
