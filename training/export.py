@@ -73,7 +73,8 @@ def interpolate(weights: dict[str, torch.Tensor], start: str, alpha: float) -> d
 
 
 def build_card(
-    run_dir: Path,
+    config: dict[str, Any],
+    state: dict[str, Any],
     name: str,
     weights_file: str,
     dtype: str,
@@ -81,9 +82,7 @@ def build_card(
     speed: dict[str, Any] | None = None,
     alpha: float | None = None,
 ) -> dict[str, Any]:
-    """The JSON model card of the run in ``run_dir`` (its ``config.yaml`` and ``last.pt``)."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+    """The JSON model card of a run, from its ``config.yaml`` (as a dict) and its ``last.pt`` state."""
     method = method_for(build(TrainConfig, config))
     fields = method.card(method.network())
     return {
@@ -141,10 +140,11 @@ def export(
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
     network = state["network"]
     if alpha is not None:
-        start = yaml.safe_load((run_dir / "config.yaml").read_text()).get("init_from")
+        start = config.get("init_from")
         if not start:
             raise ValueError(f"{run_dir} started from no weights (no init_from): there is nothing to interpolate with")
         network = interpolate(network, start, alpha)
@@ -154,7 +154,7 @@ def export(
     weights_path = out_dir / f"{name}.safetensors"
     save_file(weights, str(weights_path))
     weights_path.chmod(0o644)  # safetensors writes 0600; a service running as another user must read it
-    card = build_card(run_dir, name, weights_path.name, dtype, evaluation, speed, alpha)
+    card = build_card(config, state, name, weights_path.name, dtype, evaluation, speed, alpha)
     card["weights_sha256"] = hashlib.sha256(weights_path.read_bytes()).hexdigest()
     card_path = out_dir / f"{name}.json"
     card_path.write_text(json.dumps(card, indent=1) + "\n")
