@@ -18,7 +18,6 @@ import math
 import os
 import platform
 import random
-import re
 import subprocess
 import sys
 import threading
@@ -406,10 +405,6 @@ def server_process_setup() -> list[str]:
 # Prometheus
 
 
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
 def metric_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples called ``name`` in Prometheus ``text`` whose labels include ``labels``.
 
@@ -431,18 +426,15 @@ def histogram(metrics_text: str, metric: str, labels: Mapping[str, str]) -> dict
     """A Prometheus histogram's cumulative buckets (``le`` -> count), ``sum`` and ``count`` for ``labels``."""
     buckets: dict[str, float] = {}
     total = {"sum": 0.0, "count": 0.0}
-    for line in metrics_text.splitlines():
-        match = _SAMPLE.match(line)
-        if not match or not match["name"].startswith(metric):
-            continue
-        found = dict(_LABEL.findall(match["labels"] or ""))
-        if any(found.get(k) != v for k, v in labels.items()):
-            continue
-        suffix = match["name"][len(metric) :]
-        if suffix == "_bucket":
-            buckets[found["le"]] = float(match["value"])
-        elif suffix in ("_sum", "_count"):
-            total[suffix[1:]] = float(match["value"])
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if not sample.name.startswith(metric) or any(sample.labels.get(k) != v for k, v in labels.items()):
+                continue
+            suffix = sample.name[len(metric) :]
+            if suffix == "_bucket":
+                buckets[sample.labels["le"]] = sample.value
+            elif suffix in ("_sum", "_count"):
+                total[suffix[1:]] = sample.value
     return {"buckets": buckets, **total}
 
 
