@@ -137,18 +137,25 @@ def launch(settings: Mapping[str, Any], ca: str | None = None, ready_timeout_s: 
     log.close()
     server = ServerProcess(process, port, grpc_port, env_settings, Path(log.name), "https" if ca else "http")
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
-    deadline = time.monotonic() + ready_timeout_s
-    with httpx.Client(timeout=2.0, trust_env=False, verify=verify) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}; log tail:\n{server.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(f"{server.url}/readyz").status_code == 200:
-                    server.startup_s = time.monotonic() - start
-                    return server
-            time.sleep(0.1)
+    if wait_until_ok(process, f"{server.url}/readyz", ready_timeout_s, verify):
+        server.startup_s = time.monotonic() - start
+        return server
+    if process.poll() is not None:
+        raise RuntimeError(f"server exited with {process.returncode}; log tail:\n{server.log_tail()}")
     server.stop()
     raise RuntimeError(f"server not ready after {ready_timeout_s:.0f} s; log tail:\n{server.log_tail()}")
+
+
+def wait_until_ok(process: subprocess.Popen, url: str, timeout_s: float, verify: ssl.SSLContext | bool = True) -> bool:
+    """Poll ``url`` until it answers 200 (True), or ``process`` exits or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0, trust_env=False, verify=verify) as client:
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(url).status_code == 200:
+                    return True
+            time.sleep(0.1)
+    return False
 
 
 @contextlib.contextmanager

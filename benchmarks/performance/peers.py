@@ -26,17 +26,14 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from benchmarks.common import benchmark_image, encode_image, machine_info, multipart_body, percentile
 from benchmarks.performance.throughput import RawSender, closed_loop
-from benchmarks.servers import REPO_ROOT, free_port, launch
+from benchmarks.servers import REPO_ROOT, free_port, launch, wait_until_ok
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "peers.json"
 SERVERS = ("featureserve", "fastapi", "litserve")
@@ -72,16 +69,10 @@ def running(server: str, models: list[str], settings: dict[str, Any]) -> Iterato
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
+        if not wait_until_ok(peer, f"{url}/openapi.json", 120):
             if peer.poll() is not None:
                 raise RuntimeError(f"{server} exited: {peer.stderr.read().decode()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(f"{url}/openapi.json", timeout=1, trust_env=False)
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{server} did not answer within 120 s")
-            time.sleep(0.2)
+            raise RuntimeError(f"{server} did not answer within 120 s")
         yield url
     finally:
         # LitServe runs its workers in child processes of its own: end the whole process group.
