@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import RESULTS_DIR, Probe, benchmark_image, machine_info, quartiles_ms, run_rounds, timed
-from featureserve.models import KeypointOptions, load_model, match_descriptors
+from featureserve.models import KeypointOptions, load_model, match_descriptors, matching
 from training.evaluation.records import format_table, now_iso, write_results
 
 DEFAULT_OUT = RESULTS_DIR / "matching_speed.json"
@@ -60,7 +60,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
 
-    report: dict[str, Any] = {"date": now_iso(), "machine": machine_info(), "args": vars(args), "runs": []}
+    kernel = "int8 products" if matching.INT8_PRODUCTS else "keyed float32 product"
+    report: dict[str, Any] = {
+        "date": now_iso(),
+        "machine": machine_info(),
+        "args": vars(args),
+        "hamming_kernel": kernel,
+        "runs": [],
+    }
     rows = []
     for metric in args.metrics:
         d0, d1 = descriptor_pair(metric, args.keypoints)
@@ -89,7 +96,8 @@ def main() -> None:
     markdown = [
         "# Mutual nearest-neighbour matching against OpenCV's brute-force matcher (same rounds)",
         "",
-        f"{report['date']}; {args.rounds} rounds after {args.warmup} warm-up.",
+        f"{report['date']}; {args.rounds} rounds after {args.warmup} warm-up; CPU {report['machine']['processor']} "
+        f"({report['machine']['cpu_capability']}, VNNI {report['machine']['cpu_vnni']}); Hamming kernel: {kernel}.",
         "",
         format_table(headers, rows),
     ]

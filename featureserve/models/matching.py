@@ -1,8 +1,11 @@
 """Descriptor matching: nearest neighbour, mutual check, Lowe's ratio test, distance threshold.
 
-Batches and float descriptors go through torch (CPU or GPU); a lone pair of binary descriptors on the CPU goes
-through int8 matrix products of the bits as -1/+1, which beat the float product of `match_batch`, a popcount of
-64-bit words and OpenCV's brute-force matcher there. All give the same matches, ties included.
+Batches and float descriptors go through torch (CPU or GPU). A lone pair of binary descriptors on the CPU goes
+through matrix products of the bits as -1/+1: int8 products where the CPU has AVX-512 VNNI (torch's int8 product
+is a slow reference loop without it), otherwise one float product whose entries also encode the row, so that
+each column's nearest row comes from a plain column maximum. Both beat `match_batch`, a popcount of 64-bit words
+and OpenCV's brute-force matcher on the CPUs measured (docs/benchmarks.md); all give the same matches, ties
+included.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from .features import Metric
 Matcher = Literal["mnn", "nn"]
 # Rows of the distance matrix computed at once; bounds memory to ROW_CHUNK x M floats per pair.
 ROW_CHUNK = 4096
+# int8 products for lone binary pairs on the CPU only where they are fast (the private check is torch's own).
+INT8_PRODUCTS = torch.cpu._is_vnni_supported()
 
 
 @dataclass
@@ -209,6 +214,40 @@ def _nearest_columns(signs0: torch.Tensor, signs1: torch.Tensor, second: bool) -
     return nearest, best, seconds
 
 
+def _keyed_products(signs0: torch.Tensor, signs1: torch.Tensor, second: bool) -> tuple[np.ndarray, ...]:
+    """`_nearest_columns` from one float product, plus each column's nearest row (the first among equals).
+
+    The product is computed as keys ``s * a.b - i`` (``i`` the row within its chunk of ``s = ROW_CHUNK`` rows) by
+    appending ``-i`` and 1 to the vectors: keys are exact integers, a row's order is its products' order, and a
+    column's largest key is its largest product at its first row, which plain row and column maxima then read.
+    """
+    n, bits = signs0.shape
+    m = signs1.shape[0]
+    scale = float(ROW_CHUNK)
+    # Keys stay exact integers in float32 up to 2**24.
+    dtype = torch.float32 if (bits + 1) * scale <= 2**24 else torch.float64
+    columns = torch.cat([signs1.to(dtype), torch.ones(m, 1, dtype=dtype)], dim=1)
+    nearest, best = np.empty(n, np.int64), np.empty(n, np.int32)
+    seconds = np.empty(n if second else 0, np.int32)
+    column_best = np.full(m, -np.inf)
+    column_row = np.zeros(m, np.int64)
+    for start in range(0, n, ROW_CHUNK):
+        stop = min(start + ROW_CHUNK, n)
+        local = torch.arange(stop - start, dtype=dtype)
+        keys = torch.cat([signs0[start:stop].to(dtype) * scale, -local[:, None]], dim=1) @ columns.T
+        values, offsets = keys.numpy(), local.numpy()
+        nearest[start:stop] = values.argmax(axis=1)
+        best[start:stop] = (values[np.arange(stop - start), nearest[start:stop]] + offsets) / scale
+        if second:
+            seconds[start:stop] = (np.partition(values, -2, axis=1)[:, -2] + offsets) / scale
+        top = keys.amax(dim=0).numpy().astype(np.float64)
+        product = np.ceil(top / scale)  # top = scale * product - row, with 0 <= row < scale
+        better = product > column_best  # an earlier chunk keeps its rows on ties
+        column_best = np.where(better, product, column_best)
+        column_row = np.where(better, (product * scale - top).astype(np.int64) + start, column_row)
+    return nearest, best, seconds, column_row
+
+
 def _match_hamming(
     descriptors0: np.ndarray,
     descriptors1: np.ndarray,
@@ -218,23 +257,27 @@ def _match_hamming(
 ) -> Matches:
     """`match_descriptors` for one pair of binary descriptors on the CPU (same rules as `match_batch`).
 
-    Two int8 matrix products of the bits as -1/+1 (each side's rows against the other's): the row-wise arg-max of
-    each is read in memory order, which a column-wise reduction of one product is not.
+    With int8 products, two of them (each side's rows against the other's): the row-wise arg-max of each is read
+    in memory order, which a column-wise arg-max of one product is not; otherwise one keyed float product.
     """
     if matcher not in ("mnn", "nn"):
         raise ValueError(f"matcher must be 'mnn' or 'nn', got {matcher!r}")
-    signs0, signs1 = (
-        _signs(torch.from_numpy(np.ascontiguousarray(d)), torch.int8) for d in (descriptors0, descriptors1)
-    )
+    dtype = torch.int8 if INT8_PRODUCTS else torch.float32
+    signs0, signs1 = (_signs(torch.from_numpy(np.ascontiguousarray(d)), dtype) for d in (descriptors0, descriptors1))
     n, m, bits = signs0.shape[0], signs1.shape[0], signs0.shape[1]
     if n == 0 or m == 0:
         return Matches(indices=np.empty((0, 2), np.int64), distances=np.empty(0, np.float32))
     second = ratio is not None and m > 1
-    nearest, product, second_product = _nearest_columns(signs0, signs1, second)
-    best = (bits - product) // 2
     keep = np.ones(n, bool)
-    if matcher == "mnn":
-        keep &= _nearest_columns(signs1, signs0, False)[0][nearest] == np.arange(n)
+    if INT8_PRODUCTS:
+        nearest, product, second_product = _nearest_columns(signs0, signs1, second)
+        if matcher == "mnn":
+            keep &= _nearest_columns(signs1, signs0, False)[0][nearest] == np.arange(n)
+    else:
+        nearest, product, second_product, nearest_row = _keyed_products(signs0, signs1, second)
+        if matcher == "mnn":
+            keep &= nearest_row[nearest] == np.arange(n)
+    best = (bits - product) // 2
     if second:
         keep &= best < ratio * ((bits - second_product) // 2).astype(np.float32)
     if max_distance is not None:

@@ -82,10 +82,11 @@ def _distances(d0: np.ndarray, d1: np.ndarray, metric: str) -> np.ndarray:
     return np.linalg.norm(d0[:, None].astype(np.float64) - d1[None], axis=2)
 
 
-@pytest.mark.parametrize("metric", ["hamming", "l2"])
-def test_mutual_nn_under_ties_and_row_chunks(metric: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("metric", "int8"), [("hamming", True), ("hamming", False), ("l2", False)])
+def test_mutual_nn_under_ties_and_row_chunks(metric: str, int8: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Short descriptors tie often: every match is a row and a column minimum, each row and column is used once,
     and chunks of rows (the column minimum carried from chunk to chunk) give the same matches as one chunk."""
+    monkeypatch.setattr(matching, "INT8_PRODUCTS", int8)
     rng = np.random.default_rng(3)
     if metric == "hamming":
         d0, d1 = rng.integers(0, 256, (60, 1), dtype=np.uint8), rng.integers(0, 256, (45, 1), dtype=np.uint8)
@@ -108,20 +109,26 @@ def test_mutual_nn_under_ties_and_row_chunks(metric: str, monkeypatch: pytest.Mo
     ("matcher", "ratio", "max_distance"), [("mnn", None, None), ("nn", 0.9, None), ("mnn", 0.8, 100)]
 )
 @pytest.mark.parametrize("threads", [1, 3])
-def test_cpu_hamming_kernel_equals_the_torch_one(
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "keyed-float"])
+@pytest.mark.parametrize("row_chunk", [7, 4096])
+def test_cpu_hamming_kernels_equal_the_torch_one(
     width: int,
     matcher: str,
     ratio: float | None,
     max_distance: float | None,
     threads: int,
+    int8: bool,
+    row_chunk: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The int8-product kernel of a lone CPU pair and `match_batch` agree on matches and distances, ties included
-    (1- and 3-byte descriptors tie often; 61 bytes is AKAZE's width), in chunks of rows, on one or three threads."""
+    """Both kernels of a lone CPU pair (int8 products; the keyed float product) and `match_batch` agree on matches
+    and distances, ties included (1- and 3-byte descriptors tie often; 61 bytes is AKAZE's width), in one chunk
+    and in chunks of rows, on one or three threads."""
     rng = np.random.default_rng(width)
     d0 = rng.integers(0, 256, (50, width), dtype=np.uint8)
     d1 = np.concatenate([d0[rng.permutation(50)[:30]] ^ rng.integers(0, 2, (30, width), dtype=np.uint8), d0[:9]])
-    monkeypatch.setattr(matching, "ROW_CHUNK", 7)
+    monkeypatch.setattr(matching, "ROW_CHUNK", row_chunk)
+    monkeypatch.setattr(matching, "INT8_PRODUCTS", int8)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
