@@ -56,18 +56,19 @@ def sample_descriptors(descriptor_map: torch.Tensor, keypoints: torch.Tensor, st
 
 
 def pyramid_levels(
-    sizes: np.ndarray, reference_size: float, step: float, levels: int
+    sizes: np.ndarray, reference_size: float, step: float, levels: int, finer: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per keypoint, the two pyramid levels that bracket its size and the weight of the upper one.
 
-    Level ``l`` is the image scaled by ``2 ** (-l * step)``, so a keypoint of diameter ``s`` pixels has
-    diameter ``reference_size`` at the fractional level ``log2(s / reference_size) / step``, clamped to
-    ``[0, levels - 1]``: keypoints up to ``reference_size`` are described at full resolution.
+    Level ``l`` is the image scaled by ``2 ** ((finer - l) * step)`` (the first ``finer`` levels are upsampled),
+    so a keypoint of diameter ``s`` pixels has diameter ``reference_size`` at the fractional level
+    ``finer + log2(s / reference_size) / step``, clamped to ``[0, levels - 1]``: keypoints up to
+    ``reference_size * 2 ** (-finer * step)`` are described on the finest level.
 
     Returns:
         ``(lower, upper, upper_weight)``: int64 levels and float32 weights in ``[0, 1)``, each ``(N,)``.
     """
-    position = np.clip(np.log2(np.maximum(sizes, 1e-6) / reference_size) / step, 0, levels - 1)
+    position = np.clip(finer + np.log2(np.maximum(sizes, 1e-6) / reference_size) / step, 0, levels - 1)
     lower = np.floor(position).astype(np.int64)
     return lower, np.minimum(lower + 1, levels - 1), (position - lower).astype(np.float32)
 
@@ -403,18 +404,22 @@ class DenseFeatureModel(FeatureModel):
 
     @torch.inference_mode()
     def _pyramid_descriptor_sums(
-        self, images: Sequence[np.ndarray], keypoints: Sequence[np.ndarray], weights: Sequence[np.ndarray]
+        self,
+        images: Sequence[np.ndarray],
+        keypoints: Sequence[np.ndarray],
+        weights: Sequence[np.ndarray],
+        finer: int = 0,
     ) -> list[np.ndarray]:
         """Per image, ``sum_l weights[l, n] * d_l(n)``, ``d_l(n)`` the unit descriptor of keypoint ``n`` on level ``l``.
 
-        Level ``l`` is the image scaled by ``2 ** (-l * conf["scale_step"])``. ``weights`` holds one ``(levels, N)``
-        array per image; a level whose weights are all zero is not computed for that image.
+        Level ``l`` is the image scaled by ``2 ** ((finer - l) * conf["scale_step"])``. ``weights`` holds one
+        ``(levels, N)`` array per image; a level whose weights are all zero is not computed for that image.
         """
         step = float(self.conf["scale_step"])
         sums = [np.zeros((len(k), self.descriptor.dim), np.float32) for k in keypoints]
         for level in range(max((len(w) for w in weights), default=0)):
             chosen = [i for i, w in enumerate(weights) if level < len(w) and w[level].any()]
-            scaled = [resize_image(images[i], 2.0 ** (-level * step)) for i in chosen]
+            scaled = [resize_image(images[i], 2.0 ** ((finer - level) * step)) for i in chosen]
             for j, outputs, b in self._bucket_outputs(scaled, detect=False):
                 i = chosen[j]
                 points = rescale_points(keypoints[i], image_size(images[i]), image_size(scaled[j]))

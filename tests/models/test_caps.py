@@ -78,6 +78,35 @@ def test_pyramid_levels_bracket_each_keypoint_size() -> None:
     assert np.allclose(weight, [0, 0, 0.5, 0, 0], atol=1e-6)
 
 
+def test_finer_levels_come_first_in_the_pyramid() -> None:
+    sizes = np.array([1.0, 2.5 * 2**-0.5, 2.5, 5.0], np.float32)
+    lower, upper, weight = pyramid_levels(sizes, reference_size=2.5, step=0.5, levels=7, finer=1)
+    # Level 0 is the image upsampled by 2 ** 0.5: a keypoint of 2.5 / sqrt(2) px has the reference size there.
+    assert lower.tolist() == [0, 0, 1, 3] and upper.tolist() == [1, 1, 2, 4]
+    assert np.allclose(weight, 0, atol=1e-6)
+    with pytest.raises(ValueError, match="finer_levels"):
+        load_model("caps", finer_levels=-1)
+
+
+def test_a_finer_level_finds_more_matches_across_a_zoom_out() -> None:
+    # Zoomed out, a keypoint is smaller than the reference size in the smaller image and was described on the
+    # image itself, at another scale than its partner; an upsampled level describes it at its partner's scale.
+    # A large reference size leaves many keypoints below it, which is where the level matters.
+    image = data.astronaut()
+    smaller = cv2.resize(image, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+    options = [KeypointOptions(max_keypoints=1000)] * 2
+    scale = np.array(smaller.shape[1::-1]) / np.array(image.shape[1::-1])
+
+    def correct_matches(model) -> int:
+        first, second = model.extract([image, smaller], options)
+        pairs = match_descriptors(first.descriptors, second.descriptors, metric="cosine", matcher="mnn").indices
+        expected = (first.keypoints[pairs[:, 0]] + 0.5) * scale - 0.5
+        return int((np.linalg.norm(second.keypoints[pairs[:, 1]] - expected, axis=1) < 3).sum())
+
+    finer = load_model("caps", finer_levels=1, reference_size=3.5)
+    assert correct_matches(finer) > 1.15 * correct_matches(load_model("caps", reference_size=3.5))
+
+
 def test_sift_keypoints_carry_their_sizes_through_subset() -> None:
     [features] = load_model("sift").detect([data.astronaut()], [OPTIONS])
     assert features.sizes.shape == (len(features),) and (features.sizes > 0).all()
