@@ -131,12 +131,13 @@ def lockstep_session(
 
     def requests() -> Iterator[Frame]:
         for sequence, image in enumerate(images):
-            if sequence and sequence % block == 0:
-                for done in images[sequence - block : sequence]:
-                    local.frame(done)
             sent_at[sequence] = time.perf_counter()
             yield Frame(image, sequence, timestamp=sequence / 10)
             answered.get()
+            sent = sequence + 1
+            if sent % block == 0 or sent == count:  # the block just streamed, the last one possibly short
+                for done in images[(sent - 1) // block * block : sent]:
+                    local.frame(done)
 
     round_trips, server, statuses = [], [], []
     for result in client.stream_frames(requests(), model=name, max_keypoints=max_keypoints):

@@ -40,7 +40,8 @@ def image_size(image: np.ndarray) -> tuple[int, int]:
 
 
 def resize_image(image: np.ndarray, factor: float) -> np.ndarray:
-    """``image`` scaled by ``factor`` (area averaging), unchanged at 1."""
+    """``image`` scaled by ``factor`` (area averaging when shrinking, OpenCV's near-bilinear ``INTER_AREA`` when
+    enlarging), unchanged at 1."""
     if factor == 1.0:
         return image
     height, width = image.shape[:2]

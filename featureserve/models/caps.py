@@ -98,7 +98,8 @@ class CAPS(DenseFeatureModel):
         "scale_step": 0.5,
         "reference_size": 2.5,
         # Levels finer than the image (each upsampled ``scale_step`` octaves more), for the keypoints smaller than
-        # ``reference_size``: 1 doubles the time and gains most where the other image is zoomed out.
+        # ``reference_size``, which a zoomed-out partner needs. The network then also sees the image upsampled, past
+        # ``max_pixels``: time and memory grow with it (docs/models/caps.md).
         "finer_levels": 0,
     }
 

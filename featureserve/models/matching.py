@@ -21,8 +21,9 @@ from .features import Metric
 Matcher = Literal["mnn", "nn"]
 # Rows of the distance matrix computed at once; bounds memory to ROW_CHUNK x M floats per pair.
 ROW_CHUNK = 4096
-# int8 products for lone binary pairs on the CPU only where they are fast (the private check is torch's own).
-INT8_PRODUCTS = torch.cpu._is_vnni_supported()
+# Lone binary pairs on the CPU take int8 products only with AVX-512 VNNI: elsewhere torch's int8 product is a slow
+# reference loop. The check is private to torch (named otherwise in older releases, which get the keyed kernel).
+INT8_PRODUCTS = getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
 
 
 @dataclass
@@ -195,6 +196,13 @@ def match_descriptors(
     return Matches(indices=indices.reshape(-1, 2), distances=distance0[0, i0].cpu().numpy().astype(np.float32))
 
 
+def _row_maxima(values: np.ndarray, second: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Each row's first arg-max, its maximum and (if ``second``) its second largest value."""
+    nearest = values.argmax(axis=1)
+    best = values[np.arange(len(values)), nearest]
+    return nearest, best, np.partition(values, -2, axis=1)[:, -2] if second else None
+
+
 def _nearest_columns(signs0: torch.Tensor, signs1: torch.Tensor, second: bool) -> tuple[np.ndarray, ...]:
     """Each row's nearest column (the first among equals), its sign product, and the second largest product.
 
@@ -206,16 +214,17 @@ def _nearest_columns(signs0: torch.Tensor, signs1: torch.Tensor, second: bool) -
     seconds = np.empty(n if second else 0, np.int32)
     for start in range(0, n, ROW_CHUNK):
         stop = min(start + ROW_CHUNK, n)
-        product = torch._int_mm(signs0[start:stop], signs1.T).numpy()
-        nearest[start:stop] = product.argmax(axis=1)
-        best[start:stop] = product[np.arange(stop - start), nearest[start:stop]]
+        nearest[start:stop], best[start:stop], runner_up = _row_maxima(
+            torch._int_mm(signs0[start:stop], signs1.T).numpy(), second
+        )
         if second:
-            seconds[start:stop] = np.partition(product, -2, axis=1)[:, -2]
+            seconds[start:stop] = runner_up
     return nearest, best, seconds
 
 
-def _keyed_products(signs0: torch.Tensor, signs1: torch.Tensor, second: bool) -> tuple[np.ndarray, ...]:
-    """`_nearest_columns` from one float product, plus each column's nearest row (the first among equals).
+def _keyed_products(signs0: torch.Tensor, signs1: torch.Tensor, second: bool, mutual: bool) -> tuple[np.ndarray, ...]:
+    """`_nearest_columns` from one float product, plus (if ``mutual``) each column's nearest row, the first among
+    equals.
 
     The product is computed as keys ``s * a.b - i`` (``i`` the row within its chunk of ``s = ROW_CHUNK`` rows) by
     appending ``-i`` and 1 to the vectors: keys are exact integers, a row's order is its products' order, and a
@@ -224,27 +233,28 @@ def _keyed_products(signs0: torch.Tensor, signs1: torch.Tensor, second: bool) ->
     n, bits = signs0.shape
     m = signs1.shape[0]
     scale = float(ROW_CHUNK)
-    # Keys stay exact integers in float32 up to 2**24.
+    # Keys stay exact integers in float32 up to 2**24 (descriptors up to 4095 bits with 4096-row chunks).
     dtype = torch.float32 if (bits + 1) * scale <= 2**24 else torch.float64
     columns = torch.cat([signs1.to(dtype), torch.ones(m, 1, dtype=dtype)], dim=1)
     nearest, best = np.empty(n, np.int64), np.empty(n, np.int32)
     seconds = np.empty(n if second else 0, np.int32)
     column_best = np.full(m, -np.inf)
-    column_row = np.zeros(m, np.int64)
+    column_row = np.zeros(m if mutual else 0, np.int64)
     for start in range(0, n, ROW_CHUNK):
         stop = min(start + ROW_CHUNK, n)
         local = torch.arange(stop - start, dtype=dtype)
         keys = torch.cat([signs0[start:stop].to(dtype) * scale, -local[:, None]], dim=1) @ columns.T
-        values, offsets = keys.numpy(), local.numpy()
-        nearest[start:stop] = values.argmax(axis=1)
-        best[start:stop] = (values[np.arange(stop - start), nearest[start:stop]] + offsets) / scale
+        offsets = local.numpy()
+        nearest[start:stop], top_keys, runner_up = _row_maxima(keys.numpy(), second)
+        best[start:stop] = (top_keys + offsets) / scale
         if second:
-            seconds[start:stop] = (np.partition(values, -2, axis=1)[:, -2] + offsets) / scale
-        top = keys.amax(dim=0).numpy().astype(np.float64)
-        product = np.ceil(top / scale)  # top = scale * product - row, with 0 <= row < scale
-        better = product > column_best  # an earlier chunk keeps its rows on ties
-        column_best = np.where(better, product, column_best)
-        column_row = np.where(better, (product * scale - top).astype(np.int64) + start, column_row)
+            seconds[start:stop] = (runner_up + offsets) / scale
+        if mutual:
+            top = keys.amax(dim=0).numpy().astype(np.float64)
+            product = np.ceil(top / scale)  # top = scale * product - row, with 0 <= row < scale
+            better = product > column_best  # an earlier chunk keeps its rows on ties
+            column_best = np.where(better, product, column_best)
+            column_row = np.where(better, (product * scale - top).astype(np.int64) + start, column_row)
     return nearest, best, seconds, column_row
 
 
@@ -274,7 +284,7 @@ def _match_hamming(
         if matcher == "mnn":
             keep &= _nearest_columns(signs1, signs0, False)[0][nearest] == np.arange(n)
     else:
-        nearest, product, second_product, nearest_row = _keyed_products(signs0, signs1, second)
+        nearest, product, second_product, nearest_row = _keyed_products(signs0, signs1, second, matcher == "mnn")
         if matcher == "mnn":
             keep &= nearest_row[nearest] == np.arange(n)
     best = (bits - product) // 2

@@ -23,6 +23,8 @@ def test_grpc_latency_restarts_itself_as_a_module_and_writes_its_results(tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["machine"] and out.with_suffix(".md").is_file()
+    stream = report["streams"]["orb"]
+    assert stream["ok"] == 3 and stream["in_process"]["n"] == stream["round_trip"]["n"] == 1  # every frame, both ways
 
 
 def test_throughput_measures_a_small_level_and_writes_its_results(tmp_path: Path) -> None:

@@ -110,7 +110,7 @@ def test_mutual_nn_under_ties_and_row_chunks(metric: str, int8: bool, monkeypatc
 )
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("int8", [True, False], ids=["int8", "keyed-float"])
-@pytest.mark.parametrize("row_chunk", [7, 4096])
+@pytest.mark.parametrize("row_chunk", [7, 4096, 2**20])  # 2**20-row chunks: keys in float64 from 3 bytes on
 def test_cpu_hamming_kernels_equal_the_torch_one(
     width: int,
     matcher: str,
