@@ -100,7 +100,10 @@ def cornerness(image: torch.Tensor, derivative_sigma: float = 1.0, window_sigma:
     return divided_by_max(response)
 
 
-def hessian_blobness(image: torch.Tensor, sigma: float = 1.6) -> torch.Tensor:
+HESSIAN_SIGMA = 1.6  # SIFT's and A-KAZE's base scale; the detectors are trained with it
+
+
+def hessian_blobness(image: torch.Tensor, sigma: float = HESSIAN_SIGMA) -> torch.Tensor:
     """``(B, 1, H, W)`` determinant of the Hessian of a grey ``(B, 1, H, W)`` image where positive, per sample / max.
 
     The determinant of the Hessian of the image smoothed at ``sigma`` (Lindeberg, IJCV 1998; the SURF and A-KAZE
@@ -163,12 +166,22 @@ def _check_prior(image_prior: str) -> str:
 
 
 def combine_scores(
-    feature_prior: torch.Tensor, image: torch.Tensor, image_peakiness: torch.Tensor, head: torch.Tensor, prior: str
+    feature_prior: torch.Tensor,
+    image: torch.Tensor,
+    image_peakiness: torch.Tensor,
+    head: torch.Tensor,
+    prior: str,
+    hessian_sigma: float = HESSIAN_SIGMA,
 ) -> torch.Tensor:
     """``S = up(P(X)) * Q(I) * o``: the coarse feature prior, the image prior ``Q`` and the head's ``o``, all >= 0."""
     size = image.shape[-2:]
-    # Peakiness of the image is already at hand for the image branch.
-    image_prior = image_peakiness if prior == "peakiness" else IMAGE_PRIORS[prior](image)
+    if prior == "peakiness":  # already at hand for the image branch
+        image_prior = image_peakiness
+    elif prior == "hessian":
+        # Second derivatives of a smoothed image are small differences: in half precision they lose the peaks.
+        image_prior = hessian_blobness(image.float(), hessian_sigma).to(image.dtype)
+    else:
+        image_prior = IMAGE_PRIORS[prior](image)
     return F.interpolate(feature_prior, size=size, mode="bilinear", align_corners=False) * image_prior * head
 
 
@@ -183,9 +196,16 @@ class Detector(nn.Module):
     "brighter than the 3x3 mean" (docs/models/scfeat.md compares the three).
     """
 
-    def __init__(self, feature_channels: int, widths: tuple[int, ...], image_prior: str = DEFAULT_IMAGE_PRIOR) -> None:
+    def __init__(
+        self,
+        feature_channels: int,
+        widths: tuple[int, ...],
+        image_prior: str = DEFAULT_IMAGE_PRIOR,
+        hessian_sigma: float = HESSIAN_SIGMA,
+    ) -> None:
         super().__init__()
         self.image_prior = _check_prior(image_prior)
+        self.hessian_sigma = hessian_sigma
         features, image, joint = widths
         self.feature_conv = nn.Conv2d(feature_channels, features, 3, padding=1)
         self.image_conv = nn.Conv2d(1, image, 3, padding=1)
@@ -201,7 +221,7 @@ class Detector(nn.Module):
         g = self.activation(F.instance_norm(self.image_conv(image_peakiness * image)))
         z = self.activation(F.instance_norm(self.joint_conv(torch.cat([h, g], dim=1))))
         o = F.softplus(F.instance_norm(self.out_conv(z)))
-        return combine_scores(feature_prior, image, image_peakiness, o, self.image_prior)
+        return combine_scores(feature_prior, image, image_peakiness, o, self.image_prior, self.hessian_sigma)
 
 
 class CellDetector(nn.Module):
@@ -215,10 +235,16 @@ class CellDetector(nn.Module):
     """
 
     def __init__(
-        self, feature_channels: int, widths: tuple[int, ...], image_prior: str = DEFAULT_IMAGE_PRIOR, cell: int = 8
+        self,
+        feature_channels: int,
+        widths: tuple[int, ...],
+        image_prior: str = DEFAULT_IMAGE_PRIOR,
+        cell: int = 8,
+        hessian_sigma: float = HESSIAN_SIGMA,
     ) -> None:
         super().__init__()
         self.image_prior = _check_prior(image_prior)
+        self.hessian_sigma = hessian_sigma
         self.cell = cell
         # Pixels of one cell come from separate logits; unsmoothed, their noise moves the image prior's peaks.
         self.smoothing = cell / 4
@@ -236,7 +262,7 @@ class CellDetector(nn.Module):
         h = self.activation(F.instance_norm(self.conv(h)))
         logits = gaussian_blur(F.pixel_shuffle(self.out_conv(h), self.cell), self.smoothing)
         o = F.softplus(F.instance_norm(logits))
-        return combine_scores(feature_prior, image, image_peakiness, o, self.image_prior)
+        return combine_scores(feature_prior, image, image_peakiness, o, self.image_prior, self.hessian_sigma)
 
 
 class SCFeatNetwork(UNetBackbone):
@@ -247,7 +273,9 @@ class SCFeatNetwork(UNetBackbone):
     ``"descriptors"``: ``[D / |D|]``. H and W must be multiples of 16.
     """
 
-    def __init__(self, size: str = "fast", image_prior: str = DEFAULT_IMAGE_PRIOR) -> None:
+    def __init__(
+        self, size: str = "fast", image_prior: str = DEFAULT_IMAGE_PRIOR, hessian_sigma: float = HESSIAN_SIGMA
+    ) -> None:
         super().__init__(size)
         c4, c8, c16 = self.trunk.out_channels
         heads = HEADS[size]
@@ -265,9 +293,9 @@ class SCFeatNetwork(UNetBackbone):
         detector_channels = DESCRIPTOR_DIM + (c4 if self.stride == 4 else c8)
         widths = heads["detector_widths"]
         self.detector: nn.Module = (
-            Detector(detector_channels, widths, image_prior)
+            Detector(detector_channels, widths, image_prior, hessian_sigma)
             if heads["detector"] == "full"
-            else CellDetector(detector_channels, widths, image_prior, cell=self.stride)
+            else CellDetector(detector_channels, widths, image_prior, cell=self.stride, hessian_sigma=hessian_sigma)
         )
 
     def descriptor_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -304,10 +332,15 @@ class SCFeatNetwork(UNetBackbone):
 
 
 def load_checkpoint(
-    card_path: str | Path, device: str | torch.device = "cpu", image_prior: str = DEFAULT_IMAGE_PRIOR
+    card_path: str | Path,
+    device: str | torch.device = "cpu",
+    image_prior: str = DEFAULT_IMAGE_PRIOR,
+    hessian_sigma: float = HESSIAN_SIGMA,
 ) -> tuple[SCFeatNetwork, dict[str, Any]]:
     """The network (its detector using ``image_prior``) and the JSON card of an SCFeat checkpoint."""
-    return load_network(card_path, lambda card: SCFeatNetwork(card["architecture"]["size"], image_prior), device)
+    return load_network(
+        card_path, lambda card: SCFeatNetwork(card["architecture"]["size"], image_prior, hessian_sigma), device
+    )
 
 
 class SCFeat(DenseFeatureModel):
@@ -336,13 +369,20 @@ class SCFeat(DenseFeatureModel):
         # The image factor of the score map: "hessian" (blob response), "cornerness" (Shi-Tomasi) or the
         # reference's grey "peakiness".
         "image_prior": DEFAULT_IMAGE_PRIOR,
+        # The Hessian prior's smoothing, px: larger than the 1.6 the detector was trained with, its peaks stay put
+        # under image noise and blur (docs/models/scfeat.md has the measurements).
+        "hessian_sigma": 2.5,
         "card": str(DEFAULT_CARD),
     }
 
     def __init__(self, **conf: Any) -> None:
         super().__init__(**conf)
         self._check_pyramid_conf()
-        self.network, self._card = load_checkpoint(self.conf["card"], self.device, self.conf["image_prior"])
+        if not float(self.conf["hessian_sigma"]) > 0:
+            raise ValueError(f"scfeat: hessian_sigma must be positive, got {self.conf['hessian_sigma']}")
+        self.network, self._card = load_checkpoint(
+            self.conf["card"], self.device, self.conf["image_prior"], float(self.conf["hessian_sigma"])
+        )
         self.descriptor_strides = (self.network.stride,)
         self._level_thread = ThreadPoolExecutor(1, thread_name_prefix="scfeat-levels")
 

@@ -18,6 +18,7 @@ from featureserve.models.cards import CHECKPOINT_DIR
 from featureserve.models.dense import DenseFeatureModel, max_filter, nms_mask, refine_subpixel
 from featureserve.models.orientation import gaussian_blur
 from featureserve.models.scfeat import (
+    HESSIAN_SIGMA,
     CellDetector,
     CouplingBridgeNorm,
     SCFeat,
@@ -223,6 +224,25 @@ def test_cornerness_peaks_at_corners_not_on_edges_or_flat_areas() -> None:
     rotated = cornerness(torch.rot90(image, 1, dims=(2, 3)))[0, 0]  # the structure tensor is rotation-invariant
     torch.testing.assert_close(rotated, torch.rot90(prior, 1, dims=(0, 1)), atol=1e-5, rtol=0)
     torch.testing.assert_close(cornerness(3 * image + 1)[0, 0], prior)  # divided by its maximum: contrast-free
+
+
+def test_the_served_hessian_sigma_keeps_keypoints_in_place_under_heavy_noise() -> None:
+    # Smoothed more than in training, the Hessian prior's peaks move less with noise: more of the clean image's
+    # keypoints are found again within 2 px.
+    image = data.astronaut()
+    noisy = np.clip(image + np.random.default_rng(0).normal(0, 60, image.shape), 0, 255).astype(np.uint8)
+    options = [KeypointOptions(max_keypoints=1000)] * 2
+
+    def repeated(model) -> float:
+        clean, noised = model.extract([image, noisy], options)
+        return float((np.linalg.norm(clean.keypoints[:, None] - noised.keypoints[None], axis=2).min(1) < 2).mean())
+
+    served = load_model("scfeat")
+    assert served.conf["hessian_sigma"] > HESSIAN_SIGMA
+    assert served.network.detector.hessian_sigma == served.conf["hessian_sigma"]
+    assert repeated(served) > repeated(load_model("scfeat", hessian_sigma=HESSIAN_SIGMA)) + 0.05
+    with pytest.raises(ValueError, match="hessian_sigma"):
+        load_model("scfeat", hessian_sigma=0)
 
 
 def test_hessian_blobness_peaks_at_blob_centres_and_is_zero_at_saddles_and_edges() -> None:
