@@ -168,7 +168,6 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector ISA torch's kernels run on
-        "cpu_vnni": torch.cpu._is_vnni_supported(),
         "torch_threads": torch.get_num_threads(),
         "opencv_threads": cv2.getNumThreads(),
         "opencv_build": cv2.__version__,

@@ -97,7 +97,7 @@ def main() -> None:
         "# Mutual nearest-neighbour matching against OpenCV's brute-force matcher (same rounds)",
         "",
         f"{report['date']}; {args.rounds} rounds after {args.warmup} warm-up; CPU {report['machine']['processor']} "
-        f"({report['machine']['cpu_capability']}, VNNI {report['machine']['cpu_vnni']}); Hamming kernel: {kernel}.",
+        f"({report['machine']['cpu_capability']}); Hamming kernel: {kernel}.",
         "",
         format_table(headers, rows),
     ]
