@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
 
-    kernel = "int8 products" if matching.INT8_PRODUCTS else "keyed float32 product"
+    kernel = "int8 keyed product (oneDNN)" if matching.INT8_KEYS else "keyed float32 product"
     report: dict[str, Any] = {
         "date": now_iso(),
         "machine": machine_info(),

@@ -1,9 +1,10 @@
 """Descriptor matching: nearest neighbour, mutual check, Lowe's ratio test, distance threshold.
 
 Batches and float descriptors go through torch (CPU or GPU). A lone pair of binary descriptors on the CPU goes
-through matrix products of the bits as -1/+1: int8 products where the CPU has AVX-512 VNNI (torch's int8 product
-is a slow reference loop without it), otherwise one float product whose entries also encode the row, so that
-each column's nearest row comes from a plain column maximum. Both beat `match_batch`, a popcount of 64-bit words
+through one matrix product of the bits whose entries are keys ``-scale * hamming - row``: the row maxima are the
+nearest columns and plain column maxima each column's nearest row, with no second product and no strided
+arg-max. The product is oneDNN's int8 one where torch has it (about half the time of float32 on AVX2 CPUs, whose
+int8 units torch's own `_int_mm` does not use), else float32. Both beat `match_batch`, a popcount of 64-bit words
 and OpenCV's brute-force matcher on the CPUs measured (docs/benchmarks.md); all give the same matches, ties
 included.
 """
@@ -21,9 +22,6 @@ from .features import Metric
 Matcher = Literal["mnn", "nn"]
 # Rows of the distance matrix computed at once; bounds memory to ROW_CHUNK x M floats per pair.
 ROW_CHUNK = 4096
-# Lone binary pairs on the CPU take int8 products only with AVX-512 VNNI: elsewhere torch's int8 product is a slow
-# reference loop. The check is private to torch (named otherwise in older releases, which get the keyed kernel).
-INT8_PRODUCTS = getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
 
 
 @dataclass
@@ -203,58 +201,111 @@ def _row_maxima(values: np.ndarray, second: bool) -> tuple[np.ndarray, np.ndarra
     return nearest, best, np.partition(values, -2, axis=1)[:, -2] if second else None
 
 
-def _nearest_columns(signs0: torch.Tensor, signs1: torch.Tensor, second: bool) -> tuple[np.ndarray, ...]:
-    """Each row's nearest column (the first among equals), its sign product, and the second largest product.
+class _FloatKeys:
+    """Keys ``-scale * hamming - row`` of a chunk of rows against all columns, from one float product.
 
-    For -1/+1 vectors of length D, ``a.b = D - 2 |a xor b|``: the nearest column has the largest product. int8
-    products accumulate exactly in int32; `ROW_CHUNK` rows at a time bound the memory.
+    Rows ``[bits * scale, -row, 1]`` times columns ``[-1/+1 signs, 1, -scale * |b|]``: ``a.(2b - 1) - |b|`` is
+    minus the Hamming distance for 0/1 vectors. Exact integers while they stay below 2**24 in float32, else float64.
     """
-    n = signs0.shape[0]
-    nearest, best = np.empty(n, np.int64), np.empty(n, np.int32)
-    seconds = np.empty(n if second else 0, np.int32)
-    for start in range(0, n, ROW_CHUNK):
-        stop = min(start + ROW_CHUNK, n)
-        nearest[start:stop], best[start:stop], runner_up = _row_maxima(
-            torch._int_mm(signs0[start:stop], signs1.T).numpy(), second
+
+    def __init__(self, bits1: np.ndarray, scale: int) -> None:
+        self.scale = scale
+        self.dtype = torch.float32 if (bits1.shape[1] + 1) * scale <= 2**24 else torch.float64
+        signs = torch.from_numpy(bits1).to(self.dtype).mul_(2).sub_(1)
+        ones = torch.ones(len(bits1), 1, dtype=self.dtype)
+        weights = torch.from_numpy(bits1.sum(axis=1, dtype=np.int64)).to(self.dtype)[:, None] * -scale
+        self.columns = torch.cat([signs, ones, weights], dim=1).T
+
+    def __call__(self, bits0: np.ndarray) -> np.ndarray:
+        local = torch.arange(len(bits0), dtype=self.dtype)[:, None]
+        rows = torch.cat([torch.from_numpy(bits0).to(self.dtype) * self.scale, -local, torch.ones_like(local)], dim=1)
+        return (rows @ self.columns).numpy()
+
+
+class _Int8Keys:
+    """`_FloatKeys` from oneDNN's uint8 x int8 product, which runs on the int8 units of AVX2 CPUs too (torch's
+    `_int_mm` is a slow reference loop there), in half the time of the float product.
+
+    Rows ``[127 * bits, row // 127, row % 127]`` times columns ``[127 * signs, -127, -1]`` plus the bias
+    ``-scale * |b|``, with ``scale = 127**2``: sums are exact in int32, and each pair of products stays within
+    int16, where AVX2's multiply-add saturates.
+    """
+
+    LEVEL = 127
+    scale = LEVEL * LEVEL
+
+    @classmethod
+    def exact_for(cls, rows: int, bits: int) -> bool:
+        """Whether chunks of ``rows`` rows of ``bits`` bits keep the row digits below 127 and the keys below 2**24
+        (exact in the float32 output)."""
+        return rows <= cls.scale and (bits + 1) * cls.scale <= 2**24
+
+    def __init__(self, bits1: np.ndarray, rows: int) -> None:
+        columns = np.empty((len(bits1), bits1.shape[1] + 2), np.int8)
+        np.multiply(bits1.view(np.int8), np.int8(2), out=columns[:, :-2])
+        columns[:, :-2] -= np.int8(1)
+        columns[:, :-2] *= np.int8(self.LEVEL)
+        columns[:, -2:] = (-self.LEVEL, -1)
+        self.packed = torch.ops.onednn.qlinear_prepack(torch.from_numpy(columns), [rows, columns.shape[1]])
+        self.bias = torch.from_numpy((bits1.sum(axis=1, dtype=np.int64) * -self.scale).astype(np.float32))
+
+    def __call__(self, bits0: np.ndarray) -> np.ndarray:
+        rows = np.empty((len(bits0), bits0.shape[1] + 2), np.uint8)
+        np.multiply(bits0, np.uint8(self.LEVEL), out=rows[:, :-2])
+        rows[:, -2], rows[:, -1] = np.divmod(np.arange(len(bits0)), self.LEVEL)
+        unit, zero = torch.ones(1), torch.zeros(1, dtype=torch.int64)  # scales 1 and zero points 0: plain integers
+        keys = torch.ops.onednn.qlinear_pointwise(
+            torch.from_numpy(rows), 1.0, 0, self.packed, unit, zero, self.bias, 1.0, 0, torch.float32, "none", [], ""
         )
-        if second:
-            seconds[start:stop] = runner_up
-    return nearest, best, seconds
+        return keys.numpy()
 
 
-def _keyed_products(signs0: torch.Tensor, signs1: torch.Tensor, second: bool, mutual: bool) -> tuple[np.ndarray, ...]:
-    """`_nearest_columns` from one float product, plus (if ``mutual``) each column's nearest row, the first among
-    equals.
+def _int8_keys_exact() -> bool:
+    """Whether this torch build has oneDNN's int8 linear and it gives exact keys (else the float product is used)."""
+    rng = np.random.default_rng(0)
+    bits0, bits1 = rng.integers(0, 2, (5, 16), dtype=np.uint8), rng.integers(0, 2, (3, 16), dtype=np.uint8)
+    try:
+        keys = _Int8Keys(bits1, len(bits0))(bits0)
+    except (AttributeError, RuntimeError):
+        return False
+    hamming = (bits0[:, None] != bits1[None]).sum(axis=2)
+    return bool(np.array_equal(keys, -_Int8Keys.scale * hamming - np.arange(5)[:, None]))
 
-    The product is computed as keys ``s * a.b - i`` (``i`` the row within its chunk of ``s = ROW_CHUNK`` rows) by
-    appending ``-i`` and 1 to the vectors: keys are exact integers, a row's order is its products' order, and a
-    column's largest key is its largest product at its first row, which plain row and column maxima then read.
-    """
-    n, bits = signs0.shape
-    m = signs1.shape[0]
-    scale = float(ROW_CHUNK)
-    # Keys stay exact integers in float32 up to 2**24 (descriptors up to 4095 bits with 4096-row chunks).
-    dtype = torch.float32 if (bits + 1) * scale <= 2**24 else torch.float64
-    columns = torch.cat([signs1.to(dtype), torch.ones(m, 1, dtype=dtype)], dim=1)
-    nearest, best = np.empty(n, np.int64), np.empty(n, np.int32)
-    seconds = np.empty(n if second else 0, np.int32)
-    column_best = np.full(m, -np.inf)
+
+# Lone binary pairs on the CPU take the int8 keys where oneDNN gives them (checked once, at import).
+INT8_KEYS = _int8_keys_exact()
+
+
+def _hamming_nearest(
+    bits0: np.ndarray, bits1: np.ndarray, second: bool, mutual: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's nearest column (the first among equals), its Hamming distance, the second smallest distance (if
+    ``second``) and (if ``mutual``) each column's nearest row, the first among equals: all from keys
+    ``-scale * hamming - row`` (``row`` within its chunk), whose row maxima are the nearest columns and whose plain
+    column maxima are each column's nearest row."""
+    n, m = len(bits0), len(bits1)
+    if INT8_KEYS and _Int8Keys.exact_for(ROW_CHUNK, bits0.shape[1]):
+        keys_of: _FloatKeys | _Int8Keys = _Int8Keys(bits1, min(n, ROW_CHUNK))
+    else:
+        keys_of = _FloatKeys(bits1, ROW_CHUNK)
+    scale = keys_of.scale
+    nearest, best = np.empty(n, np.int64), np.empty(n, np.int64)
+    seconds = np.empty(n if second else 0, np.int64)
+    column_best = np.full(m, np.iinfo(np.int64).max)
     column_row = np.zeros(m if mutual else 0, np.int64)
     for start in range(0, n, ROW_CHUNK):
         stop = min(start + ROW_CHUNK, n)
-        local = torch.arange(stop - start, dtype=dtype)
-        keys = torch.cat([signs0[start:stop].to(dtype) * scale, -local[:, None]], dim=1) @ columns.T
-        offsets = local.numpy()
-        nearest[start:stop], top_keys, runner_up = _row_maxima(keys.numpy(), second)
-        best[start:stop] = (top_keys + offsets) / scale
+        keys = keys_of(bits0[start:stop])
+        local = np.arange(stop - start)
+        nearest[start:stop], top, runner_up = _row_maxima(keys, second)
+        best[start:stop] = -(top.astype(np.int64) + local) // scale
         if second:
-            seconds[start:stop] = (runner_up + offsets) / scale
+            seconds[start:stop] = -(runner_up.astype(np.int64) + local) // scale
         if mutual:
-            top = keys.amax(dim=0).numpy().astype(np.float64)
-            product = np.ceil(top / scale)  # top = scale * product - row, with 0 <= row < scale
-            better = product > column_best  # an earlier chunk keeps its rows on ties
-            column_best = np.where(better, product, column_best)
-            column_row = np.where(better, (product * scale - top).astype(np.int64) + start, column_row)
+            distance, row = np.divmod(-keys.max(axis=0).astype(np.int64), scale)
+            better = distance < column_best  # an earlier chunk keeps its rows on ties
+            column_best = np.where(better, distance, column_best)
+            column_row = np.where(better, row + start, column_row)
     return nearest, best, seconds, column_row
 
 
@@ -265,31 +316,23 @@ def _match_hamming(
     ratio: float | None,
     max_distance: float | None,
 ) -> Matches:
-    """`match_descriptors` for one pair of binary descriptors on the CPU (same rules as `match_batch`).
-
-    With int8 products, two of them (each side's rows against the other's): the row-wise arg-max of each is read
-    in memory order, which a column-wise arg-max of one product is not; otherwise one keyed float product.
-    """
+    """`match_descriptors` for one pair of binary descriptors on the CPU (same rules as `match_batch`)."""
     if matcher not in ("mnn", "nn"):
         raise ValueError(f"matcher must be 'mnn' or 'nn', got {matcher!r}")
-    dtype = torch.int8 if INT8_PRODUCTS else torch.float32
-    signs0, signs1 = (_signs(torch.from_numpy(np.ascontiguousarray(d)), dtype) for d in (descriptors0, descriptors1))
-    n, m, bits = signs0.shape[0], signs1.shape[0], signs0.shape[1]
+    for d in (descriptors0, descriptors1):
+        if d.dtype != np.uint8:
+            raise ValueError(f"hamming matching needs packed uint8 descriptors, got {d.dtype}")
+    n, m = len(descriptors0), len(descriptors1)
     if n == 0 or m == 0:
         return Matches(indices=np.empty((0, 2), np.int64), distances=np.empty(0, np.float32))
+    bits0, bits1 = (np.unpackbits(d, axis=1) for d in (descriptors0, descriptors1))
     second = ratio is not None and m > 1
+    nearest, best, second_best, nearest_row = _hamming_nearest(bits0, bits1, second, matcher == "mnn")
     keep = np.ones(n, bool)
-    if INT8_PRODUCTS:
-        nearest, product, second_product = _nearest_columns(signs0, signs1, second)
-        if matcher == "mnn":
-            keep &= _nearest_columns(signs1, signs0, False)[0][nearest] == np.arange(n)
-    else:
-        nearest, product, second_product, nearest_row = _keyed_products(signs0, signs1, second, matcher == "mnn")
-        if matcher == "mnn":
-            keep &= nearest_row[nearest] == np.arange(n)
-    best = (bits - product) // 2
+    if matcher == "mnn":
+        keep &= nearest_row[nearest] == np.arange(n)
     if second:
-        keep &= best < ratio * ((bits - second_product) // 2).astype(np.float32)
+        keep &= best < ratio * second_best.astype(np.float32)
     if max_distance is not None:
         keep &= best <= max_distance
     rows = np.nonzero(keep)[0]

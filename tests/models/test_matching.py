@@ -82,11 +82,15 @@ def _distances(d0: np.ndarray, d1: np.ndarray, metric: str) -> np.ndarray:
     return np.linalg.norm(d0[:, None].astype(np.float64) - d1[None], axis=2)
 
 
-@pytest.mark.parametrize(("metric", "int8"), [("hamming", True), ("hamming", False), ("l2", False)])
+NO_INT8 = "this torch has no exact oneDNN int8 linear"
+INT8 = pytest.param(True, id="int8", marks=pytest.mark.skipif(not matching.INT8_KEYS, reason=NO_INT8))
+
+
+@pytest.mark.parametrize(("metric", "int8"), [("hamming", INT8), ("hamming", False), ("l2", False)])
 def test_mutual_nn_under_ties_and_row_chunks(metric: str, int8: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Short descriptors tie often: every match is a row and a column minimum, each row and column is used once,
     and chunks of rows (the column minimum carried from chunk to chunk) give the same matches as one chunk."""
-    monkeypatch.setattr(matching, "INT8_PRODUCTS", int8)
+    monkeypatch.setattr(matching, "INT8_KEYS", int8)
     rng = np.random.default_rng(3)
     if metric == "hamming":
         d0, d1 = rng.integers(0, 256, (60, 1), dtype=np.uint8), rng.integers(0, 256, (45, 1), dtype=np.uint8)
@@ -104,12 +108,26 @@ def test_mutual_nn_under_ties_and_row_chunks(metric: str, int8: bool, monkeypatc
     np.testing.assert_allclose(whole.distances, distance[i, j], atol=1e-6)
 
 
-@pytest.mark.parametrize("width", [1, 3, 32, 61])
+@pytest.mark.skipif(not matching.INT8_KEYS, reason=NO_INT8)
+def test_int8_keys_are_exact_at_the_extremes() -> None:
+    """All-one and all-zero bit rows (the largest sums, where AVX2's 16-bit multiply-add would saturate with wider
+    levels) and a full chunk of rows (the largest row digits) give exact keys."""
+    rng = np.random.default_rng(4)
+    bits0 = rng.integers(0, 2, (matching.ROW_CHUNK, 256), dtype=np.uint8)
+    bits1 = rng.integers(0, 2, (5, 256), dtype=np.uint8)
+    bits0[[0, -1]], bits1[[0, 1]] = 1, 0
+    bits0[1], bits1[2] = 0, 1
+    keys = matching._Int8Keys(bits1, len(bits0))(bits0)
+    hamming = (bits0[:, None] != bits1[None]).sum(axis=2)
+    np.testing.assert_array_equal(keys, -matching._Int8Keys.scale * hamming - np.arange(len(bits0))[:, None])
+
+
+@pytest.mark.parametrize("width", [1, 3, 32, 61, 130])  # 130 bytes: past the int8 keys' exact range
 @pytest.mark.parametrize(
     ("matcher", "ratio", "max_distance"), [("mnn", None, None), ("nn", 0.9, None), ("mnn", 0.8, 100)]
 )
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("int8", [True, False], ids=["int8", "keyed-float"])
+@pytest.mark.parametrize("int8", [INT8, pytest.param(False, id="float")])
 @pytest.mark.parametrize("row_chunk", [7, 4096, 2**20])  # 2**20-row chunks: keys in float64 from 3 bytes on
 def test_cpu_hamming_kernels_equal_the_torch_one(
     width: int,
@@ -121,14 +139,14 @@ def test_cpu_hamming_kernels_equal_the_torch_one(
     row_chunk: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Both kernels of a lone CPU pair (int8 products; the keyed float product) and `match_batch` agree on matches
+    """Both key products of a lone CPU pair (oneDNN int8; float) and `match_batch` agree on matches
     and distances, ties included (1- and 3-byte descriptors tie often; 61 bytes is AKAZE's width), in one chunk
     and in chunks of rows, on one or three threads."""
     rng = np.random.default_rng(width)
     d0 = rng.integers(0, 256, (50, width), dtype=np.uint8)
     d1 = np.concatenate([d0[rng.permutation(50)[:30]] ^ rng.integers(0, 2, (30, width), dtype=np.uint8), d0[:9]])
     monkeypatch.setattr(matching, "ROW_CHUNK", row_chunk)
-    monkeypatch.setattr(matching, "INT8_PRODUCTS", int8)
+    monkeypatch.setattr(matching, "INT8_KEYS", int8)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
