@@ -201,17 +201,15 @@ class LocalClient:
         uploaded = [isinstance(value, FeatureSet) for value in (image0, image1)]
         plan = self.ops.plan_match(parsed, extract=not all(uploaded))
         deadline = self._deadline(timeout)
+        if draw and any(uploaded):
+            raise InvalidInput("draw needs both images (features are matched, images drawn)")
+        sides = self._side(image0, "features0"), self._side(image1, "features1")
+        matched = self._run(self.ops.match(plan, sides[0], sides[1], deadline))
         drawing = None
         if draw:
-            if any(uploaded):
-                raise InvalidInput("draw needs both images (features are matched, images drawn)")
-            # Decoded once, for the model and for the picture.
+            # Drawn on the images decoded in colour; the model decoded its own copies (grey JPEGs for grey models).
             images = [self.decode(image0, "image0"), self.decode(image1, "image1")]
-            matched = self._run(self.ops.match(plan, images[0], images[1], deadline))
             drawing = self._run(self.ops.draw(images[0], images[1], matched, plan.model or "", parsed))
-        else:
-            sides = self._side(image0, "features0"), self._side(image1, "features1")
-            matched = self._run(self.ops.match(plan, sides[0], sides[1], deadline))
         return self._result(plan.model or "", matched.features, matched.result, parsed, drawing)
 
     def match_pairs(

@@ -97,6 +97,13 @@ class FeatureModel(ABC):
     def card(self) -> ModelCard:
         """The model card."""
 
+    @property
+    def grey_input(self) -> bool:
+        """Whether the model reads only the grey values of an image: the service then decodes colour JPEGs to their
+        luma alone, which saves decoding time (the luma can differ from an RGB image's grey conversion by a few
+        levels at some pixels)."""
+        return False
+
     def bucket_key(self, image: np.ndarray) -> Hashable:
         """Images with equal keys may share one batch; the default lets every image share."""
         return None

@@ -38,6 +38,11 @@ class OpenCVFeatureModel(FeatureModel):
         self._threads = ThreadPoolExecutor(int(self.conf["num_threads"]), thread_name_prefix=self.name)
 
     @property
+    def grey_input(self) -> bool:
+        """OpenCV's detectors and descriptors work on the grey image."""
+        return True
+
+    @property
     def card(self) -> ModelCard:
         """The model card."""
         return ModelCard(

@@ -219,6 +219,11 @@ class DenseFeatureModel(FeatureModel):
         return (-(-image.shape[0] // m) * m, -(-image.shape[1] // m) * m)
 
     @property
+    def grey_input(self) -> bool:
+        """The network's input is grey with conf ``grey`` (the default)."""
+        return bool(self.conf["grey"])
+
+    @property
     def device(self) -> torch.device:
         """Where the network runs."""
         return torch.device(self.conf["device"])

@@ -158,6 +158,11 @@ class OrbPatch(ORB):
         self.network, self._card = load_checkpoint(self.conf["card"], self.conf["device"])
 
     @property
+    def grey_input(self) -> bool:
+        """The patches are cut from the RGB image."""
+        return False
+
+    @property
     def card(self) -> ModelCard:
         """The model card: the JSON card of the checkpoint, served conf included."""
         return ModelCard.from_checkpoint(self.name, self.descriptor, self._card, self.conf)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from featureserve.models.base import to_grey
 from featureserve.service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from featureserve.service.workers import DecodeLimits, decode_image
 
@@ -41,6 +42,21 @@ def test_exif_orientation_is_applied() -> None:
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     decoded = decode_image(_save(image, "JPEG", exif=exif), LIMITS)
     assert decoded.shape == (40, 20, 3)
+
+
+def test_grey_decoding_reads_a_colour_jpeg_luma_only(photo: np.ndarray) -> None:
+    """``grey``: a colour JPEG gives its luma, within a few levels of the RGB decoding's grey conversion, with EXIF
+    orientation applied; other formats decode as without it."""
+    jpeg = _save(Image.fromarray(photo[:64, :96]), "JPEG")
+    grey = decode_image(jpeg, LIMITS, grey=True)
+    converted = to_grey(decode_image(jpeg, LIMITS))
+    assert grey.shape == (64, 96) and grey.dtype == np.uint8
+    difference = np.abs(grey.astype(int) - converted)
+    assert difference.max() <= 8 and difference.mean() < 0.5
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert decode_image(_save(Image.fromarray(photo[:20, :40]), "JPEG", exif=exif), LIMITS, grey=True).shape == (40, 20)
+    assert decode_image(_save(Image.fromarray(photo[:64, :96]), "PNG"), LIMITS, grey=True).shape == (64, 96, 3)
 
 
 def test_errors_say_what_was_wrong(photo: np.ndarray) -> None:

@@ -25,11 +25,13 @@ class DecodeLimits:
     max_pixels: int
 
 
-def decode_image(data: bytes, limits: DecodeLimits) -> np.ndarray:
+def decode_image(data: bytes, limits: DecodeLimits, grey: bool = False) -> np.ndarray:
     """Decode JPEG, PNG, WebP, TIFF, BMP or PPM/PGM bytes into ``(H, W)`` grey or ``(H, W, 3)`` RGB uint8.
 
     EXIF orientation is applied, so keypoints are in the pixels a viewer shows. 16-bit images are scaled
-    to 8 bits, alpha is dropped, and multi-frame files give their first frame.
+    to 8 bits, alpha is dropped, and multi-frame files give their first frame. With ``grey``, a colour JPEG is
+    decoded to its luma channel alone (for models that read only grey values): the decoder then skips chroma
+    upsampling and the colour conversion, about half of a JPEG's decoding time.
 
     Raises:
         InvalidInput: empty, not an image, truncated or corrupt data.
@@ -66,6 +68,8 @@ def decode_image(data: bytes, limits: DecodeLimits) -> np.ndarray:
         )
     if width == 0 or height == 0:
         raise InvalidInput(f"image has no pixels ({width}x{height})")
+    if grey and image.format == "JPEG":
+        image.draft("L", image.size)  # same size: no DCT scaling, only the luma
     try:
         image.load()
         # In place: without it Pillow returns a copy even when the orientation needs no change.

@@ -179,10 +179,10 @@ class WorkerPool:
         """Model cards of the loaded models."""
         return [instances.model.card for instances in self.workers.values()]
 
-    async def decode(self, data: bytes) -> np.ndarray:
-        """Decode image bytes on the decode threads (never on the event loop)."""
+    async def decode(self, data: bytes, grey: bool = False) -> np.ndarray:
+        """Decode image bytes on the decode threads (never on the event loop); see `decode_image` for ``grey``."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decode_threads, decode_image, data, self.limits)
+        return await loop.run_in_executor(self._decode_threads, decode_image, data, self.limits, grey)
 
     async def run_cpu(self, function: Callable[..., T], *args: Any) -> T:
         """Run ``function(*args)`` on the CPU threads (matching, verification, drawing)."""
@@ -201,7 +201,7 @@ class WorkerPool:
         worker = self.worker(model).choose(priority)
         worker.admit(deadline, priority)  # a full queue or an unmeetable deadline is refused before decoding
         with worker.incoming():
-            array = await self.decode(image) if isinstance(image, bytes) else image
+            array = await self.decode(image, worker.model.grey_input) if isinstance(image, bytes) else image
         height, width = array.shape[:2]
         if min(height, width) < MIN_SERVED_SIDE:
             raise InvalidInput(

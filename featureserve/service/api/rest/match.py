@@ -131,15 +131,14 @@ async def match(request: Request, ops: Operations = Depends(get_operations)) -> 
         missing = [f"image{side}" for side in SIDES if not payload.images(f"image{side}")]
         if missing:
             raise InvalidInput(f"draw needs both images (features are matched, images drawn); missing {missing}")
-        # Decoded once, for the model and for the picture.
+        # Decoded in colour for the picture; the model decodes its own copy as it reads it (grey JPEG decoding for
+        # grey models), so that drawing never changes the matches.
         decoded = await asyncio.gather(*(ops.decode(payload.image(f"image{side}"), f"image{side}") for side in SIDES))
         images = dict(zip(SIDES, decoded, strict=True))
 
     def side(name: str) -> ImageInput | Features:
         features = uploaded[name]
-        if features is not None:
-            return features
-        return images[name] if draw else payload.image(f"image{name}")
+        return payload.image(f"image{name}") if features is None else features
 
     matched = await ops.match(plan, side("0"), side("1"), deadline)
     # The extract phase runs from the request's arrival: reading, decoding and queueing included.
