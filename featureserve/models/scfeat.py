@@ -363,6 +363,9 @@ class SCFeat(DenseFeatureModel):
         # True: each keypoint's descriptor is the normalised sum of its unit descriptors on the level that found it
         # and the next coarser one (one more pass after the last level).
         "coarser_descriptor": True,
+        # True: keypoints found on a level below the first also add their unit descriptor on the next finer level,
+        # whose pass has run anyway (no extra pass): three scales per descriptor, centred on the keypoint's own.
+        "finer_descriptor": True,
         # True: on a CPU with two or more torch threads, the levels' passes run in two threads, about half the
         # pixels each (the same features up to float rounding; docs/models/scfeat.md has the speed).
         "parallel_levels": True,
@@ -427,11 +430,12 @@ class SCFeat(DenseFeatureModel):
         """Per image, the strongest keypoints over all levels' candidates; one network pass per level.
 
         Level ``l`` is the image scaled by ``2 ** (-l * scale_step)``. When ``describe``, each level's candidates are
-        described on that level's map and, with ``coarser_descriptor``, also on the next level's (one extra pass
-        after the last).
+        described on that level's map, with ``coarser_descriptor`` also on the next level's (one extra pass after
+        the last), and with ``finer_descriptor`` also on the previous level's.
         """
         detection_levels = int(self.conf["scale_levels"])
         coarser = describe and bool(self.conf["coarser_descriptor"])
+        finer = describe and bool(self.conf["finer_descriptor"])
         levels = range(detection_levels + int(coarser))
         usable = [self._usable_levels(im, detection_levels + 1) for im in images]
         chosen = [[i for i in range(len(images)) if level < usable[i]] for level in levels]
@@ -451,22 +455,32 @@ class SCFeat(DenseFeatureModel):
             return passes
 
         found: list[list[Features]] = [[] for _ in images]
+        finer_pass: list[tuple[dict[str, Any], int, tuple[int, int]] | None] = [None for _ in images]
         pixels = [sum(im.shape[0] * im.shape[1] for im in level) for level in scaled]
         for level, passes in enumerate(self._run_levels(run, pixels)):
             for j, outputs, b, candidates in passes:
                 i, size = chosen[level][j], image_size(scaled[level][j])
                 if coarser and found[i]:  # the previous level's candidates, on this level
-                    previous = found[i][-1]
-                    points = rescale_points(previous.keypoints, previous.image_size, size)
-                    previous.descriptors += self._sample(outputs, b, self._points(points)).float().cpu().numpy()
+                    self._add_level_descriptors(found[i][-1], outputs, b, size)
                 if candidates is not None:
                     candidates.keypoints = rescale_points(candidates.keypoints, size, image_size(images[i]))
                     candidates.sizes = candidates.sizes * (images[i].shape[1] / scaled[level][j].shape[1])
                     candidates.image_size = image_size(images[i])
+                    if finer and finer_pass[i] is not None:  # this level's candidates, on the previous level
+                        self._add_level_descriptors(candidates, *finer_pass[i])
                     found[i].append(candidates)
+                finer_pass[i] = (outputs, b, size)
         return [
             self._strongest(image, option, levels) for image, option, levels in zip(images, options, found, strict=True)
         ]
+
+    def _add_level_descriptors(
+        self, features: Features, outputs: dict[str, Any], b: int, size: tuple[int, int]
+    ) -> None:
+        """Add to ``features``' descriptors their unit descriptors on another level: row ``b`` of that level's
+        ``outputs``, from an image of ``size`` (width, height)."""
+        points = rescale_points(features.keypoints, features.image_size, size)
+        features.descriptors += self._sample(outputs, b, self._points(points)).float().cpu().numpy()
 
     def _run_levels(self, run: Callable[[int], Any], pixels: Sequence[int]) -> list[Any]:
         """``run(level)`` for every level, in order; on a CPU with two or more torch threads, in two threads.

@@ -123,9 +123,15 @@ def test_batches_match_single_images(tiny_card: Path) -> None:
         np.testing.assert_allclose(features.descriptors, single.descriptors, atol=1e-4)
 
 
-def test_keypoints_come_from_every_level_and_are_described_on_it_and_the_next(tiny_card: Path) -> None:
+@pytest.mark.parametrize("finer", [True, False])
+def test_keypoints_come_from_every_level_and_are_described_on_it_and_its_neighbours(
+    tiny_card: Path, finer: bool
+) -> None:
+    """Each keypoint is described on its level, the next coarser one and (``finer_descriptor``) the previous one."""
     image = data.astronaut()
-    pyramid = SCFeat(card=str(tiny_card), scale_levels=3, scale_step=0.5, coarser_descriptor=True)
+    pyramid = SCFeat(
+        card=str(tiny_card), scale_levels=3, scale_step=0.5, coarser_descriptor=True, finer_descriptor=finer
+    )
     single_level = SCFeat(card=str(tiny_card), scale_levels=1)
     [features] = pyramid.extract([image], [OPTIONS])
     scaled = [resize_image(image, 2.0 ** (-0.5 * level)) for level in range(4)]
@@ -147,7 +153,10 @@ def test_keypoints_come_from_every_level_and_are_described_on_it_and_the_next(ti
         for s in scaled
     ]
     rows = np.arange(len(features))
-    expected = normalise_rows(np.stack(unit)[level_of, rows] + np.stack(unit)[level_of + 1, rows])
+    summed = np.stack(unit)[level_of, rows] + np.stack(unit)[level_of + 1, rows]
+    if finer:  # keypoints of the first level have no finer level
+        summed += np.where((level_of > 0)[:, None], np.stack(unit)[np.maximum(level_of - 1, 0), rows], 0)
+    expected = normalise_rows(summed)
     np.testing.assert_allclose(features.descriptors, expected, atol=1e-5)
     # Bare keypoints are described as found on the full-resolution level.
     [described] = pyramid.describe([image], [features.keypoints])
