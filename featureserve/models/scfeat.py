@@ -361,7 +361,7 @@ class SCFeat(DenseFeatureModel):
         "scale_levels": 3,
         "scale_step": 0.5,
         # True: each keypoint's descriptor is the normalised sum of its unit descriptors on the level that found it
-        # and the next coarser one (one more pass after the last level).
+        # and the next coarser one (one more pass after the last level), and the next finer one below.
         "coarser_descriptor": True,
         # True: keypoints found on a level below the first also add their unit descriptor on the next finer level,
         # whose pass has run anyway (no extra pass): three scales per descriptor, centred on the keypoint's own.
@@ -396,7 +396,7 @@ class SCFeat(DenseFeatureModel):
 
     @within_max_pixels
     def extract(self, images: Sequence[np.ndarray], options: Sequence[KeypointOptions]) -> list[Features]:
-        """Keypoints from every pyramid level's score map, described on their level and the next coarser one."""
+        """Keypoints from every pyramid level's score map, described on their level and its neighbours (conf)."""
         return self._on_levels(images, options, describe=True)
 
     @within_max_pixels

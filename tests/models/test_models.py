@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from featureserve.models import KeypointOptions, available_models, load_model, sample_descriptors
+from featureserve.models.base import to_grey
 
 OPTIONS = KeypointOptions(max_keypoints=300)
 
@@ -30,6 +31,27 @@ def test_extract_detect_describe_protocol(name: str, photo: np.ndarray) -> None:
     [described] = model.describe([photo], [features.keypoints[:40]])
     assert 0 < len(described) <= 40 and described.descriptors.shape[1] == spec.row_length
     assert model.card.name == name and model.card.descriptor == spec
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_grey_input_says_whether_the_model_reads_only_grey_values(name: str, photo: np.ndarray) -> None:
+    """A model with ``grey_input`` (the service then decodes JPEGs to luma) describes an RGB image and its grey
+    conversion alike: at keypoints found in both, descriptors equal up to the rounding of resized pyramid levels.
+    One without it (orb-patch cuts its patches from RGB) does not."""
+    model = load_model(name)
+    image = np.ascontiguousarray(photo[100:260, 140:340])
+    options = [KeypointOptions(max_keypoints=200)]
+    [colour] = model.extract([image], options)
+    [grey] = model.extract([to_grey(image)], options)
+    distance = np.linalg.norm(colour.keypoints[:, None] - grey.keypoints[None], axis=2)
+    common, partner = distance.min(axis=1) < 0.01, distance.argmin(axis=1)
+    assert common.mean() > 0.5  # scfeat's pyramid levels, resized in colour or in grey, move some peaks
+    a, b = colour.descriptors[common], grey.descriptors[partner[common]]
+    if a.dtype == np.uint8:
+        difference = np.unpackbits(a ^ b, axis=1).sum(axis=1).astype(np.float32)
+    else:
+        difference = np.abs(a - b).max(axis=1)
+    assert (np.median(difference) < 0.01) == model.grey_input
 
 
 @pytest.mark.parametrize("name", ["orb", "sift", "akaze"])

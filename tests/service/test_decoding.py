@@ -59,6 +59,15 @@ def test_grey_decoding_reads_a_colour_jpeg_luma_only(photo: np.ndarray) -> None:
     assert decode_image(_save(Image.fromarray(photo[:64, :96]), "PNG"), LIMITS, grey=True).shape == (64, 96, 3)
 
 
+def test_multi_picture_jpegs_give_their_first_picture(photo: np.ndarray) -> None:
+    """MPO (phones' and cameras' multi-picture JPEG) is accepted: its first picture, in colour or as luma."""
+    first, second = Image.fromarray(photo[:48, :64]), Image.fromarray(255 - photo[:48, :64])
+    mpo = _save(first, "MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    np.testing.assert_array_equal(decode_image(mpo, LIMITS), decode_image(_save(first, "JPEG"), LIMITS))
+    assert decode_image(mpo, LIMITS, grey=True).shape == (48, 64)
+
+
 def test_errors_say_what_was_wrong(photo: np.ndarray) -> None:
     png = _save(Image.fromarray(photo), "PNG")
     with pytest.raises(InvalidInput, match="empty"):
