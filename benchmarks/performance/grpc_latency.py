@@ -192,8 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, model in models.items():
         # Decoded as the service decodes for this model (a grey JPEG for grey models).
         served = decode_image(jpeg, limits, model.grey_input)
-        decode = timed(lambda m=model: decode_image(jpeg, limits, m.grey_input))
-        probes[("decode", name)] = Probe(("decode", name), decode)
+        probes[("decode", name)] = Probe(
+            ("decode", name), timed(lambda m=model: decode_image(jpeg, limits, m.grey_input))
+        )
         probes[("extract", name)] = Probe(("extract", name), timed(lambda m=model, a=served: m.extract([a], [options])))
 
     streams: dict[str, dict] = {}

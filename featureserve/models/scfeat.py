@@ -361,7 +361,7 @@ class SCFeat(DenseFeatureModel):
         "scale_levels": 3,
         "scale_step": 0.5,
         # True: each keypoint's descriptor is the normalised sum of its unit descriptors on the level that found it
-        # and the next coarser one (one more pass after the last level), and the next finer one below.
+        # and the next coarser one (one more pass after the last level).
         "coarser_descriptor": True,
         # True: keypoints found on a level below the first also add their unit descriptor on the next finer level,
         # whose pass has run anyway (no extra pass): three scales per descriptor, centred on the keypoint's own.
