@@ -60,10 +60,11 @@ class DetectorRewardConfig:
 class SCFeatConfig:
     """Which SCFeat stage a run trains and the settings of both losses."""
 
-    # "distil" (backbone from a teacher's descriptor maps), "descriptor" (backbone, line-to-window loss) or
-    # "detector" (policy gradient)
+    # "distil" (backbone from a teacher's descriptor maps), "descriptor" (backbone, line-to-window loss),
+    # "detector" (policy gradient) or "fine" (only the fine head, from the teacher's descriptor map)
     stage: str = "descriptor"
-    teacher: str = ""  # the card of the SCFeat checkpoint whose maps the "distil" stage reproduces
+    teacher: str = ""  # the card of the SCFeat checkpoint whose maps the "distil" and "fine" stages reproduce
+    fine_head: bool = False  # the network has the fine head (stride-4 descriptors; stage "fine" trains it)
     image_prior: str = "peakiness"  # the detector's image prior in training (featureserve.models.scfeat.IMAGE_PRIORS)
     window: WindowLossConfig = WindowLossConfig()
     reward: DetectorRewardConfig = DetectorRewardConfig()

@@ -39,6 +39,14 @@ def keypoints_to_grid(keypoints: torch.Tensor, stride: int, map_size: tuple[int,
     return ((keypoints + 0.5) * scale - 1.0).unsqueeze(2)
 
 
+def sample_map(feature_map: torch.Tensor, keypoints: torch.Tensor, stride: int) -> torch.Tensor:
+    """``(B, N, C)`` bilinear samples of a ``(B, C, h, w)`` map at ``stride`` pixels per cell at ``(B, N, 2)`` pixel
+    ``(x, y)`` keypoints (borders repeated)."""
+    grid = keypoints_to_grid(keypoints, stride, feature_map.shape[-2:])
+    samples = F.grid_sample(feature_map, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return samples.squeeze(3).transpose(1, 2)
+
+
 def sample_descriptors(descriptor_map: torch.Tensor, keypoints: torch.Tensor, stride: int) -> torch.Tensor:
     """Bilinear descriptors at keypoints, L2-normalised.
 
@@ -50,9 +58,7 @@ def sample_descriptors(descriptor_map: torch.Tensor, keypoints: torch.Tensor, st
     Returns:
         ``(B, N, D)`` unit-length descriptors.
     """
-    grid = keypoints_to_grid(keypoints, stride, descriptor_map.shape[-2:])
-    samples = F.grid_sample(descriptor_map, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return F.normalize(samples.squeeze(3).transpose(1, 2), dim=-1)
+    return F.normalize(sample_map(descriptor_map, keypoints, stride), dim=-1)
 
 
 def pyramid_levels(

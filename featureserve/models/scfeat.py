@@ -13,7 +13,8 @@ SuperPoint and XFeat), so nothing is convolved at full resolution. The earlier "
 encoder-decoder fused at stride 4, full-resolution detector) loads from its card, ``scfeat-lite.json``.
 Inference: on each of three half-octave pyramid levels (one level, a single pass, is an option), 3x3 NMS, score
 threshold and sub-pixel refinement; the strongest keypoints of all levels (top-k or uniform selection), each
-described bilinearly from ``D`` on its level and the next coarser one, summed.
+described bilinearly from ``D`` on its level and its neighbours, summed. An optional fine head (cards with
+``fine_head``, ``scfeat-fast-fine.json``) adds a stride-4 residual to ``D`` upsampled, computed at the keypoints.
 Deviations from the reference code (docs/models/scfeat.md): grey input, a backbone distilled from our earlier checkpoint
 instead of ImageNet initialisation, the light trunk and descriptors at stride 8, the cell detector, the Hessian
 blob response as the image prior of the score map, and peakiness inputs divided by their largest magnitude rather
@@ -43,13 +44,14 @@ from torch import nn
 from .backbones import GREY_MEAN, GREY_STD, SIZES, UNetBackbone, conv_block, resize_like
 from .base import image_size, normalise_rows, rescale_points, resize_image
 from .cards import CHECKPOINT_DIR, ModelCard, load_network
-from .dense import DenseFeatureModel, within_max_pixels
+from .dense import DenseFeatureModel, sample_map, within_max_pixels
 from .features import DescriptorInfo, Features, KeypointOptions
 from .keypoints import candidate_count, select_keypoints
 from .orientation import central_gradients, gaussian_blur
 
 DEFAULT_CARD = CHECKPOINT_DIR / "scfeat-fast.json"
 DESCRIPTOR_DIM = 128
+FINE_WIDTH = 64  # hidden width of the optional fine head (`SCFeatNetwork`)
 # Per backbone size: the stride of the fused descriptor map ``D`` and the detector (`Detector` at full resolution
 # with its (feature, image, joint) widths, or `CellDetector`, whose cells are ``D``'s, with its width). At stride 4
 # ``D`` fuses the decoder's 1/4 and 1/8 maps and the trunk's 1/16 map, as the reference fuses its backbone's levels;
@@ -265,6 +267,28 @@ class CellDetector(nn.Module):
         return combine_scores(feature_prior, image, image_peakiness, o, self.image_prior, self.hessian_sigma)
 
 
+def sample_upsampled(feature_map: torch.Tensor, keypoints: torch.Tensor, stride: int) -> torch.Tensor:
+    """``(B, N, C)`` bilinear samples at ``(B, N, 2)`` pixel keypoints of ``feature_map`` (stride ``stride``) upsampled
+    twice by `resize_like`, computed from the four cells of the upsampled map around each keypoint without that map.
+
+    A value of the upsampled map is a bilinear sample of ``feature_map`` at that cell's centre, so each keypoint's
+    sample is a bilinear blend of four samples of ``feature_map``. Sampling ``feature_map`` at the keypoint itself
+    is not the same: between two cells of the upsampled map that straddle a cell boundary of ``feature_map``, the
+    upsampled map blends across the boundary (docs/models/scfeat.md measures the difference).
+    """
+    fine = stride // 2
+    limit = keypoints.new_tensor([2 * feature_map.shape[-1] - 1, 2 * feature_map.shape[-2] - 1])
+    cells = ((keypoints + 0.5) / fine - 0.5).clamp_min(0).minimum(limit)  # grid_sample's "border" padding
+    low = cells.floor().minimum(limit - 1).clamp_min(0)
+    frac = cells - low
+    offsets = ((0, 0), (1, 0), (0, 1), (1, 1))
+    # Each corner cell's centre in pixels: the feature map's sample there is the upsampled map's value.
+    centres = torch.cat([((low + low.new_tensor(o)).minimum(limit) + 0.5) * fine - 0.5 for o in offsets], dim=1)
+    corners = sample_map(feature_map, centres, stride).chunk(4, dim=1)
+    fx, fy = frac[..., :1], frac[..., 1:]
+    return (corners[0] * (1 - fx) + corners[1] * fx) * (1 - fy) + (corners[2] * (1 - fx) + corners[3] * fx) * fy
+
+
 class SCFeatNetwork(UNetBackbone):
     """Grey ``(B, 1, H, W)`` in [0, 1] -> descriptor map ``D`` (128-D, at `stride`) and a full-resolution score map.
 
@@ -274,12 +298,30 @@ class SCFeatNetwork(UNetBackbone):
     """
 
     def __init__(
-        self, size: str = "fast", image_prior: str = DEFAULT_IMAGE_PRIOR, hessian_sigma: float = HESSIAN_SIGMA
+        self,
+        size: str = "fast",
+        image_prior: str = DEFAULT_IMAGE_PRIOR,
+        hessian_sigma: float = HESSIAN_SIGMA,
+        fine_head: bool = False,
+        fine_weight: float = 1.0,
     ) -> None:
         super().__init__(size)
         c4, c8, c16 = self.trunk.out_channels
         heads = HEADS[size]
         self.stride: int = heads["stride"]
+        # The fine head: ``D`` at stride 8 upsampled to stride 4, plus a pointwise map of that and the trunk's 1/4
+        # level, so that keypoints sharing a cell of ``D`` get descriptors of their own. It starts at zero (the
+        # head adds nothing until trained); its map is the one `descriptor_stride` then serves.
+        self.fine: nn.Module | None = None
+        self.fine_weight = fine_weight  # of the head's term: 0 serves the upsampled D, 1 the head as trained
+        if fine_head:
+            if self.stride != 8:
+                raise ValueError(f"fine_head refines a stride-8 descriptor map; size {size!r} has stride {self.stride}")
+            self.fine = nn.Sequential(
+                conv_block(DESCRIPTOR_DIM + c4, FINE_WIDTH, kernel=1), nn.Conv2d(FINE_WIDTH, DESCRIPTOR_DIM, 1)
+            )
+            nn.init.zeros_(self.fine[1].weight)
+            nn.init.zeros_(self.fine[1].bias)
         if self.stride == 4:
             d8, d4 = SIZES[size]["decoder"]
             self.fuse4 = conv_block(d4, DESCRIPTOR_DIM, kernel=1)
@@ -298,8 +340,14 @@ class SCFeatNetwork(UNetBackbone):
             else CellDetector(detector_channels, widths, image_prior, cell=self.stride, hessian_sigma=hessian_sigma)
         )
 
-    def descriptor_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``"raw"`` map ``D``, its ``"normalised"`` coupling-bridge map and the detector's ``"detector_input"``."""
+    @property
+    def descriptor_stride(self) -> int:
+        """The stride of the served descriptor map: ``"fine"`` (4) with the fine head, else ``"raw"``'s."""
+        return self.stride if self.fine is None else self.stride // 2
+
+    def descriptor_maps(self, images: torch.Tensor, fine_map: bool = True) -> dict[str, torch.Tensor]:
+        """``"raw"`` map ``D``, its ``"normalised"`` coupling-bridge map and the detector's ``"detector_input"``; with
+        the fine head also its ``"fine_hidden"`` map and, when ``fine_map``, the ``"fine"`` map at stride 4."""
         levels = self.levels(images)
         if self.stride == 4:  # the reference's F2R: every level convolved at stride 4
             base = levels["decoder4"]
@@ -318,7 +366,25 @@ class SCFeatNetwork(UNetBackbone):
         normalised = self.bridge(raw)
         # Detached: the detector stage must not move the descriptor (the "bridge" shares, it does not couple).
         detector_input = torch.cat([normalised, skip], dim=1).detach()
-        return {"raw": raw, "normalised": normalised, "detector_input": detector_input}
+        maps = {"raw": raw, "normalised": normalised, "detector_input": detector_input}
+        if self.fine is not None:
+            maps["fine_hidden"] = hidden = self._fine_hidden(raw, levels["trunk4"])
+            if fine_map:
+                maps["fine"] = resize_like(raw, hidden) + self.fine_weight * self.fine[1](hidden)
+        return maps
+
+    def _fine_hidden(self, raw: torch.Tensor, trunk4: torch.Tensor) -> torch.Tensor:
+        """The fine head's hidden map of ``D`` upsampled and the trunk's 1/4 level: its first 1x1 convolution split
+        by input, the part on ``D`` run at stride 8 before upsampling (the same map, both being linear)."""
+        conv, norm, activation = self.fine[0]
+        on_raw, on_trunk = conv.weight.split([DESCRIPTOR_DIM, trunk4.shape[1]], dim=1)
+        return activation(norm(resize_like(F.conv2d(raw, on_raw), trunk4) + F.conv2d(trunk4, on_trunk)))
+
+    def fine_descriptors(self, raw: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """``(..., 128)`` fine descriptors (not normalised) from samples of ``"raw"`` and ``"fine_hidden"`` at the
+        same points: the head's last 1x1 convolution applied after sampling, as both are linear."""
+        last = self.fine[1]
+        return raw + self.fine_weight * F.linear(hidden, last.weight.flatten(1), last.bias)
 
     def scores(self, images: torch.Tensor, maps: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(B, 1, H, W)`` detector scores of ``images`` given their `descriptor_maps`."""
@@ -327,7 +393,7 @@ class SCFeatNetwork(UNetBackbone):
     def forward(self, images: torch.Tensor, detect: bool = True) -> dict[str, Any]:
         """The descriptor maps, the unit ``"descriptors"`` list and, when ``detect``, the ``"scores"``."""
         maps: dict[str, Any] = self.descriptor_maps(images)
-        maps["descriptors"] = [F.normalize(maps["raw"], dim=1)]
+        maps["descriptors"] = [F.normalize(maps["fine" if self.fine is not None else "raw"], dim=1)]
         return maps | {"scores": self.scores(images, maps)} if detect else maps
 
 
@@ -336,11 +402,17 @@ def load_checkpoint(
     device: str | torch.device = "cpu",
     image_prior: str = DEFAULT_IMAGE_PRIOR,
     hessian_sigma: float = HESSIAN_SIGMA,
+    fine_weight: float = 1.0,
 ) -> tuple[SCFeatNetwork, dict[str, Any]]:
-    """The network (its detector using ``image_prior``) and the JSON card of an SCFeat checkpoint."""
-    return load_network(
-        card_path, lambda card: SCFeatNetwork(card["architecture"]["size"], image_prior, hessian_sigma), device
-    )
+    """The network (its detector using ``image_prior``, its fine head, if any, weighted by ``fine_weight``) and the
+    JSON card of an SCFeat checkpoint."""
+
+    def build(card: dict[str, Any]) -> SCFeatNetwork:
+        architecture = card["architecture"]
+        fine_head = architecture.get("fine_head", False)
+        return SCFeatNetwork(architecture["size"], image_prior, hessian_sigma, fine_head, fine_weight)
+
+    return load_network(card_path, build, device)
 
 
 class SCFeat(DenseFeatureModel):
@@ -375,6 +447,10 @@ class SCFeat(DenseFeatureModel):
         # The Hessian prior's smoothing, px: larger than the 1.6 the detector was trained with, its peaks stay put
         # under image noise and blur (docs/models/scfeat.md has the measurements).
         "hessian_sigma": 2.5,
+        # The weight of the fine head's term in the stride-4 descriptor map, for cards with the head: 0 gives the
+        # stride-8 map upsampled, 1 the head as trained; half of it, as WiSE-FT blends a fine-tuned model with its
+        # start, keeps the pose accuracy that the full head loses (docs/models/scfeat.md has the measurements).
+        "fine_weight": 0.5,
         "card": str(DEFAULT_CARD),
     }
 
@@ -383,10 +459,18 @@ class SCFeat(DenseFeatureModel):
         self._check_pyramid_conf()
         if not float(self.conf["hessian_sigma"]) > 0:
             raise ValueError(f"scfeat: hessian_sigma must be positive, got {self.conf['hessian_sigma']}")
+        if not 0 <= float(self.conf["fine_weight"]) <= 1:
+            raise ValueError(f"scfeat: fine_weight must be within [0, 1], got {self.conf['fine_weight']}")
         self.network, self._card = load_checkpoint(
-            self.conf["card"], self.device, self.conf["image_prior"], float(self.conf["hessian_sigma"])
+            self.conf["card"],
+            self.device,
+            self.conf["image_prior"],
+            float(self.conf["hessian_sigma"]),
+            float(self.conf["fine_weight"]),
         )
-        self.descriptor_strides = (self.network.stride,)
+        # With the fine head, the outputs' "descriptors" are ``D`` and the head's hidden map (`_forward`).
+        network = self.network
+        self.descriptor_strides = (network.stride,) if network.fine is None else (network.stride, network.stride // 2)
         self._level_thread = ThreadPoolExecutor(1, thread_name_prefix="scfeat-levels")
 
     @property
@@ -421,7 +505,21 @@ class SCFeat(DenseFeatureModel):
         return features
 
     def _forward(self, batch: torch.Tensor, detect: bool) -> dict[str, Any]:
-        return self.network(batch, detect=detect)
+        if self.network.fine is None:
+            return self.network(batch, detect=detect)
+        # With the fine head, `_describe_at` samples ``D`` and the head's hidden map and applies the head's last
+        # layer at the keypoints only: no 128-channel map at stride 4 (a third of the head's cost at 640x480).
+        maps: dict[str, Any] = self.network.descriptor_maps(batch, fine_map=False)
+        maps["descriptors"] = [maps["raw"], maps["fine_hidden"]]
+        return maps | {"scores": self.network.scores(batch, maps)} if detect else maps
+
+    def _describe_at(self, outputs: dict[str, Any], keypoints: torch.Tensor) -> torch.Tensor:
+        """``(B, N, D)`` unit descriptors; with the fine head, the fine map's values at the keypoints, normalised."""
+        if self.network.fine is None:
+            return super()._describe_at(outputs, keypoints)
+        (raw, hidden), (stride, fine_stride) = outputs["descriptors"], self.descriptor_strides
+        upsampled = sample_upsampled(raw, keypoints, stride)
+        return F.normalize(self.network.fine_descriptors(upsampled, sample_map(hidden, keypoints, fine_stride)), dim=-1)
 
     @torch.inference_mode()
     def _on_levels(
@@ -429,58 +527,70 @@ class SCFeat(DenseFeatureModel):
     ) -> list[Features]:
         """Per image, the strongest keypoints over all levels' candidates; one network pass per level.
 
-        Level ``l`` is the image scaled by ``2 ** (-l * scale_step)``. When ``describe``, each level's candidates are
-        described on that level's map, with ``coarser_descriptor`` also on the next level's (one extra pass after
-        the last), and with ``finer_descriptor`` also on the previous level's.
+        Level ``l`` is the image scaled by ``2 ** (-l * scale_step)``. When ``describe``, each kept keypoint is
+        described on the level that found it, with ``coarser_descriptor`` also on the next level's map (one extra
+        pass after the last), and with ``finer_descriptor`` also on the previous level's; only the kept keypoints
+        are sampled, after the selection.
         """
         detection_levels = int(self.conf["scale_levels"])
-        coarser = describe and bool(self.conf["coarser_descriptor"])
-        finer = describe and bool(self.conf["finer_descriptor"])
-        levels = range(detection_levels + int(coarser))
+        levels = range(detection_levels + int(describe and bool(self.conf["coarser_descriptor"])))
         usable = [self._usable_levels(im, detection_levels + 1) for im in images]
         chosen = [[i for i in range(len(images)) if level < usable[i]] for level in levels]
         step = float(self.conf["scale_step"])
         scaled = [[resize_image(images[i], 2.0 ** (-level * step)) for i in chosen[level]] for level in levels]
 
         def run(level: int) -> list[tuple[int, dict[str, Any], int, Features | None]]:
-            """The level's network pass and, where the level detects, its candidates."""
+            """The level's network pass and, where the level detects, its candidates (not described)."""
             passes = []
             with torch.inference_mode():  # thread-local: a pool thread needs its own
                 for j, outputs, b in self._bucket_outputs(scaled[level], level < detection_levels, describe):
                     candidates = None
                     if level < self._usable_levels(images[chosen[level][j]]):
                         kept = KeypointOptions(max_keypoints=candidate_count(options[chosen[level][j]]))
-                        candidates = self._extract_one(scaled[level][j], kept, outputs, b, describe)
+                        candidates = self._extract_one(scaled[level][j], kept, outputs, b, describe=False)
                     passes.append((j, outputs, b, candidates))
             return passes
 
         found: list[list[Features]] = [[] for _ in images]
-        finer_pass: list[tuple[dict[str, Any], int, tuple[int, int]] | None] = [None for _ in images]
+        level_maps: list[dict[int, tuple[dict[str, Any], int, tuple[int, int]]]] = [{} for _ in images]
         pixels = [sum(im.shape[0] * im.shape[1] for im in level) for level in scaled]
         for level, passes in enumerate(self._run_levels(run, pixels)):
             for j, outputs, b, candidates in passes:
                 i, size = chosen[level][j], image_size(scaled[level][j])
-                if coarser and found[i]:  # the previous level's candidates, on this level
-                    self._add_level_descriptors(found[i][-1], outputs, b, size)
+                level_maps[i][level] = (outputs, b, size)
                 if candidates is not None:
                     candidates.keypoints = rescale_points(candidates.keypoints, size, image_size(images[i]))
                     candidates.sizes = candidates.sizes * (images[i].shape[1] / scaled[level][j].shape[1])
                     candidates.image_size = image_size(images[i])
-                    if finer and finer_pass[i] is not None:  # this level's candidates, on the previous level
-                        self._add_level_descriptors(candidates, *finer_pass[i])
                     found[i].append(candidates)
-                finer_pass[i] = (outputs, b, size)
-        return [
-            self._strongest(image, option, levels) for image, option, levels in zip(images, options, found, strict=True)
-        ]
+        results = []
+        for image, option, candidates, maps in zip(images, options, found, level_maps, strict=True):
+            features, origin = self._strongest(image, option, candidates)
+            if describe:
+                features.descriptors = self._describe_on_levels(features, origin, maps)
+            results.append(features)
+        return results
 
-    def _add_level_descriptors(
-        self, features: Features, outputs: dict[str, Any], b: int, size: tuple[int, int]
-    ) -> None:
-        """Add to ``features``' descriptors their unit descriptors on another level: row ``b`` of that level's
-        ``outputs``, from an image of ``size`` (width, height)."""
-        points = rescale_points(features.keypoints, features.image_size, size)
-        features.descriptors += self._sample(outputs, b, self._points(points)).float().cpu().numpy()
+    def _describe_on_levels(
+        self,
+        features: Features,
+        origin: np.ndarray,
+        maps: dict[int, tuple[dict[str, Any], int, tuple[int, int]]],
+    ) -> np.ndarray:
+        """``(N, D)`` descriptors of keypoints found on pyramid levels ``origin``: the normalised sum of their unit
+        descriptors on that level and, per conf, the next coarser and finer ones. ``maps[level]`` holds a level's
+        outputs, the image's row in them and the level's (width, height)."""
+        total = np.zeros((len(features), self.descriptor.dim), np.float32)
+        for level in np.unique(origin).tolist():
+            rows = origin == level
+            others = [level]
+            others += [level + 1] if self.conf["coarser_descriptor"] else []
+            others += [level - 1] if self.conf["finer_descriptor"] and level > 0 else []
+            for other in (o for o in others if o in maps):
+                outputs, b, size = maps[other]
+                points = self._points(rescale_points(features.keypoints[rows], features.image_size, size))
+                total[rows] += self._sample(outputs, b, points).float().cpu().numpy()
+        return normalise_rows(total)
 
     def _run_levels(self, run: Callable[[int], Any], pixels: Sequence[int]) -> list[Any]:
         """``run(level)`` for every level, in order; on a CPU with two or more torch threads, in two threads.
@@ -503,16 +613,20 @@ class SCFeat(DenseFeatureModel):
         done |= dict(zip(groups[1], other.result(), strict=True))
         return [done[level] for level in order]
 
-    def _strongest(self, image: np.ndarray, options: KeypointOptions, levels: list[Features]) -> Features:
-        """The keypoints that ``options`` selects among every level's candidates, descriptors (if any) normalised."""
-        described = levels[0].descriptors is not None
+    def _strongest(
+        self, image: np.ndarray, options: KeypointOptions, levels: list[Features]
+    ) -> tuple[Features, np.ndarray]:
+        """The keypoints that ``options`` selects among every level's candidates (not described), and the level
+        each one comes from."""
         merged = Features(
             keypoints=np.concatenate([f.keypoints for f in levels]),
             scores=np.concatenate([f.scores for f in levels]),
-            descriptors=normalise_rows(np.concatenate([f.descriptors for f in levels])) if described else None,
+            descriptors=None,
             image_size=image_size(image),
             descriptor=self.descriptor,
             sizes=np.concatenate([f.sizes for f in levels]),
             angles=np.concatenate([f.angles for f in levels]),
         )
-        return merged.subset(select_keypoints(merged.keypoints, merged.scores, merged.image_size, options))
+        origin = np.concatenate([np.full(len(f), level) for level, f in enumerate(levels)])
+        keep = select_keypoints(merged.keypoints, merged.scores, merged.image_size, options)
+        return merged.subset(keep), origin[keep]

@@ -15,7 +15,7 @@ from featureserve.models import KeypointOptions, load_model, match_descriptors
 from featureserve.models.backbones import resize_like
 from featureserve.models.base import image_size, normalise_rows, rescale_points, resize_image
 from featureserve.models.cards import CHECKPOINT_DIR
-from featureserve.models.dense import DenseFeatureModel, max_filter, nms_mask, refine_subpixel
+from featureserve.models.dense import DenseFeatureModel, max_filter, nms_mask, refine_subpixel, sample_map
 from featureserve.models.orientation import gaussian_blur
 from featureserve.models.scfeat import (
     HESSIAN_SIGMA,
@@ -28,6 +28,7 @@ from featureserve.models.scfeat import (
     hessian_blobness,
     load_checkpoint,
     peakiness,
+    sample_upsampled,
 )
 from training.config import load_config
 from training.export import export
@@ -79,6 +80,57 @@ def test_distillation_scores_the_teacher_itself_zero_and_a_fresh_network_above_z
     with torch.no_grad():
         assert float(method.loss_terms(teacher, batch, 0)["loss"]) < 1e-4
         assert float(method.loss_terms(SCFeatNetwork("fast").eval(), batch, 0)["loss"]) > 0.1
+
+
+def test_the_fine_stage_trains_only_the_fine_head_which_starts_as_the_upsampled_map(
+    tiny_card: Path, tmp_path: Path
+) -> None:
+    network = SCFeatNetwork("fast", fine_head=True).eval()
+    with torch.inference_mode():
+        maps = network(torch.rand(1, 1, 64, 96), detect=False)
+    assert network.descriptor_stride == 4 and maps["fine"].shape == (1, 128, 16, 24)
+    torch.testing.assert_close(maps["fine"], resize_like(maps["raw"], maps["fine"]))  # the head starts at zero
+    with pytest.raises(ValueError, match="stride-8"):
+        SCFeatNetwork("lite", fine_head=True)
+
+    config = ROOT / "training" / "configs" / "scfeat_tiny.yaml"
+    fine = {"scfeat": {"stage": "fine", "fine_head": True, "teacher": str(LITE_CARD)}, "init_from": str(tiny_card)}
+    train(load_config(config, fine), tmp_path / "fine")
+    start = torch.load(tiny_card.parent.parent / "detector" / "last.pt", weights_only=False)["network"]
+    trained = torch.load(tmp_path / "fine" / "last.pt", weights_only=False)["network"]
+    assert {n for n in trained if n not in start} == {n for n in trained if n.startswith("fine.")}
+    for name, weights in start.items():
+        assert torch.equal(weights, trained[name]), f"{name} moved in the fine stage"
+    assert any(trained[n].abs().sum() > 0 for n in trained if n.startswith("fine.1."))
+
+    card = export(tmp_path / "fine", "scfeat-fine", tmp_path / "export", dtype="float32")
+    architecture = json.loads(card.read_text())["architecture"]
+    assert architecture["fine_head"] and architecture["strides"]["descriptor"] == 4
+    model = load_model("scfeat", card=str(card), scale_levels=1, coarser_descriptor=False, fine_weight=0.5)
+    [features] = model.extract([data.camera()], [OPTIONS])
+    assert model.network.fine is not None and len(features) > 0
+    assert np.allclose(np.linalg.norm(features.descriptors, axis=1), 1, atol=1e-5)
+    # Served: the head's last layer at the keypoints only; the same as sampling the dense fine map, then normalising.
+    image = torch.rand(1, 1, 64, 96)
+    points = torch.rand(1, 200, 2) * torch.tensor([96.0, 64.0])
+    with torch.inference_mode():
+        dense = model.network.descriptor_maps(image)["fine"]
+        served = model._describe_at(model._forward(image, detect=False), points)
+    expected = torch.nn.functional.normalize(sample_map(dense, points, 4), dim=-1)
+    torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="fine_weight"):
+        load_model("scfeat", card=str(card), fine_weight=1.5)
+
+
+def test_samples_of_the_upsampled_map_come_without_it() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for height, width in ((6, 10), (1, 1), (2, 1)):
+        feature_map = torch.randn(2, 5, height, width, generator=generator)
+        size = torch.tensor([8.0 * width, 8.0 * height])
+        # Beyond the borders too: both repeat the border cells.
+        points = torch.rand(2, 300, 2, generator=generator) * (size + 6) - 3
+        upsampled = resize_like(feature_map, torch.empty(1, 1, 2 * height, 2 * width))
+        torch.testing.assert_close(sample_upsampled(feature_map, points, 8), sample_map(upsampled, points, 4))
 
 
 def test_keypoints_are_refined_nms_peaks_above_the_threshold(tiny_card: Path) -> None:

@@ -22,7 +22,7 @@ from ..data.synthetic import GENERATOR_VERSION
 from ..scfeat_losses import cell_points, line_to_window_terms, policy_gradient_terms
 from .caps import PIXEL_CONVENTION, VALIDATION_SEED_OFFSET, CAPSMethod, dense_card_fields
 
-STAGES = ("distil", "descriptor", "detector")
+STAGES = ("distil", "descriptor", "detector", "fine")
 
 
 def centred_units(maps: torch.Tensor) -> torch.Tensor:
@@ -45,10 +45,15 @@ class SCFeatMethod(CAPSMethod):
         stage = self.config.scfeat.stage
         if stage not in STAGES:
             raise ValueError(f"unknown SCFeat stage {stage!r}; known: {STAGES}")
-        network = SCFeatNetwork(self.config.size, self.config.scfeat.image_prior)
-        # Each stage trains its own part; the other is frozen (and unused parameters would stop DDP).
-        network.requires_grad_(stage != "detector")
+        fine_head = self.config.scfeat.fine_head
+        if stage == "fine" and not fine_head:
+            raise ValueError("scfeat stage 'fine' trains the fine head: set scfeat.fine_head: true")
+        network = SCFeatNetwork(self.config.size, self.config.scfeat.image_prior, fine_head=fine_head)
+        # Each stage trains its own part; the rest is frozen (and unused parameters would stop DDP).
+        network.requires_grad_(stage in ("distil", "descriptor"))
         network.detector.requires_grad_(stage == "detector")
+        if network.fine is not None:
+            network.fine.requires_grad_(stage in ("distil", "descriptor", "fine"))
         return network
 
     def _generator(self, step: int, training: bool) -> torch.Generator:
@@ -65,7 +70,7 @@ class SCFeatMethod(CAPSMethod):
         fundamental = batch["fundamental"]
         generator = self._generator(step, network.training)
         settings = self.config.scfeat
-        if settings.stage == "distil":
+        if settings.stage in ("distil", "fine"):
             return self._distillation_terms(network, images)
         if settings.stage == "descriptor":
             maps = network(images, detect=False)["normalised"].float()
@@ -87,7 +92,8 @@ class SCFeatMethod(CAPSMethod):
         )
 
     def _distillation_terms(self, network: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Mean ``1 - cos`` between the network's centred ``"raw"`` and ``"normalised"`` maps and the teacher's."""
+        """Mean ``1 - cos`` between the network's centred ``"raw"`` and ``"normalised"`` maps and the teacher's;
+        in stage ``"fine"``, between the network's ``"fine"`` map and the teacher's ``"raw"``."""
         if self._teacher is None:
             if not self.config.scfeat.teacher:
                 raise ValueError("scfeat stage 'distil' needs scfeat.teacher: the card of the checkpoint to reproduce")
@@ -95,13 +101,14 @@ class SCFeatMethod(CAPSMethod):
         student = network(images, detect=False)
         with torch.no_grad():
             teacher = self._teacher.descriptor_maps(images)
+        pairs = {"fine": "raw"} if self.config.scfeat.stage == "fine" else {"raw": "raw", "normalised": "normalised"}
         terms = {}
-        for key in ("raw", "normalised"):
+        for key, teacher_key in pairs.items():
             # Bilinear at the student's cell centres: a 2x2 mean where the teacher's stride is half the student's.
-            target = F.interpolate(teacher[key].float(), size=student[key].shape[-2:], mode="bilinear")
+            target = F.interpolate(teacher[teacher_key].float(), size=student[key].shape[-2:], mode="bilinear")
             cosine = (centred_units(student[key].float()) * centred_units(target)).sum(dim=1)
             terms[f"{key}_loss"] = (1 - cosine).mean()
-        terms["loss"] = terms["raw_loss"] + terms["normalised_loss"]
+        terms["loss"] = sum(terms.values())
         return terms
 
     def card(self, network: nn.Module) -> dict[str, Any]:
@@ -116,7 +123,8 @@ class SCFeatMethod(CAPSMethod):
             "concatenated (1/16 resized), 1x1 -> 128",
         }
         fields["architecture"] |= {
-            "strides": {"descriptor": heads["stride"], "scores": 1},
+            "strides": {"descriptor": network.descriptor_stride, "scores": 1},
+            "fine_head": network.fine is not None,
             "fusion": fusion[heads["stride"]],
             "normalisation": "shared coupling bridge (position-wise + channel-wise, learnable blend)",
             "detector": {
@@ -147,8 +155,10 @@ class SCFeatMethod(CAPSMethod):
             "descriptor": {
                 "dim": 128,
                 "dtype": "float32",
-                "layout": f"fused map D (stride {heads['stride']}), bilinear at the keypoint on its pyramid level "
-                "and (conf coarser_descriptor) the next coarser one, summed",
+                "layout": f"fused map D (stride {heads['stride']})"
+                + (", upsampled to stride 4 plus the fine head's map of the trunk's 1/4 level" if network.fine else "")
+                + ", bilinear at the keypoint on its pyramid level and (conf coarser_descriptor, finer_descriptor) the "
+                "next coarser and finer ones, summed",
                 "normalisation": "L2",
                 "matcher": "mutual nearest neighbour on cosine similarity",
             },
