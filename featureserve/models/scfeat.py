@@ -508,7 +508,7 @@ class SCFeat(DenseFeatureModel):
         if self.network.fine is None:
             return self.network(batch, detect=detect)
         # With the fine head, `_describe_at` samples ``D`` and the head's hidden map and applies the head's last
-        # layer at the keypoints only: no 128-channel map at stride 4 (a third of the head's cost at 640x480).
+        # layer at the keypoints only: no 128-channel map at stride 4.
         maps: dict[str, Any] = self.network.descriptor_maps(batch, fine_map=False)
         maps["descriptors"] = [maps["raw"], maps["fine_hidden"]]
         return maps | {"scores": self.network.scores(batch, maps)} if detect else maps
