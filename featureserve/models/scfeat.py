@@ -469,8 +469,8 @@ class SCFeat(DenseFeatureModel):
             float(self.conf["fine_weight"]),
         )
         # With the fine head, the outputs' "descriptors" are ``D`` and the head's hidden map (`_forward`).
-        network = self.network
-        self.descriptor_strides = (network.stride,) if network.fine is None else (network.stride, network.stride // 2)
+        strides = (self.network.stride, self.network.descriptor_stride)
+        self.descriptor_strides = strides[:1] if self.network.fine is None else strides
         self._level_thread = ThreadPoolExecutor(1, thread_name_prefix="scfeat-levels")
 
     @property
@@ -581,13 +581,12 @@ class SCFeat(DenseFeatureModel):
         descriptors on that level and, per conf, the next coarser and finer ones. ``maps[level]`` holds a level's
         outputs, the image's row in them and the level's (width, height)."""
         total = np.zeros((len(features), self.descriptor.dim), np.float32)
-        for level in np.unique(origin).tolist():
+        for level, (outputs, b, size) in maps.items():
+            # One sample per map: the keypoints found on it, on the next finer level and on the next coarser one.
             rows = origin == level
-            others = [level]
-            others += [level + 1] if self.conf["coarser_descriptor"] else []
-            others += [level - 1] if self.conf["finer_descriptor"] and level > 0 else []
-            for other in (o for o in others if o in maps):
-                outputs, b, size = maps[other]
+            rows |= (origin == level - 1) if self.conf["coarser_descriptor"] else False
+            rows |= (origin == level + 1) if self.conf["finer_descriptor"] else False
+            if rows.any():
                 points = self._points(rescale_points(features.keypoints[rows], features.image_size, size))
                 total[rows] += self._sample(outputs, b, points).float().cpu().numpy()
         return normalise_rows(total)

@@ -52,8 +52,8 @@ class SCFeatMethod(CAPSMethod):
         # Each stage trains its own part; the rest is frozen (and unused parameters would stop DDP).
         network.requires_grad_(stage in ("distil", "descriptor"))
         network.detector.requires_grad_(stage == "detector")
-        if network.fine is not None:
-            network.fine.requires_grad_(stage in ("distil", "descriptor", "fine"))
+        if stage == "fine":
+            network.fine.requires_grad_(True)
         return network
 
     def _generator(self, step: int, training: bool) -> torch.Generator:
