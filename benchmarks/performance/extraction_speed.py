@@ -42,7 +42,7 @@ DEFAULT_OUT = RESULTS_DIR / "extraction_speed.json"
 # name -> (model, conf): variants measured beside the served models.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "scfeat one level": ("scfeat", {"scale_levels": 1, "coarser_descriptor": False}),
-    "scfeat, fine head": ("scfeat", {"card": str(CHECKPOINT_DIR / "scfeat-fast-fine.json")}),
+    "scfeat without the fine head": ("scfeat", {"card": str(CHECKPOINT_DIR / "scfeat-fast.json")}),
     "scfeat, levels in turn": ("scfeat", {"parallel_levels": False}),
     "scfeat, levels in turn, 64 px padding": ("scfeat", {"parallel_levels": False, "pad_multiple": 64}),
     "scfeat-lite (before)": (

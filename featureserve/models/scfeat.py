@@ -13,8 +13,9 @@ SuperPoint and XFeat), so nothing is convolved at full resolution. The earlier "
 encoder-decoder fused at stride 4, full-resolution detector) loads from its card, ``scfeat-lite.json``.
 Inference: on each of three half-octave pyramid levels (one level, a single pass, is an option), 3x3 NMS, score
 threshold and sub-pixel refinement; the strongest keypoints of all levels (top-k or uniform selection), each
-described bilinearly from ``D`` on its level and its neighbours, summed. An optional fine head (cards with
-``fine_head``, ``scfeat-fast-fine.json``) adds a stride-4 residual to ``D`` upsampled, computed at the keypoints.
+described on its level and its neighbours, summed. The served card (``scfeat-fast-fine.json``) adds a fine head:
+at each keypoint, ``D`` upsampled to stride 4 plus a small MLP of it and the trunk's 1/4 features there, computed
+at the keypoints only (``scfeat-fast.json`` is the network without it, ``D`` sampled bilinearly).
 Deviations from the reference code (docs/models/scfeat.md): grey input, a backbone distilled from our earlier checkpoint
 instead of ImageNet initialisation, the light trunk and descriptors at stride 8, the cell detector, the Hessian
 blob response as the image prior of the score map, and peakiness inputs divided by their largest magnitude rather
@@ -31,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,9 +51,9 @@ from .features import DescriptorInfo, Features, KeypointOptions
 from .keypoints import candidate_count, select_keypoints
 from .orientation import central_gradients, gaussian_blur
 
-DEFAULT_CARD = CHECKPOINT_DIR / "scfeat-fast.json"
+DEFAULT_CARD = CHECKPOINT_DIR / "scfeat-fast-fine.json"
 DESCRIPTOR_DIM = 128
-FINE_WIDTH = 64  # hidden width of the optional fine head (`SCFeatNetwork`)
+FINE_WIDTH = 128  # hidden width of the optional fine head (`FineHead`)
 # Per backbone size: the stride of the fused descriptor map ``D`` and the detector (`Detector` at full resolution
 # with its (feature, image, joint) widths, or `CellDetector`, whose cells are ``D``'s, with its width). At stride 4
 # ``D`` fuses the decoder's 1/4 and 1/8 maps and the trunk's 1/16 map, as the reference fuses its backbone's levels;
@@ -72,6 +74,8 @@ def peakiness(x: torch.Tensor) -> torch.Tensor:
     """
     x = x / x.abs().flatten(1).amax(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1)
     spatial = F.softplus(x - box_mean3(x))
+    if x.shape[1] == 1:  # a grey image: the channel term is softplus(0) everywhere
+        return spatial * math.log(2)
     channel = F.softplus(x - x.mean(dim=1, keepdim=True))
     return (spatial * channel).amax(dim=1, keepdim=True)
 
@@ -289,6 +293,36 @@ def sample_upsampled(feature_map: torch.Tensor, keypoints: torch.Tensor, stride:
     return (corners[0] * (1 - fx) + corners[1] * fx) * (1 - fy) + (corners[2] * (1 - fx) + corners[3] * fx) * fy
 
 
+class FineHead(nn.Module):
+    """A stride-4 descriptor from ``D`` upsampled and the trunk's 1/4 level, one point at a time.
+
+    ``u + w * mlp([u, t])`` where ``u`` is ``D`` (upsampled to stride 4) normalised at the point, ``t`` the trunk's
+    1/4 features there and ``mlp`` two linear layers with an ELU between them, the last one starting at zero (the
+    head then adds nothing). Nothing in it looks beyond the point, so the service runs it on samples at the
+    keypoints only, and training on whole maps (`dense`).
+    """
+
+    def __init__(self, trunk_channels: int, weight: float = 1.0) -> None:
+        super().__init__()
+        self.weight = weight  # of the head's term: 0 serves the upsampled D, 1 the head as trained
+        self.mlp = nn.Sequential(
+            nn.Linear(DESCRIPTOR_DIM + trunk_channels, FINE_WIDTH), nn.ELU(), nn.Linear(FINE_WIDTH, DESCRIPTOR_DIM)
+        )
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, upsampled: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+        """``(..., 128)`` descriptors (not unit) from ``(..., 128)`` samples of ``D`` upsampled and ``(..., C)`` of
+        the trunk's 1/4 level at the same points."""
+        unit = F.normalize(upsampled, dim=-1)
+        return unit + self.weight * self.mlp(torch.cat([unit, trunk], dim=-1))
+
+    def dense(self, raw: torch.Tensor, trunk4: torch.Tensor) -> torch.Tensor:
+        """The ``(B, 128, H/4, W/4)`` map of `forward` at every cell of ``trunk4``, ``raw`` being ``D``."""
+        upsampled = resize_like(raw, trunk4)
+        return self(upsampled.movedim(1, -1), trunk4.movedim(1, -1)).movedim(-1, 1)
+
+
 class SCFeatNetwork(UNetBackbone):
     """Grey ``(B, 1, H, W)`` in [0, 1] -> descriptor map ``D`` (128-D, at `stride`) and a full-resolution score map.
 
@@ -309,19 +343,13 @@ class SCFeatNetwork(UNetBackbone):
         c4, c8, c16 = self.trunk.out_channels
         heads = HEADS[size]
         self.stride: int = heads["stride"]
-        # The fine head: ``D`` at stride 8 upsampled to stride 4, plus a pointwise map of that and the trunk's 1/4
-        # level, so that keypoints sharing a cell of ``D`` get descriptors of their own. It starts at zero (the
-        # head adds nothing until trained); its map is the one `descriptor_stride` then serves.
-        self.fine: nn.Module | None = None
-        self.fine_weight = fine_weight  # of the head's term: 0 serves the upsampled D, 1 the head as trained
+        # The fine head, so that keypoints sharing a cell of ``D`` get descriptors of their own; its map is the one
+        # `descriptor_stride` then serves.
+        self.fine: FineHead | None = None
         if fine_head:
             if self.stride != 8:
                 raise ValueError(f"fine_head refines a stride-8 descriptor map; size {size!r} has stride {self.stride}")
-            self.fine = nn.Sequential(
-                conv_block(DESCRIPTOR_DIM + c4, FINE_WIDTH, kernel=1), nn.Conv2d(FINE_WIDTH, DESCRIPTOR_DIM, 1)
-            )
-            nn.init.zeros_(self.fine[1].weight)
-            nn.init.zeros_(self.fine[1].bias)
+            self.fine = FineHead(c4, fine_weight)
         if self.stride == 4:
             d8, d4 = SIZES[size]["decoder"]
             self.fuse4 = conv_block(d4, DESCRIPTOR_DIM, kernel=1)
@@ -347,7 +375,7 @@ class SCFeatNetwork(UNetBackbone):
 
     def descriptor_maps(self, images: torch.Tensor, fine_map: bool = True) -> dict[str, torch.Tensor]:
         """``"raw"`` map ``D``, its ``"normalised"`` coupling-bridge map and the detector's ``"detector_input"``; with
-        the fine head also its ``"fine_hidden"`` map and, when ``fine_map``, the ``"fine"`` map at stride 4."""
+        the fine head also the trunk's ``"trunk4"`` level and, when ``fine_map``, the ``"fine"`` map at stride 4."""
         levels = self.levels(images)
         if self.stride == 4:  # the reference's F2R: every level convolved at stride 4
             base = levels["decoder4"]
@@ -368,23 +396,10 @@ class SCFeatNetwork(UNetBackbone):
         detector_input = torch.cat([normalised, skip], dim=1).detach()
         maps = {"raw": raw, "normalised": normalised, "detector_input": detector_input}
         if self.fine is not None:
-            maps["fine_hidden"] = hidden = self._fine_hidden(raw, levels["trunk4"])
+            maps["trunk4"] = levels["trunk4"]
             if fine_map:
-                maps["fine"] = resize_like(raw, hidden) + self.fine_weight * self.fine[1](hidden)
+                maps["fine"] = self.fine.dense(raw, levels["trunk4"])
         return maps
-
-    def _fine_hidden(self, raw: torch.Tensor, trunk4: torch.Tensor) -> torch.Tensor:
-        """The fine head's hidden map of ``D`` upsampled and the trunk's 1/4 level: its first 1x1 convolution split
-        by input, the part on ``D`` run at stride 8 before upsampling (the same map, both being linear)."""
-        conv, norm, activation = self.fine[0]
-        on_raw, on_trunk = conv.weight.split([DESCRIPTOR_DIM, trunk4.shape[1]], dim=1)
-        return activation(norm(resize_like(F.conv2d(raw, on_raw), trunk4) + F.conv2d(trunk4, on_trunk)))
-
-    def fine_descriptors(self, raw: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """``(..., 128)`` fine descriptors (not normalised) from samples of ``"raw"`` and ``"fine_hidden"`` at the
-        same points: the head's last 1x1 convolution applied after sampling, as both are linear."""
-        last = self.fine[1]
-        return raw + self.fine_weight * F.linear(hidden, last.weight.flatten(1), last.bias)
 
     def scores(self, images: torch.Tensor, maps: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(B, 1, H, W)`` detector scores of ``images`` given their `descriptor_maps`."""
@@ -468,7 +483,7 @@ class SCFeat(DenseFeatureModel):
             float(self.conf["hessian_sigma"]),
             float(self.conf["fine_weight"]),
         )
-        # With the fine head, the outputs' "descriptors" are ``D`` and the head's hidden map (`_forward`).
+        # With the fine head, the outputs' "descriptors" are ``D`` and the trunk's 1/4 level (`_forward`).
         strides = (self.network.stride, self.network.descriptor_stride)
         self.descriptor_strides = strides[:1] if self.network.fine is None else strides
         self._level_thread = ThreadPoolExecutor(1, thread_name_prefix="scfeat-levels")
@@ -507,19 +522,21 @@ class SCFeat(DenseFeatureModel):
     def _forward(self, batch: torch.Tensor, detect: bool) -> dict[str, Any]:
         if self.network.fine is None:
             return self.network(batch, detect=detect)
-        # With the fine head, `_describe_at` samples ``D`` and the head's hidden map and applies the head's last
-        # layer at the keypoints only: no 128-channel map at stride 4.
+        # With the fine head, `_describe_at` samples ``D`` and the trunk's 1/4 level and runs the head at the
+        # keypoints only: no map at stride 4.
         maps: dict[str, Any] = self.network.descriptor_maps(batch, fine_map=False)
-        maps["descriptors"] = [maps["raw"], maps["fine_hidden"]]
+        # Channels-last: ``grid_sample`` then reads each of a keypoint's four cells as one row, not 128 strided values.
+        maps["descriptors"] = [maps["raw"].contiguous(memory_format=torch.channels_last), maps["trunk4"]]
         return maps | {"scores": self.network.scores(batch, maps)} if detect else maps
 
     def _describe_at(self, outputs: dict[str, Any], keypoints: torch.Tensor) -> torch.Tensor:
-        """``(B, N, D)`` unit descriptors; with the fine head, the fine map's values at the keypoints, normalised."""
+        """``(B, N, D)`` unit descriptors; with the fine head, the head's output at the keypoints, normalised."""
         if self.network.fine is None:
             return super()._describe_at(outputs, keypoints)
-        (raw, hidden), (stride, fine_stride) = outputs["descriptors"], self.descriptor_strides
-        upsampled = sample_upsampled(raw, keypoints, stride)
-        return F.normalize(self.network.fine_descriptors(upsampled, sample_map(hidden, keypoints, fine_stride)), dim=-1)
+        (raw, trunk4), (stride, fine_stride) = outputs["descriptors"], self.descriptor_strides
+        upsampled = sample_upsampled(raw, keypoints, stride).to(self.dtype)  # the head runs in the network's dtype
+        trunk = sample_map(trunk4, keypoints, fine_stride).to(self.dtype)
+        return F.normalize(self.network.fine(upsampled, trunk).float(), dim=-1)
 
     @torch.inference_mode()
     def _on_levels(

@@ -15,7 +15,14 @@ from featureserve.models import KeypointOptions, load_model, match_descriptors
 from featureserve.models.backbones import resize_like
 from featureserve.models.base import image_size, normalise_rows, rescale_points, resize_image
 from featureserve.models.cards import CHECKPOINT_DIR
-from featureserve.models.dense import DenseFeatureModel, max_filter, nms_mask, refine_subpixel, sample_map
+from featureserve.models.dense import (
+    DenseFeatureModel,
+    max_filter,
+    nms_mask,
+    refine_subpixel,
+    sample_descriptors,
+    sample_map,
+)
 from featureserve.models.orientation import gaussian_blur
 from featureserve.models.scfeat import (
     HESSIAN_SIGMA,
@@ -89,7 +96,8 @@ def test_the_fine_stage_trains_only_the_fine_head_which_starts_as_the_upsampled_
     with torch.inference_mode():
         maps = network(torch.rand(1, 1, 64, 96), detect=False)
     assert network.descriptor_stride == 4 and maps["fine"].shape == (1, 128, 16, 24)
-    torch.testing.assert_close(maps["fine"], resize_like(maps["raw"], maps["fine"]))  # the head starts at zero
+    upsampled = torch.nn.functional.normalize(resize_like(maps["raw"], maps["fine"]), dim=1)
+    torch.testing.assert_close(maps["fine"], upsampled)  # the head starts at zero
     with pytest.raises(ValueError, match="stride-8"):
         SCFeatNetwork("lite", fine_head=True)
 
@@ -101,7 +109,7 @@ def test_the_fine_stage_trains_only_the_fine_head_which_starts_as_the_upsampled_
     assert {n for n in trained if n not in start} == {n for n in trained if n.startswith("fine.")}
     for name, weights in start.items():
         assert torch.equal(weights, trained[name]), f"{name} moved in the fine stage"
-    assert any(trained[n].abs().sum() > 0 for n in trained if n.startswith("fine.1."))
+    assert any(trained[n].abs().sum() > 0 for n in trained if n.startswith("fine.mlp.2."))
 
     card = export(tmp_path / "fine", "scfeat-fine", tmp_path / "export", dtype="float32")
     architecture = json.loads(card.read_text())["architecture"]
@@ -110,14 +118,17 @@ def test_the_fine_stage_trains_only_the_fine_head_which_starts_as_the_upsampled_
     [features] = model.extract([data.camera()], [OPTIONS])
     assert model.network.fine is not None and len(features) > 0
     assert np.allclose(np.linalg.norm(features.descriptors, axis=1), 1, atol=1e-5)
-    # Served: the head's last layer at the keypoints only; the same as sampling the dense fine map, then normalising.
+    # Served: the head at the keypoints only; at the centres of the stride-4 cells, the dense map's own values.
     image = torch.rand(1, 1, 64, 96)
-    points = torch.rand(1, 200, 2) * torch.tensor([96.0, 64.0])
+    cells = torch.stack(torch.meshgrid(torch.arange(24), torch.arange(16), indexing="xy"), dim=-1).reshape(1, -1, 2)
+    points = cells * 4.0 + 1.5
     with torch.inference_mode():
         dense = model.network.descriptor_maps(image)["fine"]
         served = model._describe_at(model._forward(image, detect=False), points)
-    expected = torch.nn.functional.normalize(sample_map(dense, points, 4), dim=-1)
+    expected = torch.nn.functional.normalize(dense.flatten(2).transpose(1, 2), dim=-1)
     torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-4)
+    plain = sample_descriptors(model.network(image, detect=False)["raw"], points, 8)
+    assert not torch.allclose(served, plain, atol=1e-3)
     with pytest.raises(ValueError, match="fine_weight"):
         load_model("scfeat", card=str(card), fine_weight=1.5)
 

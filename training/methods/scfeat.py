@@ -156,9 +156,14 @@ class SCFeatMethod(CAPSMethod):
                 "dim": 128,
                 "dtype": "float32",
                 "layout": f"fused map D (stride {heads['stride']})"
-                + (", upsampled to stride 4 plus the fine head's map of the trunk's 1/4 level" if network.fine else "")
-                + ", bilinear at the keypoint on its pyramid level and (conf coarser_descriptor, finer_descriptor) the "
-                "next coarser and finer ones, summed",
+                + (
+                    ", upsampled to stride 4, and the trunk's 1/4 level, bilinear at the keypoint; the fine head's "
+                    "residual (a two-layer MLP of both) added"
+                    if network.fine
+                    else ", bilinear at the keypoint"
+                )
+                + " on its pyramid level and (conf coarser_descriptor, finer_descriptor) the next coarser and finer "
+                "ones, summed",
                 "normalisation": "L2",
                 "matcher": "mutual nearest neighbour on cosine similarity",
             },
