@@ -299,7 +299,8 @@ class FineHead(nn.Module):
     ``u + w * mlp([u, t])`` where ``u`` is ``D`` (upsampled to stride 4) normalised at the point, ``t`` the trunk's
     1/4 features there and ``mlp`` two linear layers with an ELU between them, the last one starting at zero (the
     head then adds nothing). Nothing in it looks beyond the point, so the service runs it on samples at the
-    keypoints only, and training on whole maps (`dense`).
+    keypoints only, and training on whole maps (`dense`); between cell centres the service's head sees
+    interpolated inputs where sampling `dense` would interpolate its outputs.
     """
 
     def __init__(self, trunk_channels: int, weight: float = 1.0) -> None:
@@ -328,7 +329,8 @@ class SCFeatNetwork(UNetBackbone):
 
     `descriptor_maps` is what the descriptor stage trains (``"raw"`` ``D`` and its coupling-bridge
     normalisation ``"normalised"``); ``forward`` adds the detector's ``"scores"`` and, for `DenseFeatureModel`,
-    ``"descriptors"``: ``[D / |D|]``. H and W must be multiples of 16.
+    ``"descriptors"``: ``[D / |D|]``, or the normalised ``"fine"`` map with the fine head. H and W must be
+    multiples of 16.
     """
 
     def __init__(
@@ -343,8 +345,8 @@ class SCFeatNetwork(UNetBackbone):
         c4, c8, c16 = self.trunk.out_channels
         heads = HEADS[size]
         self.stride: int = heads["stride"]
-        # The fine head, so that keypoints sharing a cell of ``D`` get descriptors of their own; its map is the one
-        # `descriptor_stride` then serves.
+        # The fine head, so that keypoints sharing a cell of ``D`` get descriptors of their own, at the stride
+        # `descriptor_stride` then reports.
         self.fine: FineHead | None = None
         if fine_head:
             if self.stride != 8:
@@ -462,9 +464,9 @@ class SCFeat(DenseFeatureModel):
         # The Hessian prior's smoothing, px: larger than the 1.6 the detector was trained with, its peaks stay put
         # under image noise and blur (docs/models/scfeat.md has the measurements).
         "hessian_sigma": 2.5,
-        # The weight of the fine head's term in the stride-4 descriptor map, for cards with the head: 0 gives the
-        # stride-8 map upsampled, 1 the head as trained; half of it, as WiSE-FT blends a fine-tuned model with its
-        # start, keeps the pose accuracy that the full head loses (docs/models/scfeat.md has the measurements).
+        # The weight of the fine head's term, for cards with the head: 0 gives the stride-8 map upsampled, 1 the
+        # head as trained; half of it, as WiSE-FT blends a fine-tuned model with its start (docs/models/scfeat.md
+        # has both measured).
         "fine_weight": 0.5,
         "card": str(DEFAULT_CARD),
     }
