@@ -456,7 +456,8 @@ class SCFeat(DenseFeatureModel):
         # whose pass has run anyway (no extra pass): three scales per descriptor, centred on the keypoint's own.
         "finer_descriptor": True,
         # True: on a CPU with two or more torch threads, the levels' passes run in two threads, about half the
-        # pixels each (the same features up to float rounding; docs/models/scfeat.md has the speed).
+        # pixels each, and so does the description of the kept keypoints (the same features up to float
+        # rounding; docs/models/scfeat.md has the speed).
         "parallel_levels": True,
         # The image factor of the score map: "hessian" (blob response), "cornerness" (Shi-Tomasi) or the
         # reference's grey "peakiness".
@@ -599,33 +600,46 @@ class SCFeat(DenseFeatureModel):
         """``(N, D)`` descriptors of keypoints found on pyramid levels ``origin``: the normalised sum of their unit
         descriptors on that level and, per conf, the next coarser and finer ones. ``maps[level]`` holds a level's
         outputs, the image's row in them and the level's (width, height)."""
+        levels = sorted(maps)
+        # One sample per map: the keypoints found on it, on the next finer level and on the next coarser one.
+        rows = [origin == level for level in levels]
+        for level, chosen in zip(levels, rows, strict=True):
+            chosen |= (origin == level - 1) if self.conf["coarser_descriptor"] else False
+            chosen |= (origin == level + 1) if self.conf["finer_descriptor"] else False
+
+        def describe(k: int) -> np.ndarray | None:
+            """The unit descriptors of ``rows[k]`` on level ``levels[k]``."""
+            if not rows[k].any():
+                return None
+            outputs, b, size = maps[levels[k]]
+            with torch.inference_mode():  # thread-local: a pool thread needs its own
+                points = self._points(rescale_points(features.keypoints[rows[k]], features.image_size, size))
+                return self._sample(outputs, b, points).float().cpu().numpy()
+
         total = np.zeros((len(features), self.descriptor.dim), np.float32)
-        for level, (outputs, b, size) in maps.items():
-            # One sample per map: the keypoints found on it, on the next finer level and on the next coarser one.
-            rows = origin == level
-            rows |= (origin == level - 1) if self.conf["coarser_descriptor"] else False
-            rows |= (origin == level + 1) if self.conf["finer_descriptor"] else False
-            if rows.any():
-                points = self._points(rescale_points(features.keypoints[rows], features.image_size, size))
-                total[rows] += self._sample(outputs, b, points).float().cpu().numpy()
+        # In level order whichever thread sampled them: the same sums as one thread makes.
+        for chosen, descriptors in zip(rows, self._run_levels(describe, [int(r.sum()) for r in rows]), strict=True):
+            if descriptors is not None:
+                total[chosen] += descriptors
         return normalise_rows(total)
 
-    def _run_levels(self, run: Callable[[int], Any], pixels: Sequence[int]) -> list[Any]:
+    def _run_levels(self, run: Callable[[int], Any], work: Sequence[int]) -> list[Any]:
         """``run(level)`` for every level, in order; on a CPU with two or more torch threads, in two threads.
 
-        The pyramid's small passes use two cores poorly one after another; side by side, each group of levels
-        (about half the pixels each: the first level holds about half) keeps a core busy.
+        ``work[level]`` is the level's cost (the pixels of its pass, or the keypoints sampled on it). The pyramid's
+        small passes use two cores poorly one after another; side by side, each group of levels (about half the
+        work each: the first level holds about half the pixels) keeps a core busy.
         """
-        order = range(len(pixels))
+        order = range(len(work))
         parallel = self.conf["parallel_levels"] and self.device.type == "cpu" and torch.get_num_threads() > 1
-        if not parallel or len(pixels) < 2:
+        if not parallel or len(work) < 2:
             return [run(level) for level in order]
         groups: tuple[list[int], list[int]] = ([], [])
         totals = [0, 0]
-        for level in sorted(order, key=lambda level: -pixels[level]):
+        for level in sorted(order, key=lambda level: -work[level]):
             k = int(totals[1] < totals[0])
             groups[k].append(level)
-            totals[k] += pixels[level]
+            totals[k] += work[level]
         other = self._level_thread.submit(lambda: [run(level) for level in groups[1]])
         done = dict(zip(groups[0], [run(level) for level in groups[0]], strict=True))
         done |= dict(zip(groups[1], other.result(), strict=True))
