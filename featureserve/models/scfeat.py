@@ -562,13 +562,12 @@ class SCFeat(DenseFeatureModel):
         def run(level: int) -> list[tuple[int, dict[str, Any], int, Features | None]]:
             """The level's network pass and, where the level detects, its candidates (not described)."""
             passes = []
-            with torch.inference_mode():  # thread-local: a pool thread needs its own
-                for j, outputs, b in self._bucket_outputs(scaled[level], level < detection_levels, describe):
-                    candidates = None
-                    if level < self._usable_levels(images[chosen[level][j]]):
-                        kept = KeypointOptions(max_keypoints=candidate_count(options[chosen[level][j]]))
-                        candidates = self._extract_one(scaled[level][j], kept, outputs, b, describe=False)
-                    passes.append((j, outputs, b, candidates))
+            for j, outputs, b in self._bucket_outputs(scaled[level], level < detection_levels, describe):
+                candidates = None
+                if level < self._usable_levels(images[chosen[level][j]]):
+                    kept = KeypointOptions(max_keypoints=candidate_count(options[chosen[level][j]]))
+                    candidates = self._extract_one(scaled[level][j], kept, outputs, b, describe=False)
+                passes.append((j, outputs, b, candidates))
             return passes
 
         found: list[list[Features]] = [[] for _ in images]
@@ -601,20 +600,19 @@ class SCFeat(DenseFeatureModel):
         descriptors on that level and, per conf, the next coarser and finer ones. ``maps[level]`` holds a level's
         outputs, the image's row in them and the level's (width, height)."""
         levels = sorted(maps)
+        coarser, finer = bool(self.conf["coarser_descriptor"]), bool(self.conf["finer_descriptor"])
         # One sample per map: the keypoints found on it, on the next finer level and on the next coarser one.
-        rows = [origin == level for level in levels]
-        for level, chosen in zip(levels, rows, strict=True):
-            chosen |= (origin == level - 1) if self.conf["coarser_descriptor"] else False
-            chosen |= (origin == level + 1) if self.conf["finer_descriptor"] else False
+        rows = [
+            (origin == level) | (coarser & (origin == level - 1)) | (finer & (origin == level + 1)) for level in levels
+        ]
 
         def describe(k: int) -> np.ndarray | None:
             """The unit descriptors of ``rows[k]`` on level ``levels[k]``."""
             if not rows[k].any():
                 return None
             outputs, b, size = maps[levels[k]]
-            with torch.inference_mode():  # thread-local: a pool thread needs its own
-                points = self._points(rescale_points(features.keypoints[rows[k]], features.image_size, size))
-                return self._sample(outputs, b, points).float().cpu().numpy()
+            points = self._points(rescale_points(features.keypoints[rows[k]], features.image_size, size))
+            return self._sample(outputs, b, points).float().cpu().numpy()
 
         total = np.zeros((len(features), self.descriptor.dim), np.float32)
         # In level order whichever thread sampled them: the same sums as one thread makes.
@@ -624,7 +622,8 @@ class SCFeat(DenseFeatureModel):
         return normalise_rows(total)
 
     def _run_levels(self, run: Callable[[int], Any], work: Sequence[int]) -> list[Any]:
-        """``run(level)`` for every level, in order; on a CPU with two or more torch threads, in two threads.
+        """``run(level)`` for every level, in order, in inference mode; on a CPU with two or more torch threads, in
+        two threads.
 
         ``work[level]`` is the level's cost (the pixels of its pass, or the keypoints sampled on it). The pyramid's
         small passes use two cores poorly one after another; side by side, each group of levels (about half the
@@ -640,10 +639,15 @@ class SCFeat(DenseFeatureModel):
             k = int(totals[1] < totals[0])
             groups[k].append(level)
             totals[k] += work[level]
-        other = self._level_thread.submit(lambda: [run(level) for level in groups[1]])
+        other = self._level_thread.submit(self._in_inference_mode, lambda: [run(level) for level in groups[1]])
         done = dict(zip(groups[0], [run(level) for level in groups[0]], strict=True))
         done |= dict(zip(groups[1], other.result(), strict=True))
         return [done[level] for level in order]
+
+    @staticmethod
+    @torch.inference_mode()  # thread-local: the level thread needs its own, as the caller has
+    def _in_inference_mode(function: Callable[[], Any]) -> Any:
+        return function()
 
     def _strongest(
         self, image: np.ndarray, options: KeypointOptions, levels: list[Features]
